@@ -1,0 +1,43 @@
+"""The ``timm-rspc`` command line: one sub-command per module, imported only when it runs.
+
+Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches.
+"""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# name -> (module, one-line help). Add new commands here.
+COMMANDS = {
+    'models': ('timm_rspc.cli.models', 'List the registered RVT / FAN models and their pretrained tags.'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from timm_rspc import __version__
+    parser = argparse.ArgumentParser(prog='timm-rspc', description='RSPC for timm models.')
+    parser.add_argument('--version', action='version', version=f'timm-rspc {__version__}')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    # Parse the command name first, so that only the chosen command's module (and its dependencies) is imported.
+    known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith('-') else argv)
+    if not getattr(known, 'command', None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(known._module)
+    sub_parser = argparse.ArgumentParser(prog=f'timm-rspc {known.command}', description=COMMANDS[known.command][1])
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

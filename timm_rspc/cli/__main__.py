@@ -1,0 +1,5 @@
+import sys
+
+from timm_rspc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""Model families of the RSPC paper, registered with timm on import."""
+from .checkpoint_loading import (
+    CheckpointError, CheckpointMismatchError, load_checkpoint, read_checkpoint, read_state_dict,
+)
