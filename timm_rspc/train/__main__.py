@@ -1,0 +1,5 @@
+import sys
+
+from timm_rspc.train import main
+
+sys.exit(main())

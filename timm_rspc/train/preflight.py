@@ -1,0 +1,99 @@
+"""Checks of the command line that need no model and no data: run first, so mistakes fail in a second, not an hour.
+
+Each check raises :class:`ConfigError` with what was wrong and what to do instead.
+"""
+import argparse
+import difflib
+import importlib
+import os
+
+from .args import ConfigError
+
+# Dataset types whose data timm reads from ``--data-dir`` (and which cannot find it anywhere else).
+_LOCAL_DATASET_TYPES = ('', 'folder', 'tar', 'tfds', 'wds')
+_HUB_MODEL_PREFIXES = ('hf-hub:', 'hf_hub:', 'timm/', 'local-dir:')
+
+
+def import_device_modules(args: argparse.Namespace) -> None:
+    for module in args.device_modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"--device-modules: cannot import '{module}' ({e})") from None
+
+
+def check_model_name(name: str) -> None:
+    """The model must be registered with timm (after ``timm_rspc`` and ``--device-modules`` are imported)."""
+    import timm
+    from timm.models import is_model
+    if name.startswith(_HUB_MODEL_PREFIXES) or is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " List the names with timm.list_models('*pattern*')."
+    raise ConfigError(f"unknown model '{name}'.{hint}")
+
+
+def _dataset_type(dataset: str) -> str:
+    return dataset.split('/', 1)[0].lower() if '/' in dataset else ''
+
+
+def check_dataset(args: argparse.Namespace) -> None:
+    """Local datasets need an existing ``--data-dir``; torchvision ones too unless ``--dataset-download`` is set."""
+    if args.data and not args.data_dir:
+        args.data_dir = args.data
+    kind = _dataset_type(args.dataset)
+    needs_dir = kind in _LOCAL_DATASET_TYPES or (kind == 'torch' and not args.dataset_download)
+    if not needs_dir:
+        return
+    if not args.data_dir:
+        raise ConfigError(f"--data-dir is required for dataset '{args.dataset or 'image folder'}'.")
+    if not os.path.isdir(args.data_dir) and not (kind in ('', 'tar') and os.path.isfile(args.data_dir)):
+        extra = ' (or pass --dataset-download)' if kind == 'torch' else ''
+        raise ConfigError(f"dataset path '{args.data_dir}' does not exist{extra}.")
+    if kind in ('', 'folder') and os.path.isdir(args.data_dir):
+        for flag, split in (('--train-split', args.train_split), ('--val-split', args.val_split)):
+            if split and not _has_split_folder(args.data_dir, split):
+                _warn_missing_split(args.data_dir, flag, split)
+
+
+def _has_split_folder(root: str, split: str) -> bool:
+    # timm's image-folder reader also accepts 'val' for 'validation' and the other way round.
+    aliases = {'validation': ('validation', 'val'), 'val': ('val', 'validation')}.get(split, (split,))
+    return any(os.path.isdir(os.path.join(root, name)) for name in aliases)
+
+
+def _warn_missing_split(root: str, flag: str, split: str) -> None:
+    import logging
+    logging.getLogger(__name__).warning(
+        f"No '{split}' folder in '{root}' ({flag}); timm then reads the whole folder as that split.")
+
+
+def check_files(args: argparse.Namespace) -> None:
+    for flag, path in (
+            ('--resume', args.resume), ('--initial-checkpoint', args.initial_checkpoint),
+            ('--pretrained-path', args.pretrained_path), ('--class-map', args.class_map)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{flag} file '{path}' does not exist.")
+
+
+def check_values(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ConfigError(f'--batch-size must be at least 1, got {args.batch_size}.')
+    if args.epochs < 1:
+        raise ConfigError(f'--epochs must be at least 1, got {args.epochs}.')
+    if args.amp and args.amp_dtype not in ('float16', 'bfloat16'):
+        raise ConfigError(f"--amp-dtype must be float16 or bfloat16, got '{args.amp_dtype}'.")
+    if args.model_dtype and args.model_dtype not in ('float32', 'float16', 'bfloat16'):
+        raise ConfigError(f"--model-dtype must be float32, float16 or bfloat16, got '{args.model_dtype}'.")
+    if args.amp and args.model_dtype not in (None, 'float32'):
+        raise ConfigError('--amp needs a float32 model; drop --model-dtype or --amp.')
+
+
+def run_preflight(args: argparse.Namespace) -> None:
+    """All checks that need neither the model nor the data, in the order a user would fix them."""
+    import timm_rspc  # noqa: F401  (registers this package's models)
+    check_values(args)
+    import_device_modules(args)
+    check_model_name(args.model)
+    check_files(args)
+    check_dataset(args)

@@ -1,0 +1,390 @@
+"""The training run: timm's library pieces put together the way timm's ``train.py`` does, with the RSPC task.
+
+Order matters and follows one rule: everything that can fail because of the command line fails before the first
+batch is read (pre-flight checks, the model, the task's block search, the output folder), and everything that
+changes state on disk happens after.
+"""
+import argparse
+import logging
+import os
+from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm import utils
+from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.layers import convert_sync_batchnorm, set_fast_norm
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import create_model, safe_model_name
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
+from timm.utils import NativeScaler
+from timm.utils.checkpoint_saver import load_checkpoint_metadata
+from timm.utils.summary import trim_summary
+
+from ._method import create_rspc_task
+from .args import ConfigError, args_to_yaml
+from .loop import LoopSettings, train_one_epoch, validate
+from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, choose_output_dir, \
+    create_output_dir
+from .preflight import run_preflight
+from .rng import gather_rng_states, restore_rank_rng_state
+
+_logger = logging.getLogger('timm_rspc.train')
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+    output_dir: Optional[str]
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    epochs: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def train(args: argparse.Namespace) -> TrainResult:
+    """Run training as described by ``args`` (from :func:`timm_rspc.train.parse_args`)."""
+    args_text = args_to_yaml(args)  # the recipe as given, before run-time values (lr, device, ranks) are filled in
+    run_preflight(args)
+    _normalise_args(args)
+    device = utils.init_distributed_device(args)
+    try:
+        return _train(args, device, args_text)
+    finally:
+        if args.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _normalise_args(args: argparse.Namespace) -> None:
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args.prefetcher = not args.no_prefetcher
+    args.grad_accum_steps = max(1, args.grad_accum_steps)
+    if args.drop_connect is not None and args.drop_path is None:
+        args.drop_path = args.drop_connect
+
+
+def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> TrainResult:
+    is_primary = utils.is_primary(args)
+    if args.distributed:
+        _logger.info(f'Process {args.rank} of {args.world_size}, device {args.device}.')
+    elif is_primary:
+        _logger.info(f'Training with one process on {args.device}.')
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if args.fast_norm:
+        set_fast_norm()
+    utils.random_seed(args.seed, args.rank)
+
+    model_dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    model = _create_model(args)
+    data_config = resolve_data_config(vars(args), model=model, verbose=is_primary)
+    model.to(device=device, dtype=model_dtype)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        args.dist_bn = ''  # synchronised BN makes the per-epoch BN sharing pointless
+        model = convert_sync_batchnorm(model)
+
+    amp_autocast, loss_scaler = suppress, None
+    if args.amp:
+        amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        if device.type == 'cuda' and amp_dtype == torch.float16:
+            loss_scaler = NativeScaler(device=device.type)
+
+    mixup_args = _mixup_args(args)
+    try:
+        task = create_rspc_task(
+            args, model, _train_criterion(args, mixup_args is not None).to(device),
+            device=device, dtype=model_dtype, verbose=is_primary)
+    except (ValueError, TypeError, LookupError) as e:
+        raise ConfigError(f"cannot set up the {'RSPC' if args.rspc else 'training'} task for '{args.model}': {e}")
+
+    output_dir = _agree_on_primary(args, lambda: choose_output_dir(args, data_config['input_size'][-1]))
+
+    loader_train, loader_eval, mixup_fn = _create_loaders(args, data_config, device, model_dtype, mixup_args)
+    _resolve_lr(args, is_primary)
+
+    optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    if hasattr(task, 'attach_optimizer'):
+        task.attach_optimizer(optimizer, loss_scaler=loss_scaler)
+
+    resume_epoch, resume_state = None, {}
+    if args.resume:
+        resume_epoch = resume_task_checkpoint(
+            task, args.resume,
+            optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=None if args.no_resume_opt else loss_scaler,
+            log_info=is_primary)
+        resume_state = load_checkpoint_metadata(args.resume)
+    if args.model_ema:
+        task.setup_ema(
+            decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+            device='cpu' if args.model_ema_force_cpu else None)
+        if args.resume:
+            load_task_ema_checkpoint(task, args.resume)
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+        if task.has_ema():
+            task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device] if device.type != 'cpu' else None,
+                                 broadcast_buffers=not args.no_ddp_bb)
+
+    eval_metric = args.eval_metric if loader_eval is not None else 'loss'
+    decreasing = eval_metric == 'loss'
+    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+    start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
+    if lr_scheduler is not None and start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+        if 'lr_scheduler' in resume_state and args.start_epoch is None:
+            lr_scheduler.load_state_dict(resume_state['lr_scheduler'])
+
+    saver = None
+    rng_states: List = []
+    if is_primary:
+        create_output_dir(output_dir)
+        saver = AtomicCheckpointSaver(
+            model=task.get_trainable_module(), optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
+            max_history=args.checkpoint_hist, task=task,
+            extra_state=lambda: {
+                'rng_state': rng_states,
+                'lr_scheduler': lr_scheduler.state_dict() if lr_scheduler is not None else None,
+            })
+        _write_args(output_dir, args_text, args.resume, start_epoch)
+        if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir):
+            saver.load_state_dict_from_checkpoint(args.resume)
+        trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+        _logger.info(f'Output folder: {output_dir}. Scheduled epochs: {num_epochs}, '
+                     f'{updates_per_epoch} updates each.')
+    if args.resume and args.start_epoch is None:
+        restore_rank_rng_state(resume_state.get('rng_state'), args.rank, args.world_size)
+
+    settings = LoopSettings(
+        device=device, amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
+        mixup_fn=mixup_fn, prefetcher=args.prefetcher, channels_last=args.channels_last,
+        grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+        log_interval=args.log_interval, tta=args.tta, distributed=args.distributed, world_size=args.world_size,
+        is_primary=is_primary, synchronize_step=args.synchronize_step)
+
+    def save_recovery(epoch: int, update_idx: int) -> None:
+        if args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+            rng_states[:] = gather_rng_states(args.distributed)
+            if saver is not None:
+                saver.save_recovery(epoch, batch_idx=update_idx)
+
+    result = TrainResult(output_dir=output_dir if is_primary else None)
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            _set_loader_epoch(loader_train, epoch)
+            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                _disable_mixup(loader_train, mixup_fn)
+            train_metrics = train_one_epoch(
+                epoch, task, loader_train, optimizer, settings, num_epochs,
+                lr_scheduler=lr_scheduler, on_update=save_recovery)
+            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+
+            done = epoch + 1
+            if done % args.val_interval != 0 and done != num_epochs:
+                if lr_scheduler is not None:
+                    lr_scheduler.step(done, metric=None)
+                continue
+
+            eval_metrics = None
+            if loader_eval is not None:
+                eval_metrics = validate(task.get_eval_model(), loader_eval, task, settings)
+                ema_module = task.get_trainable_module(ema=True)
+                if ema_module is not None and not args.model_ema_force_cpu:
+                    if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                        utils.distribute_bn(ema_module, args.world_size, args.dist_bn == 'reduce')
+                    eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, task, settings, ' (EMA)')
+            latest_metric = (eval_metrics or train_metrics)[eval_metric]
+
+            rng_states[:] = gather_rng_states(args.distributed)
+            if saver is not None:
+                append_summary_row(
+                    os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
+                    lr=sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups))
+                result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
+            if lr_scheduler is not None:
+                lr_scheduler.step(done, latest_metric)
+            entry = {'epoch': epoch, 'train': dict(train_metrics)}
+            if eval_metrics is not None:
+                entry['validation'] = dict(eval_metrics)
+            result.epochs.append(entry)
+    except KeyboardInterrupt:
+        _logger.warning('Interrupted; the last completed epoch is in last.pth.tar.')
+    if is_primary and result.best_metric is not None:
+        _logger.info(f'Best {eval_metric}: {result.best_metric:.4f} (epoch {result.best_epoch}).')
+    return result
+
+
+def _create_model(args: argparse.Namespace) -> nn.Module:
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
+    factory_kwargs = {}
+    if args.pretrained_path:
+        # The file takes the place of the pretrained weights; num_classes=-1 lets timm adapt the head.
+        factory_kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)
+    try:
+        model = create_model(
+            args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
+            drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
+            global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps,
+            checkpoint_path=args.initial_checkpoint, **factory_kwargs, **args.model_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"cannot create '{args.model}' with these arguments ({e}); check --model-kwargs.") from None
+    if args.head_init_scale is not None:
+        with torch.no_grad():
+            model.get_classifier().weight.mul_(args.head_init_scale)
+            model.get_classifier().bias.mul_(args.head_init_scale)
+    if args.head_init_bias is not None:
+        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
+    if args.num_classes is None:
+        args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    if utils.is_primary(args):
+        _logger.info(f'Model {safe_model_name(args.model)}: {sum(p.numel() for p in model.parameters()):,} parameters.')
+    return model
+
+
+def _mixup_args(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    if not (args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None):
+        return None
+    return dict(
+        mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+        label_smoothing=args.smoothing, num_classes=args.num_classes)
+
+
+def _train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+    """timm's loss choice: soft-target CE (or BCE) under mixup, label smoothing otherwise."""
+    bce_kwargs = dict(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
+    if mixup_active:  # mixup applies the smoothing to its soft targets
+        return BinaryCrossEntropy(**bce_kwargs) if args.bce_loss else SoftTargetCrossEntropy()
+    if args.smoothing:
+        if args.bce_loss:
+            return BinaryCrossEntropy(smoothing=args.smoothing, **bce_kwargs)
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _create_loaders(args, data_config, device, model_dtype, mixup_args):
+    input_img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
+    dataset_kwargs = dict(
+        root=args.data_dir, class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
+        input_img_mode=input_img_mode, input_key=args.input_key, target_key=args.target_key,
+        trust_remote_code=args.dataset_trust_remote_code)
+    try:
+        dataset_train = create_dataset(
+            args.dataset, split=args.train_split, is_training=True, seed=args.seed, repeats=args.epoch_repeats,
+            num_samples=args.train_num_samples, **dataset_kwargs)
+        dataset_eval = None
+        if args.val_split:
+            dataset_eval = create_dataset(
+                args.dataset, split=args.val_split, is_training=False, num_samples=args.val_num_samples,
+                **dataset_kwargs)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"cannot read dataset '{args.dataset or args.data_dir}': {e}") from None
+
+    common = dict(
+        mean=data_config['mean'], std=data_config['std'], pin_memory=args.pin_mem,
+        img_dtype=model_dtype or torch.float32, device=device, distributed=args.distributed,
+        use_prefetcher=args.prefetcher)
+    mixup_fn, collate_fn = None, None
+    if mixup_args is not None:
+        if args.prefetcher:
+            collate_fn = FastCollateMixup(**mixup_args)
+        else:
+            mixup_fn = Mixup(**mixup_args)
+    loader_train = create_loader(
+        dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
+        train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+        vflip=args.vflip, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
+        grayscale_prob=args.grayscale_prob, gaussian_blur_prob=args.gaussian_blur_prob, auto_augment=args.aa,
+        num_aug_repeats=args.aug_repeats,
+        interpolation=data_config['interpolation'] if args.no_aug or not args.train_interpolation
+        else args.train_interpolation,
+        num_workers=args.workers, worker_seeding=args.worker_seeding, collate_fn=collate_fn,
+        use_multi_epochs_loader=args.use_multi_epochs_loader, **common)
+    loader_eval = None
+    if dataset_eval is not None:
+        loader_eval = create_loader(
+            dataset_eval, input_size=data_config['input_size'],
+            batch_size=args.validation_batch_size or args.batch_size, is_training=False,
+            interpolation=data_config['interpolation'], num_workers=args.workers,
+            crop_pct=data_config['crop_pct'], **common)
+    if len(loader_train) == 0:
+        raise ConfigError(f'the training split has fewer samples than one batch ({args.batch_size}).')
+    return loader_train, loader_eval, mixup_fn
+
+
+def _resolve_lr(args: argparse.Namespace, is_primary: bool) -> None:
+    """timm's rule: without --lr, lr = lr_base * (global batch / lr_base_size), square-rooted for adaptive opts."""
+    if args.lr:
+        return
+    global_batch = args.batch_size * args.world_size * args.grad_accum_steps
+    ratio = global_batch / args.lr_base_size
+    if not args.lr_base_scale:
+        args.lr_base_scale = 'sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear'
+    if args.lr_base_scale == 'sqrt':
+        ratio = ratio ** 0.5
+    args.lr = args.lr_base * ratio
+    if is_primary:
+        _logger.info(f'Learning rate {args.lr:.4g} = base {args.lr_base} x ({global_batch} / {args.lr_base_size}), '
+                     f'{args.lr_base_scale} scaling.')
+
+
+def _agree_on_primary(args: argparse.Namespace, decide):
+    """Run ``decide`` on the primary process and share its result (or its ConfigError) with every process."""
+    outcome = None
+    if utils.is_primary(args):
+        try:
+            outcome = ('ok', decide())
+        except ConfigError as e:
+            outcome = ('error', str(e))
+    if args.distributed:
+        shared = [outcome]
+        dist.broadcast_object_list(shared, src=0)
+        outcome = shared[0]
+    if outcome[0] == 'error':
+        raise ConfigError(outcome[1])
+    return outcome[1]
+
+
+def _write_args(output_dir: str, args_text: str, resume: str, start_epoch: int) -> None:
+    """``args.yaml`` records the run's recipe; a resumed invocation adds ``args-resume-<epoch>.yaml`` beside it."""
+    name = 'args.yaml'
+    if resume and os.path.exists(os.path.join(output_dir, name)):
+        name = f'args-resume-{start_epoch}.yaml'
+    atomic_write_text(os.path.join(output_dir, name), args_text)
+
+
+def _set_loader_epoch(loader, epoch: int) -> None:
+    for owner in (loader.dataset, getattr(loader, 'batch_sampler', None), loader.sampler):
+        if hasattr(owner, 'set_epoch'):
+            owner.set_epoch(epoch)
+            if owner is not loader.dataset:
+                return
+
+
+def _disable_mixup(loader, mixup_fn) -> None:
+    if getattr(loader, 'mixup_enabled', False):
+        loader.mixup_enabled = False
+    if mixup_fn is not None:
+        mixup_fn.mixup_enabled = False
