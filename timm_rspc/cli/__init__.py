@@ -1,6 +1,8 @@
 """The ``timm-rspc`` command line: one sub-command per module, imported only when it runs.
 
 Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches.
+A module that must parse its own command line (``train``: a ``-c`` YAML file supplies flag defaults) defines
+``main(argv) -> int`` instead, which receives the arguments after the command name.
 """
 import argparse
 import importlib
@@ -10,6 +12,8 @@ from typing import List, Optional
 # name -> (module, one-line help). Add new commands here.
 COMMANDS = {
     'models': ('timm_rspc.cli.models', 'List the registered RVT / FAN models and their pretrained tags.'),
+    'train': ('timm_rspc.cli.train', "Train a timm model with timm train.py's flags; --rspc adds RSPC."),
+    'demo': ('timm_rspc.cli.demo', 'Offline demo: train a small ViT with and without RSPC, compare patch robustness.'),
 }
 
 
@@ -33,6 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(known._module)
+    if hasattr(module, 'main'):
+        return int(module.main(argv[1:]) or 0)
     sub_parser = argparse.ArgumentParser(prog=f'timm-rspc {known.command}', description=COMMANDS[known.command][1])
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])

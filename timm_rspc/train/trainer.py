@@ -42,6 +42,7 @@ _logger = logging.getLogger('timm_rspc.train')
 class TrainResult:
     """What a finished (or interrupted) run produced."""
     output_dir: Optional[str]
+    task: Optional[Any] = None  # the trained task; task.get_eval_model() is the trained model
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     epochs: List[Dict[str, Any]] = field(default_factory=list)
@@ -67,6 +68,10 @@ def _normalise_args(args: argparse.Namespace) -> None:
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     if args.drop_connect is not None and args.drop_path is None:
         args.drop_path = args.drop_connect
+    model_img_size = args.model_kwargs.get('img_size')
+    if isinstance(model_img_size, int) and args.img_size is None and args.input_size is None:
+        # A model built for another size (--model-kwargs img_size=N) is fed images of that size.
+        args.img_size = model_img_size
 
 
 def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> TrainResult:
@@ -186,7 +191,7 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
             if saver is not None:
                 saver.save_recovery(epoch, batch_idx=update_idx)
 
-    result = TrainResult(output_dir=output_dir if is_primary else None)
+    result = TrainResult(output_dir=output_dir if is_primary else None, task=task)
     try:
         for epoch in range(start_epoch, num_epochs):
             _set_loader_epoch(loader_train, epoch)
