@@ -1,0 +1,70 @@
+"""The demo's outputs: a terminal table, ``demo.json`` and (with the ``plot`` extra) ``demo.png``."""
+import json
+import os
+from typing import Dict, Optional
+
+from timm_rspc.train.output import atomic_write_text
+
+PLOT_EXTRA_HINT = "the plot needs matplotlib: pip install 'timm-rspc[plot]'"
+
+
+def format_table(report: Dict) -> str:
+    """Accuracy and true-class confidence (percent), clean and with 10% of the patches replaced by noise."""
+    ratio = report['config']['occlusion_ratio']
+    head = (f"{'':<9}| {'clean':^13} | {f'random {ratio:.0%} patches':^27} | {f'worst-case {ratio:.0%} patches':^27}")
+    sub = f"{'model':<9}| {'acc':>5} {'conf':>6} | {'acc (drop)':>13} {'conf (drop)':>13} | " \
+          f"{'acc (drop)':>13} {'conf (drop)':>13}"
+    lines = [head, sub, '-' * len(sub)]
+    for m in report['models']:
+        c, r, w, d = m['clean'], m['random'], m['worst_case'], m['drop']
+        lines.append(
+            f"{m['name']:<9}| {c['accuracy']:5.1f} {c['confidence']:6.1f} | "
+            f"{r['accuracy']:5.1f} ({-d['random']['accuracy']:+5.1f}) {r['confidence']:5.1f} ({-d['random']['confidence']:+5.1f}) | "
+            f"{w['accuracy']:5.1f} ({-d['worst_case']['accuracy']:+5.1f}) {w['confidence']:5.1f} ({-d['worst_case']['confidence']:+5.1f})")
+    seeds = report['seeds']
+    runtime = report['runtime_seconds']
+    lines.append('-' * len(sub))
+    lines.append(f"seeds: data {seeds['data']}, training {seeds['training']}, evaluation {seeds['evaluation']}; "
+                 f"{report['data']['train_images']} train / {report['data']['val_images']} val images; "
+                 f"runtime {runtime['total']:.0f} s")
+    return '\n'.join(lines)
+
+
+def write_json(report: Dict, output_dir: str) -> str:
+    path = os.path.join(output_dir, 'demo.json')
+    atomic_write_text(path, json.dumps(report, indent=2))
+    return path
+
+
+def write_plot(report: Dict, output_dir: str) -> Optional[str]:
+    """Bar charts of accuracy and confidence per condition; None (and a hint) when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ratio = report['config']['occlusion_ratio']
+    conditions = [('clean', 'clean'), ('random', f'random {ratio:.0%}'), ('worst_case', f'worst-case {ratio:.0%}')]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / len(report['models'])
+    for ax, metric, label in zip(axes, ('accuracy', 'confidence'), ('top-1 accuracy (%)', 'true-class confidence (%)')):
+        for i, m in enumerate(report['models']):
+            values = [m[key][metric] for key, _ in conditions]
+            xs = [j + (i - (len(report['models']) - 1) / 2) * width for j in range(len(conditions))]
+            bars = ax.bar(xs, values, width, label=m['name'])
+            ax.bar_label(bars, fmt='%.1f', fontsize=8)
+        ax.set_xticks(range(len(conditions)), [name for _, name in conditions])
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 105)
+        ax.legend(loc='lower left', fontsize=8)
+    seeds = report['seeds']
+    fig.suptitle(f"Patch-noise occlusion, {report['config']['model']} (small), seeds data {seeds['data']} / "
+                 f"train {seeds['training']} / eval {seeds['evaluation']}", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(output_dir, 'demo.png')
+    partial = path + '.partial.png'
+    fig.savefig(partial, dpi=120)
+    plt.close(fig)
+    os.replace(partial, path)
+    return path
