@@ -22,20 +22,20 @@ class DemoConfig:
     """Every setting of the demo. ``FULL`` is the README run; ``QUICK`` a smoke test of the same code path."""
     # Data: generated shapes, 10 classes.
     img_size: int = 32
-    train_per_class: int = 500
+    train_per_class: int = 400
     val_per_class: int = 100
     data_seed: int = 0
-    # Model: timm's ViT at a small size (ViT-tiny-like: narrower and shallower, 8x8 grid of 4 px patches).
+    # Model: timm's ViT at a small size (ViT-tiny-like: narrower and shallower, a 4x4 grid of 8 px patches).
     model: str = 'vit_tiny_patch16_224'
-    patch_size: int = 4
+    patch_size: int = 8
     embed_dim: int = 96
     depth: int = 4
     num_heads: int = 3
     # Training, identical for both runs.
-    epochs: int = 6
-    batch_size: int = 64
+    epochs: int = 10
+    batch_size: int = 32
     opt: str = 'adamw'
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     seed: int = 42
@@ -59,7 +59,7 @@ class DemoConfig:
             '--data-dir', data_dir, '--model', self.model, '--num-classes', str(len(CLASS_NAMES)),
             '--model-kwargs', f'img_size={self.img_size}', f'patch_size={self.patch_size}',
             f'embed_dim={self.embed_dim}', f'depth={self.depth}', f'num_heads={self.num_heads}',
-            '--crop-pct', '1.0', '--scale', '0.6', '1.0', '--hflip', '0.5', '--color-jitter', '0.2',
+            '--crop-pct', '1.0', '--no-aug',  # the generator already varies position, scale, colour, rotation
             '--epochs', str(self.epochs), '-b', str(self.batch_size), '--opt', self.opt, '--lr', str(self.lr),
             '--weight-decay', str(self.weight_decay), '--warmup-epochs', str(self.warmup_epochs),
             '--warmup-lr', str(self.lr / 10), '--seed', str(self.seed), '-j', str(self.workers),

@@ -11,7 +11,7 @@ PLOT_EXTRA_HINT = "the plot needs matplotlib: pip install 'timm-rspc[plot]'"
 def format_table(report: Dict) -> str:
     """Accuracy and true-class confidence (percent), clean and with 10% of the patches replaced by noise."""
     ratio = report['config']['occlusion_ratio']
-    head = (f"{'':<9}| {'clean':^13} | {f'random {ratio:.0%} patches':^27} | {f'worst-case {ratio:.0%} patches':^27}")
+    head = (f"{'':<9}| {'clean':^12} | {f'random {ratio:.0%} patches':^27} | {f'worst-case {ratio:.0%} patches':^27}")
     sub = f"{'model':<9}| {'acc':>5} {'conf':>6} | {'acc (drop)':>13} {'conf (drop)':>13} | " \
           f"{'acc (drop)':>13} {'conf (drop)':>13}"
     lines = [head, sub, '-' * len(sub)]

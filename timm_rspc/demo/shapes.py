@@ -59,7 +59,7 @@ def render_class(name: str, count: int, img_size: int, generator: torch.Generato
 
     coords = (torch.arange(img_size, dtype=torch.float32) + 0.5) / img_size * 2 - 1  # pixel centres in [-1, 1]
     y, x = coords.view(1, -1, 1), coords.view(1, 1, -1)
-    scale = 0.28 + 0.22 * rand(count, 1, 1)                  # shape radius, as a fraction of the half-width
+    scale = 0.36 + 0.2 * rand(count, 1, 1)                   # shape radius, as a fraction of the half-width
     cx = (rand(count, 1, 1) * 2 - 1) * (0.95 - scale)        # keep the shape inside the image
     cy = (rand(count, 1, 1) * 2 - 1) * (0.95 - scale)
     if name in _ROTATION_INVARIANT:
@@ -74,7 +74,8 @@ def render_class(name: str, count: int, img_size: int, generator: torch.Generato
     mask = _shape_mask(name, u, v).unsqueeze(-1)                          # (N, H, W, 1)
 
     # Background: random-direction stripes between two dull colours, plus pixel noise.
-    bg_a, bg_b = rand(count, 1, 1, 3) * 0.6, rand(count, 1, 1, 3) * 0.6
+    bg_a = rand(count, 1, 1, 3) * 0.5
+    bg_b = (bg_a + (rand(count, 1, 1, 3) - 0.5) * 0.4).clamp(0, 1)       # a low-contrast second colour
     theta = rand(count, 1, 1) * np.pi
     freq = 2 + 6 * rand(count, 1, 1)
     stripes = 0.5 + 0.5 * torch.sin(freq * np.pi * (x * theta.cos() + y * theta.sin()) + 6.28 * rand(count, 1, 1))
@@ -86,7 +87,7 @@ def render_class(name: str, count: int, img_size: int, generator: torch.Generato
 
 
 def dataset_fingerprint(num_train: int, num_val: int, img_size: int, seed: int) -> Dict:
-    return {'generator': 'timm_rspc.demo.shapes/v1', 'classes': list(CLASS_NAMES), 'num_train_per_class': num_train,
+    return {'generator': 'timm_rspc.demo.shapes/v2', 'classes': list(CLASS_NAMES), 'num_train_per_class': num_train,
             'num_val_per_class': num_val, 'img_size': img_size, 'seed': seed}
 
 
