@@ -87,6 +87,11 @@ def _model_settings_from_args(args: Dict[str, Any]) -> Tuple[Optional[str], Dict
     return (name if isinstance(name, str) else None), kwargs
 
 
+def _same_architecture(name: str, other: str) -> bool:
+    from timm.models import get_arch_name
+    return get_arch_name(name) == get_arch_name(other)
+
+
 def model_from_checkpoint(
         path: str,
         model_name: Optional[str] = None,
@@ -96,21 +101,21 @@ def model_from_checkpoint(
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model a checkpoint belongs to and load its (EMA or non-EMA) weights strictly.
 
-    ``model_name`` defaults to the ``--model`` of the training run recorded in the checkpoint. When the model comes
-    from the checkpoint's arguments, so do ``num_classes``, ``img_size`` and ``model_kwargs`` (explicit arguments win).
+    ``model_name`` defaults to the ``--model`` of the training run recorded in the checkpoint. When that run's model
+    has the same architecture, its ``num_classes``, ``img_size``, ``in_chans`` and ``model_kwargs`` are used too
+    (explicit arguments win).
 
     Returns ``(model in eval mode, training arguments of the checkpoint)``.
     """
     checkpoint = read_checkpoint(path)
     args = training_args(checkpoint)
     recorded_name, recorded_kwargs = _model_settings_from_args(args)
-    if model_name is None:
-        if recorded_name is None:
-            raise ValueError(f"'{os.fspath(path)}' does not record which model it belongs to; pass the model name "
-                             "(--model NAME, e.g. rvt_small_plus.rspc_in1k).")
-        model_name, kwargs = recorded_name, recorded_kwargs
-    else:
-        kwargs = {}
+    if model_name is None and recorded_name is None:
+        raise ValueError(f"'{os.fspath(path)}' does not record which model it belongs to; pass the model name "
+                         "(--model NAME, e.g. rvt_small_plus.rspc_in1k).")
+    model_name = model_name or recorded_name
+    # The run's build arguments (num_classes, img_size, ...) describe these weights if the architecture is the same.
+    kwargs = recorded_kwargs if recorded_name and _same_architecture(model_name, recorded_name) else {}
     kwargs.update(model_kwargs or {})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
