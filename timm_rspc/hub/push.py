@@ -83,9 +83,9 @@ def push_folder(
     Args:
         folder: An export folder (`export_model`); its files are checked against the manifest's SHA-256 first.
         repo_id: ``ORG/NAME``; created (``private`` or public) if it does not exist.
-        revision: Branch to commit to (default: the repository's default branch).
+        revision: Branch to commit to, created from the default branch if missing (default: the default branch).
         commit_message: Commit summary (default names the model).
-        create_pr: Open a pull request instead of committing to the branch.
+        create_pr: Open a pull request (against ``revision``) instead of committing to it.
         overwrite_card: Replace an existing ``README.md`` in the repository.
         keep_card: Leave the repository's ``README.md`` alone (upload weights, config and manifest only).
         dry_run: Only return the plan; nothing is sent.
@@ -109,15 +109,16 @@ def push_folder(
         raise CardExistsError(
             f"{repo_id} already has a model card (README.md){f' at revision {revision}' if revision else ''}. "
             "Pass --overwrite-card to replace it, or --keep-card to upload the weights and config only.")
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        revision=revision,
-        create_pr=create_pr,
-        commit_message=plan['commit_message'],
-        allow_patterns=[f['path'] for f in plan['files']],
-    )
+    # private=None leaves a new repository's visibility to the owner's default (public unless the org says otherwise).
+    api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+    if revision not in (None, 'main'):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)  # committing to a missing branch would fail
+    # One commit holding every file: the repository never has weights without the config and card describing them.
+    from huggingface_hub import CommitOperationAdd
+    operations = [CommitOperationAdd(path_in_repo=f['path'], path_or_fileobj=os.path.join(folder, f['path']))
+                  for f in plan['files']]
+    commit = api.create_commit(repo_id, operations=operations, commit_message=plan['commit_message'],
+                               revision=revision, create_pr=create_pr)
     return {**plan, 'dry_run': False, 'commit_url': commit.commit_url, 'commit_oid': commit.oid,
             'pr_url': getattr(commit, 'pr_url', None)}
 
