@@ -179,7 +179,7 @@ def export_model(
     if checkpoint is not None:
         weights_note = ('EMA weights of the checkpoint.' if use_ema else
                         'Non-EMA weights of the checkpoint' + (
-                            ', the ones the paper reports.' if release is not None else '.'))
+                            ', the ones the paper reports.' if release is not None and release.is_rspc else '.'))
     card = build_model_card(
         model, release.name if release is not None else (repo_id.split('/')[-1] if repo_id else model_name),
         repo_id=repo_id, release=release, results=checked_results, train_args=train_args,

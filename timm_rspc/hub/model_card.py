@@ -34,6 +34,7 @@ __all__ = ['BackbonePaper', 'BACKBONE_PAPERS', 'model_stats', 'read_results', 'p
 @dataclass(frozen=True)
 class BackbonePaper:
     label: str
+    article: str  # of the label as it is read: 'An RVT', 'A FAN'
     title: str
     url: str
     bibtex: str
@@ -42,7 +43,7 @@ class BackbonePaper:
 # Architecture name prefix -> the paper that introduced the backbone.
 BACKBONE_PAPERS: Dict[str, BackbonePaper] = {
     'rvt': BackbonePaper(
-        'RVT', 'Towards Robust Vision Transformer', 'https://arxiv.org/abs/2105.07926',
+        'RVT', 'An', 'Towards Robust Vision Transformer', 'https://arxiv.org/abs/2105.07926',
         """@inproceedings{mao2022towards,
   title={Towards Robust Vision Transformer},
   author={Mao, Xiaofeng and Qi, Gege and Chen, Yuefeng and Li, Xiaodan and Duan, Ranjie and Ye, Shaokai and He, Yuan and Xue, Hui},
@@ -51,7 +52,7 @@ BACKBONE_PAPERS: Dict[str, BackbonePaper] = {
   year={2022}
 }"""),
     'fan': BackbonePaper(
-        'FAN', 'Understanding The Robustness in Vision Transformers', 'https://arxiv.org/abs/2204.12451',
+        'FAN', 'A', 'Understanding The Robustness in Vision Transformers', 'https://arxiv.org/abs/2204.12451',
         """@inproceedings{zhou2022understanding,
   title={Understanding The Robustness in Vision Transformers},
   author={Zhou, Daquan and Yu, Zhiding and Xie, Enze and Xiao, Chaowei and Anandkumar, Animashree and Feng, Jiashi and Alvarez, Jose M.},
@@ -62,15 +63,13 @@ BACKBONE_PAPERS: Dict[str, BackbonePaper] = {
 }"""),
 }
 
-# The FAN release (and the RSPC-FAN weights, trained with FAN's code) come under NVIDIA's non-commercial license.
-_FAN_LICENSE = {'license': 'other', 'license_name': 'nvidia-source-code-license-nc',
-                'license_link': 'https://github.com/NVlabs/FAN/blob/master/LICENSE'}
-# The RSPC and RVT releases state no license.
-_UNSTATED_LICENSE = {'license': 'other', 'license_name': 'unspecified',
-                     'license_link': 'https://github.com/guoyongcs/RSPC'}
+# License ids the Hub knows (front matter ``license:``); any other id a pretrained cfg names is written as
+# ``license: other`` with its name and a link.
+_HUB_LICENSES = {'apache-2.0', 'mit', 'bsd-3-clause', 'cc-by-4.0', 'cc-by-nc-4.0', 'cc-by-sa-4.0', 'openrail'}
+_LICENSE_LINKS = {'nvidia-source-code-license-nc': 'https://github.com/NVlabs/FAN/blob/master/LICENSE'}
 
-# Dataset of a pretrained tag, by the tag's last underscore-separated part (timm's naming: 'rspc_in1k').
-_TAG_DATASETS = {'in1k': 'ImageNet-1k', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+# Datasets named by the parts of a pretrained tag (timm's naming: 'rspc_in1k', 'in22k_ft_in1k_384').
+_TAG_DATASETS = {'in1k': 'ImageNet-1k', 'in22k': 'ImageNet-22k', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
 
 # Training arguments worth showing in a card (timm ``train.py`` names; the official scripts' RSPC names too).
 # Anything else in args.yaml (paths, logging, distributed settings) is left out on purpose.
@@ -212,16 +211,26 @@ with torch.no_grad():
 """
 
 
-def _dataset(name: str, train_args: Optional[Dict[str, Any]]) -> Optional[str]:
-    tag = name.partition('.')[2]
-    if tag:
-        dataset = _TAG_DATASETS.get(tag.rsplit('_', 1)[-1])
-        if dataset:
-            return dataset
+def _datasets(name: str, train_args: Optional[Dict[str, Any]]) -> Tuple[Optional[str], Optional[str]]:
+    """(dataset, pretrain dataset) from the tag (``in22k_ft_in1k``: fine-tuned on in1k after in22k) or the run."""
+    parts = [_TAG_DATASETS[p] for p in name.partition('.')[2].split('_') if p in _TAG_DATASETS]
+    if parts:
+        return parts[-1], (parts[0] if len(parts) > 1 else None)
     dataset = (train_args or {}).get('dataset')
     if isinstance(dataset, str) and dataset:
-        return dataset.rsplit('/', 1)[-1]
-    return None
+        return dataset.rsplit('/', 1)[-1], None  # timm's 'torch/cifar10' -> 'cifar10'
+    return None, None
+
+
+def _license_fields(license: Optional[str], link: Optional[str]) -> Dict[str, str]:
+    """Front matter license fields for a license id (a Hub id, or any other name with a link)."""
+    if not license or license in _HUB_LICENSES:
+        return {'license': license or 'apache-2.0'}
+    fields = {'license': 'other', 'license_name': license}
+    link = _LICENSE_LINKS.get(license, link)
+    if link:
+        fields['license_link'] = link
+    return fields
 
 
 def build_model_card(
@@ -252,25 +261,32 @@ def build_model_card(
         stats: Precomputed `model_stats` (measured when not given).
     """
     from timm.models._hub import generate_readme
-    architecture = model.pretrained_cfg.get('architecture') or name.partition('.')[0]
+    cfg = model.pretrained_cfg
+    # Released weights are described under their canonical tag (an alias such as rvt_s_rspc maps to rvt_small_plus).
+    architecture = release.name.partition('.')[0] if release is not None else (
+        cfg.get('architecture') or name.partition('.')[0])
     backbone = _backbone(architecture)
     stats = stats or model_stats(model)
-    dataset = _dataset(name, train_args)
+    dataset, pretrain_dataset = _datasets(release.name if release is not None else name, train_args)
     if release is not None:
         is_rspc = release.is_rspc
     else:  # one's own run: an RSPC tag name, or RSPC switched on in its training arguments
         run_args = train_args or {}
         is_rspc = 'rspc' in name.partition('.')[2] or bool(run_args.get('rspc') or run_args.get('use_rspc'))
 
-    kind = f'{backbone.label} ({architecture})' if backbone else architecture
-    if release is not None and release.is_rspc:
-        description = (f'A {kind} image classification model trained with RSPC (Reducing Sensitivity to Patch '
-                       f'Corruptions) by the RSPC authors')
-    elif release is not None:
-        description = f'A {kind} image classification model trained by the {backbone.label if backbone else ""} ' \
-                      f'authors, the baseline the RSPC paper compares against'
+    if backbone:
+        kind = f'{backbone.article} {backbone.label} ({architecture}) image classification model'
     else:
-        description = f'A {kind} image classification model' + (' trained with RSPC' if is_rspc else '')
+        kind = f"{'An' if architecture[0] in 'aeiou' else 'A'} {architecture} image classification model"
+    if release is not None and release.is_rspc:
+        description = f'{kind} trained with RSPC (Reducing Sensitivity to Patch Corruptions) by the RSPC authors'
+    elif release is not None:
+        authors = f'the {backbone.label} authors' if backbone else 'its authors'
+        description = f'{kind} trained by {authors}'
+        if published_results(release.name):
+            description += ' (a baseline of the RSPC paper)'
+    else:
+        description = kind + (' trained with RSPC' if is_rspc else '')
     description += f' on {dataset}.' if dataset else '.'
     if release is not None:
         description += f' Weights converted to safetensors from the release file `{release.filename}`.'
@@ -288,8 +304,10 @@ def build_model_card(
     }
     if dataset:
         details['Dataset'] = dataset
-    if release is not None:
-        details['Original'] = release.home
+    if pretrain_dataset:
+        details['Pretrain Dataset'] = pretrain_dataset
+    if release is not None and cfg.get('origin_url'):
+        details['Original'] = cfg['origin_url']
 
     columns: List[Tuple[str, Dict[str, float]]] = []
     if results:
@@ -322,10 +340,13 @@ def build_model_card(
     }
     if comparison:
         card['comparison'] = comparison
-    if release is not None:
-        card.update(_FAN_LICENSE if architecture.startswith('fan') else _UNSTATED_LICENSE)
+    if release is not None:  # the release's terms, as its pretrained cfg states them
+        card.update(_license_fields(cfg.get('license') or 'unknown', cfg.get('origin_url')))
     else:
-        card['license'] = license or 'apache-2.0'
+        card.update(_license_fields(license or 'apache-2.0', None))
+    if card.get('license_name') == 'unknown':
+        description += ' The authors\' release states no license; ask them before reusing these weights.'
+        card['description'] = description
     text = generate_readme(card, name)
     if train_args:
         recipe = training_recipe(train_args)

@@ -12,20 +12,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
 
-from timm_rspc.models.paper_results import RSPC_RELEASES
+from timm_rspc.models.paper_results import PAPER_RESULTS, RSPC_RELEASES
 
 __all__ = ['FAN_RELEASES', 'RELEASE_PREFIXES', 'ReleasedWeight', 'released_weights', 'release_of',
            'find_release_file', 'export_all_released']
 
 FAN_RELEASES = 'https://github.com/zhoudaquan/fully_attentional_network_ckpt/releases/download/'
 RELEASE_PREFIXES = (RSPC_RELEASES, FAN_RELEASES)
-
-# Where each release's code and README live (the "Original" line of a model card).
-RELEASE_HOMES = {
-    RSPC_RELEASES: 'https://github.com/guoyongcs/RSPC',
-    FAN_RELEASES: 'https://github.com/NVlabs/FAN',
-}
-
 
 @dataclass(frozen=True)
 class ReleasedWeight:
@@ -39,10 +32,6 @@ class ReleasedWeight:
         return os.path.basename(urlparse(self.url).path)
 
     @property
-    def home(self) -> str:
-        return next(h for p, h in RELEASE_HOMES.items() if self.url.startswith(p))
-
-    @property
     def is_rspc(self) -> bool:
         return self.url.startswith(RSPC_RELEASES)
 
@@ -54,22 +43,28 @@ def _package_model(name: str) -> bool:
 
 
 def released_weights(pattern: str = '*') -> List[ReleasedWeight]:
-    """Registered ``arch.tag`` names (matching the wildcard ``pattern``) whose weights are release files."""
+    """Registered ``arch.tag`` names (matching the wildcard ``pattern``) whose weights are release files.
+
+    Aliases (e.g. ``rvt_s_rspc.rspc_in1k``) share their release file with a canonical tag and are not listed twice:
+    per file, the tag with published results (`paper_results`) wins, else the first name in sorted order.
+    """
     import timm
     import timm_rspc  # noqa: F401
     from timm.models import get_pretrained_cfg
-    rows = []
+    by_url: Dict[str, str] = {}
     for name in timm.list_pretrained():
-        if not fnmatch.fnmatch(name, pattern) or not _package_model(name):
+        if not _package_model(name):
             continue
         url = getattr(get_pretrained_cfg(name), 'url', None) or ''
-        if url.startswith(RELEASE_PREFIXES):
-            rows.append(ReleasedWeight(name, url))
-    return rows
+        if url.startswith(RELEASE_PREFIXES) and (url not in by_url or (
+                name in PAPER_RESULTS and by_url[url] not in PAPER_RESULTS)):
+            by_url[url] = name
+    return sorted((ReleasedWeight(name, url) for url, name in by_url.items() if fnmatch.fnmatch(name, pattern)),
+                  key=lambda w: w.name)
 
 
 def release_of(name: str) -> Optional[ReleasedWeight]:
-    """The release row of ``name`` (an ``arch.tag``; an alias resolves to its tag), or None."""
+    """The release row of ``name`` (an ``arch.tag`` or an alias of one), or None if its weights are no release file."""
     from timm.models import get_pretrained_cfg
     import timm_rspc  # noqa: F401
     try:
@@ -79,8 +74,7 @@ def release_of(name: str) -> Optional[ReleasedWeight]:
     url = getattr(cfg, 'url', None) or ''
     if not url.startswith(RELEASE_PREFIXES):
         return None
-    arch, tag = getattr(cfg, 'architecture', None), getattr(cfg, 'tag', None)
-    return ReleasedWeight(f'{arch}.{tag}' if arch and tag else name, url)
+    return next((w for w in released_weights() if w.url == url), ReleasedWeight(name, url))
 
 
 def find_release_file(folder: str, weight: ReleasedWeight) -> Optional[str]:
