@@ -22,12 +22,14 @@ from safetensors.torch import load_file, save_file
 import timm
 from timm_rspc.cli import main as cli_main
 from timm_rspc.hub import (
-    CardExistsError, build_model_card, convert_checkpoint, export_model, push_folder, read_results, results_table,
+    CardExistsError, ReleasedWeight, convert_checkpoint, export_all_released, export_model, push_folder,
+    read_results, results_table,
 )
 from timm_rspc.hub.model_card import training_recipe
+from timm_rspc.hub.released import FAN_RELEASES, select_released
 from timm_rspc.models.checkpoint_loading import CheckpointError, CheckpointMismatchError
 from timm_rspc.models.hub_ids import with_hub_ids
-from timm_rspc.models.paper_results import PAPER_RESULTS
+from timm_rspc.models.paper_results import PAPER_RESULTS, RSPC_RELEASES
 
 MODEL = 'vit_tiny_patch16_224'
 MODEL_KWARGS = dict(img_size=32, depth=2, embed_dim=64, num_heads=2)
@@ -495,3 +497,43 @@ def test_push_without_token_fails_clearly(exported, monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, 'HF_STORED_TOKENS_PATH', str(tmp_path / 'empty_hf_home' / 'stored_tokens'))
     with pytest.raises(PermissionError, match='hf auth login'):
         push_folder(folder, 'org/vit-rspc', endpoint='http://127.0.0.1:9')
+
+
+# ---------------------------------------------------------------------------------------------------- released
+
+
+def test_released_weights_are_release_urls_one_tag_per_file():
+    rspc, fan = RSPC_RELEASES, FAN_RELEASES + 'v1.0.0/'
+    registered = [
+        ('rvt_s_rspc.rspc_in1k', rspc + 'v1.0/rspc_rvt_small.pth.tar'),  # alias, registered first
+        ('rvt_small_plus.rspc_in1k', rspc + 'v1.0/rspc_rvt_small.pth.tar'),
+        ('rvt_small_plus.rspc_cifar10', rspc + 'v1.1/rspc_rvt_small_cifar10.pth.tar'),
+        ('fan_tiny_8_p4_hybrid.in1k', fan + 'fan_hybrid_tiny.pth.tar'),
+        ('rvt_small.untrained', ''),
+        ('other.in1k', 'https://example.com/weights.pth'),
+    ]
+    names = [w.name for w in select_released(registered)]
+    assert names == ['fan_tiny_8_p4_hybrid.in1k', 'rvt_small_plus.rspc_cifar10', 'rvt_small_plus.rspc_in1k']
+    assert [w.name for w in select_released(registered, 'rvt_*')] == names[1:]
+    (fan_weight,) = select_released(registered, 'fan*')
+    assert fan_weight.filename == 'fan_hybrid_tiny.pth.tar' and not fan_weight.is_rspc
+
+
+def test_export_all_released_reports_missing_files_and_skips_finished_ones(tmp_path, run_checkpoint):
+    present = ReleasedWeight(f'{MODEL}.augreg_in21k_ft_in1k', RSPC_RELEASES + 'v1.0/rspc_tiny.pth.tar')
+    absent = ReleasedWeight(f'{MODEL}.augreg_in21k', RSPC_RELEASES + 'v1.0/rspc_absent.pth.tar')
+    downloads = tmp_path / 'downloads' / 'checkpoints'  # torch hub's cache layout is found too
+    downloads.mkdir(parents=True)
+    os.replace(run_checkpoint, downloads / present.filename)
+    out = tmp_path / 'released'
+    index = export_all_released(tmp_path / 'downloads', out, weights=[present, absent], hub_org='org')
+    assert [row['name'] for row in index['exported']] == [present.name]
+    assert index['missing'] == [{'name': absent.name, 'url': absent.url, 'filename': 'rspc_absent.pth.tar'}]
+    assert json.loads((out / 'released_index.json').read_text()) == index
+    folder = out / present.name
+    assert {p.name for p in folder.iterdir()} == EXPORT_FILES
+    assert f"'hf-hub:org/{present.name}'" in (folder / 'README.md').read_text()
+    assert torch.equal(_logits(timm.create_model(f'local-dir:{folder}', pretrained=True)), _logits(_tiny_model(0)))
+
+    again = export_all_released(tmp_path / 'downloads', out, weights=[present, absent])
+    assert again['exported'] == [] and [row['name'] for row in again['skipped']] == [present.name]

@@ -62,8 +62,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     stats = manifest['stats']
     print(f"{manifest['model']}: {manifest['weights']} weights -> {args.output}")
+    released = f", released as {manifest['release']}" if manifest['release'] else ''
     print(f"  {stats['params_m']}M parameters, {stats['gmacs']} GMACs at {tuple(stats['input_size'])}, "
-          f"{manifest['num_classes']} classes" + (f", released as {manifest['release']}" if manifest['release'] else ''))
+          f"{manifest['num_classes']} classes{released}")
     for name, entry in manifest['files'].items():
         print(f"  {name:<18} {entry['size']:>12,d} B  sha256 {entry['sha256']}")
     print(f"  load it with timm.create_model('local-dir:{args.output}', pretrained=True)")

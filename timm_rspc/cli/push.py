@@ -69,7 +69,10 @@ def _run(args: argparse.Namespace) -> int:
     where = f"{result['repo_id']}@{result['revision']}" + (' (pull request)' if result['create_pr'] else '')
     print(f"{'Would upload' if result['dry_run'] else 'Uploaded'} to {where}: {result['commit_message']!r}")
     for entry in result['files']:
-        print(f"  {entry['path']:<24} {entry['size']:>12,d} B" + (f"  sha256 {entry['sha256']}" if 'sha256' in entry else ''))
+        digest = f"  sha256 {entry['sha256']}" if 'sha256' in entry else ''
+        print(f"  {entry['path']:<24} {entry['size']:>12,d} B{digest}")
     if not result['dry_run']:
-        print(f"  commit {result['commit_url']}" + (f"\n  pull request {result['pr_url']}" if result.get('pr_url') else ''))
+        print(f"  commit {result['commit_url']}")
+        if result.get('pr_url'):
+            print(f"  pull request {result['pr_url']}")
     return 0

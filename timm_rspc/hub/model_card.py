@@ -16,7 +16,6 @@ percent, unknown keys are an error)::
      "source": "timm-rspc bench, 2026-01-01"}          # optional, shown under the table
 """
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 

@@ -9,12 +9,12 @@ import fnmatch
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import urlparse
 
 from timm_rspc.models.paper_results import PAPER_RESULTS, RSPC_RELEASES
 
-__all__ = ['FAN_RELEASES', 'RELEASE_PREFIXES', 'ReleasedWeight', 'released_weights', 'release_of',
+__all__ = ['FAN_RELEASES', 'RELEASE_PREFIXES', 'ReleasedWeight', 'released_weights', 'select_released', 'release_of',
            'find_release_file', 'export_all_released']
 
 FAN_RELEASES = 'https://github.com/zhoudaquan/fully_attentional_network_ckpt/releases/download/'
@@ -46,16 +46,20 @@ def released_weights(pattern: str = '*') -> List[ReleasedWeight]:
     """Registered ``arch.tag`` names (matching the wildcard ``pattern``) whose weights are release files.
 
     Aliases (e.g. ``rvt_s_rspc.rspc_in1k``) share their release file with a canonical tag and are not listed twice:
-    per file, the tag with published results (`paper_results`) wins, else the first name in sorted order.
+    per file, the tag with published results (`paper_results`) wins, else the first registered name.
     """
     import timm
     import timm_rspc  # noqa: F401
     from timm.models import get_pretrained_cfg
+    registered = ((name, getattr(get_pretrained_cfg(name), 'url', None) or '')
+                  for name in timm.list_pretrained() if _package_model(name))
+    return select_released(registered, pattern)
+
+
+def select_released(registered: Iterable[Tuple[str, str]], pattern: str = '*') -> List[ReleasedWeight]:
+    """`released_weights` of ``(arch.tag, url)`` pairs: release URLs only, one tag per file, matching ``pattern``."""
     by_url: Dict[str, str] = {}
-    for name in timm.list_pretrained():
-        if not _package_model(name):
-            continue
-        url = getattr(get_pretrained_cfg(name), 'url', None) or ''
+    for name, url in registered:
         if url.startswith(RELEASE_PREFIXES) and (url not in by_url or (
                 name in PAPER_RESULTS and by_url[url] not in PAPER_RESULTS)):
             by_url[url] = name
