@@ -23,21 +23,21 @@ For feature capture (the RSPC method layer hooks every FAN block):
 import math
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, named_apply, register_model
 from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed as XcitConvPatchEmbed, PositionalEncodingFourier
 
 from .checkpoint_loading import load_pretrained_into
-from .paper_results import RSPC_CVF_URL, RSPC_RELEASES, paper_notes
+from .paper_results import RSPC_CVF_URL, RSPC_PAPER, RSPC_RELEASES, paper_notes
 
 __all__ = ['Fan', 'checkpoint_filter_fn']
 
@@ -546,8 +546,7 @@ def _rspc_cfg(tag: str, release_path: str, **kwargs) -> Dict:
     its FAN model code is NVIDIA's (non-commercial)."""
     return _cfg(
         RSPC_RELEASES + release_path, license=FAN_LICENSE, origin_url=RSPC_ORIGIN,
-        paper_name='Improving Robustness of Vision Transformers by Reducing Sensitivity to Patch Corruptions',
-        paper_ids=RSPC_CVF_URL, notes=paper_notes(tag), first_conv='patch_embed.backbone.stem.0', **kwargs,
+        paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, notes=paper_notes(tag), first_conv='patch_embed.backbone.stem.0', **kwargs,
     )
 
 
@@ -603,72 +602,74 @@ _FAN_HYBRID_ARGS = {
 }
 
 
-def _fan(variant: str, arch: str, pretrained: bool, **kwargs) -> Fan:
-    model_args = dict(_FAN_VIT_ARGS.get(arch) or _FAN_HYBRID_ARGS[arch])
-    return _create_fan(variant, pretrained=pretrained, **dict(model_args, **kwargs))
+def _fan(variant: str, pretrained: bool, arch: Optional[str] = None, **kwargs) -> Fan:
+    """Build ``variant`` with the architecture of ``arch`` (default: the variant itself; aliases name theirs)."""
+    arch = arch or variant
+    model_args = _FAN_VIT_ARGS.get(arch) or _FAN_HYBRID_ARGS[arch]
+    return _create_fan(variant, pretrained=pretrained, **{**model_args, **kwargs})
 
 
 @register_model
 def fan_tiny_12_p16_224(pretrained=False, **kwargs) -> Fan:
     """FAN-T-ViT: 192 wide, 12 FAN blocks, 4 heads, conv patch embedding."""
-    return _fan('fan_tiny_12_p16_224', 'fan_tiny_12_p16_224', pretrained, **kwargs)
+    return _fan('fan_tiny_12_p16_224', pretrained, **kwargs)
 
 
 @register_model
 def fan_small_12_p16_224(pretrained=False, **kwargs) -> Fan:
     """FAN-S-ViT: 384 wide, 12 FAN blocks, 8 heads."""
-    return _fan('fan_small_12_p16_224', 'fan_small_12_p16_224', pretrained, **kwargs)
+    return _fan('fan_small_12_p16_224', pretrained, **kwargs)
 
 
 @register_model
 def fan_base_18_p16_224(pretrained=False, **kwargs) -> Fan:
     """FAN-B-ViT: 448 wide, 18 FAN blocks, 8 heads."""
-    return _fan('fan_base_18_p16_224', 'fan_base_18_p16_224', pretrained, **kwargs)
+    return _fan('fan_base_18_p16_224', pretrained, **kwargs)
 
 
 @register_model
 def fan_large_24_p16_224(pretrained=False, **kwargs) -> Fan:
     """FAN-L-ViT: 480 wide, 24 FAN blocks, 10 heads (no released weights)."""
-    return _fan('fan_large_24_p16_224', 'fan_large_24_p16_224', pretrained, **kwargs)
+    return _fan('fan_large_24_p16_224', pretrained, **kwargs)
 
 
 @register_model
 def fan_tiny_8_p4_hybrid(pretrained=False, **kwargs) -> Fan:
     """FAN-T-Hybrid: ConvNeXt stem (3+3 blocks), 192 wide, 8 FAN blocks, 8 heads."""
-    return _fan('fan_tiny_8_p4_hybrid', 'fan_tiny_8_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_tiny_8_p4_hybrid', pretrained, **kwargs)
 
 
 @register_model
 def fan_small_12_p4_hybrid(pretrained=False, **kwargs) -> Fan:
     """FAN-S-Hybrid: ConvNeXt stem (3+3 blocks), 384 wide, 10 FAN blocks (despite the name), 8 heads."""
-    return _fan('fan_small_12_p4_hybrid', 'fan_small_12_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_small_12_p4_hybrid', pretrained, **kwargs)
 
 
 @register_model
 def fan_base_16_p4_hybrid(pretrained=False, **kwargs) -> Fan:
     """FAN-B-Hybrid: ConvNeXt stem (3+3 blocks), 448 wide, 16 FAN blocks, 8 heads."""
-    return _fan('fan_base_16_p4_hybrid', 'fan_base_16_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_base_16_p4_hybrid', pretrained, **kwargs)
 
 
 @register_model
 def fan_large_16_p4_hybrid(pretrained=False, **kwargs) -> Fan:
     """FAN-L-Hybrid: ConvNeXt stem (3+5 blocks), 480 wide, 22 FAN blocks, 10 heads."""
-    return _fan('fan_large_16_p4_hybrid', 'fan_large_16_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_large_16_p4_hybrid', pretrained, **kwargs)
 
 
 @register_model
 def fan_t_rspc(pretrained=False, **kwargs) -> Fan:
     """RSPC-FAN-T: `fan_tiny_8_p4_hybrid` with the RSPC ImageNet weights."""
-    return _fan('fan_t_rspc', 'fan_tiny_8_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_t_rspc', pretrained, arch='fan_tiny_8_p4_hybrid', **kwargs)
 
 
 @register_model
 def fan_s_rspc(pretrained=False, **kwargs) -> Fan:
     """RSPC-FAN-S: `fan_small_12_p4_hybrid` with the RSPC ImageNet weights."""
-    return _fan('fan_s_rspc', 'fan_small_12_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_s_rspc', pretrained, arch='fan_small_12_p4_hybrid', **kwargs)
 
 
 @register_model
 def fan_b_rspc(pretrained=False, **kwargs) -> Fan:
     """RSPC-FAN-B: `fan_base_16_p4_hybrid` with the RSPC ImageNet weights."""
-    return _fan('fan_b_rspc', 'fan_base_16_p4_hybrid', pretrained, **kwargs)
+    return _fan('fan_b_rspc', pretrained, arch='fan_base_16_p4_hybrid', **kwargs)
