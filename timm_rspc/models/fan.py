@@ -425,7 +425,7 @@ class Fan(nn.Module):
 
         Args:
             norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last selected block (only with ``intermediates_only``-style use).
+            stop_early: Stop after the last selected block.
             output_fmt: 'NCHW' (token grid as a feature map) or 'NLC' (tokens).
         """
         assert output_fmt in ('NCHW', 'NLC'), 'Output format must be one of NCHW or NLC.'
