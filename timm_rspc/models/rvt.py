@@ -600,6 +600,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RVT) -> Dic
 
 def _create_rvt(variant: str, pretrained: bool = False, **kwargs) -> RVT:
     out_indices = kwargs.pop('out_indices', 3)
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
+        # timm resets custom_load for a user-given file / url, and its generic loader would pick the EMA weights
+        # of a training checkpoint (and unpickle it fully). Our loader reads every format, non-EMA, weights-only.
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
     return build_model_with_cfg(
         RVT,
         variant,
