@@ -16,7 +16,7 @@ from timm.models import get_pretrained_cfg
 from timm.models import group_parameters
 
 import timm_rspc  # noqa: F401
-from timm_rspc.models import CheckpointError, CheckpointMismatchError
+from timm_rspc.models import CheckpointError, CheckpointMismatchError, load_checkpoint
 from timm_rspc.models.rvt import RVT, resample_attn_scale
 
 OFFICIAL_PARAM_COUNTS = {
@@ -334,6 +334,17 @@ def test_afat_checkpoint_and_scaled_block_count_are_read_from_the_weights(tmp_pa
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), atol=1e-5, rtol=1e-5)
+
+
+def test_load_checkpoint_adds_scaling_maps_a_model_was_built_without(tmp_path):
+    source = _randomize(_small_rvt(num_scaled_blocks=2), seed=4)
+    torch.save({'model': _to_official(source.state_dict(), (2, 1))}, tmp_path / 'official.pth')
+    model = load_checkpoint(_small_rvt(num_scaled_blocks=0), tmp_path / 'official.pth').eval()
+    assert model.scaled_blocks == (0, 1)
+    _assert_same_weights(model, source)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x))
 
 
 def test_checkpoint_for_another_input_size_and_classes(hub_dir, tiny_plus_pair):
