@@ -11,7 +11,7 @@ import re
 import pytest
 import timm
 import torch
-from timm.data import resolve_data_config
+from timm.data import resolve_data_config, resolve_input_data_config
 from timm.models import get_pretrained_cfg
 from timm.models import group_parameters
 
@@ -245,6 +245,16 @@ def test_plus_model_refuses_other_input_sizes_naming_the_required_size():
         model(torch.randn(1, 3, 96, 96))
     plain = _small_rvt(num_scaled_blocks=0)
     assert plain(torch.randn(1, 3, 96, 128)).shape == (1, 7)  # no scaling map: any size, non-square too
+
+
+def test_input_config_follows_the_model():
+    """timm's scripts resolve input sizes with resolve_input_data_config: RVT* is fixed-size, RVT is not."""
+    config = resolve_input_data_config
+    assert config(timm.create_model('rvt_tiny_plus', img_size=256))['input_size'] == (3, 256, 256)
+    with pytest.raises(ValueError, match=r'requires \(224, 224\)'):
+        config(timm.create_model('rvt_tiny_plus'), args={'input_size': (3, 288, 288)})
+    for model in (timm.create_model('rvt_tiny'), timm.create_model('rvt_tiny_plus', dynamic_img_size=True)):
+        assert config(model, args={'input_size': (3, 288, 288)})['input_size'] == (3, 288, 288)
 
 
 def test_dynamic_img_size_resamples_the_scaling_maps():

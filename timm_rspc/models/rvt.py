@@ -364,6 +364,14 @@ class RVT(nn.Module):
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._declare_input_traits()
+
+    def _declare_input_traits(self) -> None:
+        """Tell timm's data config the input size, and that it is fixed while scaling maps need it."""
+        self._traits = dict(
+            getattr(self, '_traits', {}), img_size=self.patch_embed.img_size,
+            fixed_input_size=bool(self.scaled_blocks) and not self.dynamic_img_size,
+        )
 
     # --- attention layout (what differs between RVT, RVT* and the *_afat checkpoints) ---
 
@@ -389,6 +397,7 @@ class RVT(nn.Module):
             has_scale = blk.attn.attn_scale is not None
             if has_scale != (i in scaled) or blk.attn.conv_qkv != conv_qkv:
                 blk.attn = blk.attn.with_layout(grid if i in scaled else None, conv_qkv)
+        self._declare_input_traits()
 
     # --- timm model API ---
 
@@ -629,7 +638,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
     return {
         'url': url, 'custom_load': True,
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.conv1', 'classifier': 'head',
         'paper_name': 'Towards Robust Vision Transformer', 'paper_ids': 'arXiv:2105.07926',
@@ -640,8 +649,8 @@ def _cfg(url: str = '', **kwargs) -> Dict:
 
 def _rspc_cfg(name: str, release_file: str, **kwargs) -> Dict:
     """RSPC release weights. The authors' repository states no license: check with them before reuse."""
-    return _cfg(
-        url=RSPC_RELEASES + release_file, notes=paper_notes(name), license='unknown',
+    return _cfg(  # RVT*: the scaling maps fix the input size (see RVT's dynamic_img_size)
+        url=RSPC_RELEASES + release_file, notes=paper_notes(name), license='unknown', fixed_input_size=True,
         paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, origin_url='https://github.com/guoyongcs/RSPC',
         **kwargs,
     )
