@@ -334,6 +334,7 @@ class RVT(nn.Module):
         if not 0 <= num_scaled_blocks <= total_depth:
             raise ValueError(f'num_scaled_blocks must be between 0 and {total_depth}, got {num_scaled_blocks}.')
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.dynamic_img_size = dynamic_img_size
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
