@@ -26,10 +26,11 @@ from timm_rspc.hub import (
     read_results, results_table,
 )
 from timm_rspc.hub.model_card import training_recipe
-from timm_rspc.hub.released import FAN_RELEASES, select_released
+from timm_rspc.hub.released import select_released
 from timm_rspc.models.checkpoint_loading import CheckpointError, CheckpointMismatchError
 from timm_rspc.models.hub_ids import with_hub_ids
-from timm_rspc.models.paper_results import PAPER_RESULTS, RSPC_RELEASES
+from timm_rspc.models.paper_results import PAPER_RESULTS
+from timm_rspc.models.release_info import FAN_RELEASES, RSPC_RELEASES
 
 MODEL = 'vit_tiny_patch16_224'
 MODEL_KWARGS = dict(img_size=32, depth=2, embed_dim=64, num_heads=2)

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from timm_rspc.models.checkpoint_loading import load_state_dict_strict, read_checkpoint, select_state_dict
 # The family's checkpoint_filter_fn lookup is shared with `load_checkpoint`, so both paths map keys identically.
-from timm_rspc.models.checkpoint_loading import _module_filter_fn
+from timm_rspc.models.checkpoint_loading import family_filter_fn
 
 __all__ = [
     'sha256_file', 'training_args', 'build_model', 'model_from_checkpoint', 'save_state_dict', 'convert_checkpoint',
@@ -122,7 +122,7 @@ def model_from_checkpoint(
     state_dict = select_state_dict(checkpoint, use_ema=use_ema, source=f"'{os.fspath(path)}'")
     del checkpoint  # optimiser state and the other weights set are not needed any more
     model = build_model(model_name, model_kwargs=kwargs)
-    filter_fn = _module_filter_fn(model)
+    filter_fn = family_filter_fn(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
     load_state_dict_strict(model, state_dict, source=f"'{os.fspath(path)}' ({'EMA' if use_ema else 'non-EMA'})")

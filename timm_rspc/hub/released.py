@@ -12,13 +12,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import urlparse
 
-from timm_rspc.models.paper_results import PAPER_RESULTS, RSPC_RELEASES
+from timm_rspc.models.paper_results import PAPER_RESULTS
+from timm_rspc.models.release_info import FAN_RELEASES, RELEASE_PREFIXES, RSPC_RELEASES
 
 __all__ = ['FAN_RELEASES', 'RELEASE_PREFIXES', 'ReleasedWeight', 'released_weights', 'select_released', 'release_of',
            'find_release_file', 'export_all_released']
 
-FAN_RELEASES = 'https://github.com/zhoudaquan/fully_attentional_network_ckpt/releases/download/'
-RELEASE_PREFIXES = (RSPC_RELEASES, FAN_RELEASES)
 
 @dataclass(frozen=True)
 class ReleasedWeight:

@@ -37,15 +37,16 @@ from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed as XcitConvPatchEmbed, PositionalEncodingFourier
 
 from .checkpoint_loading import load_pretrained_into
-from .paper_results import RSPC_CVF_URL, RSPC_PAPER, RSPC_RELEASES, paper_notes
+from .hub_ids import with_hub_ids
+from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
+from .release_info import (
+    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, FAN_LICENSE, FAN_ORIGIN, FAN_RELEASES, RSPC_ORIGIN,
+    RSPC_RELEASES,
+)
 
 __all__ = ['Fan', 'checkpoint_filter_fn']
 
 # Normalisation of the RSPC CIFAR training code (EXP_CIFAR/datasets.py).
-CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
-CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
-CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
-CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
 
 
 class ConvNeXtLayerNorm2d(nn.LayerNorm):
@@ -514,11 +515,7 @@ def _create_fan(variant: str, pretrained: bool = False, **kwargs) -> Fan:
     )
 
 
-FAN_RELEASES = 'https://github.com/zhoudaquan/fully_attentional_network_ckpt/releases/download/v1.0.0/'
-FAN_ORIGIN = 'https://github.com/NVlabs/FAN'
-RSPC_ORIGIN = 'https://github.com/guoyongcs/RSPC'
 FAN_PAPER = 'Understanding The Robustness in Vision Transformers'
-FAN_LICENSE = 'nvidia-source-code-license-nc'  # NVlabs/FAN: NVIDIA Source Code License-NC (non-commercial)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict:
@@ -536,14 +533,14 @@ def _cfg(url: str = '', **kwargs) -> Dict:
 def _fan_cfg(filename: str = '', **kwargs) -> Dict:
     """Original FAN weights (Zhou et al.)."""
     return _cfg(
-        FAN_RELEASES + filename if filename else '', license=FAN_LICENSE, origin_url=FAN_ORIGIN,
+        FAN_RELEASES + 'v1.0.0/' + filename if filename else '', license=FAN_LICENSE, origin_url=FAN_ORIGIN,
         paper_name=FAN_PAPER, paper_ids='arXiv:2204.12451', **kwargs,
     )
 
 
 def _rspc_cfg(tag: str, release_path: str, **kwargs) -> Dict:
-    """RSPC weights (Guo et al.): FAN-Hybrid trained with RSPC. The RSPC release declares no license of its own;
-    its FAN model code is NVIDIA's (non-commercial)."""
+    """RSPC weights (Guo et al.): FAN-Hybrid trained with RSPC. The RSPC repository is MIT-licensed, but its FAN
+    model code is NVIDIA's (non-commercial), so the FAN license applies."""
     return _cfg(
         RSPC_RELEASES + release_path, license=FAN_LICENSE, origin_url=RSPC_ORIGIN,
         paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, notes=paper_notes(tag), first_conv='patch_embed.backbone.stem.0', **kwargs,
@@ -553,7 +550,7 @@ def _rspc_cfg(tag: str, release_path: str, **kwargs) -> Dict:
 _HYBRID = dict(first_conv='patch_embed.backbone.stem.0')
 _CIFAR = dict(crop_pct=0.875)  # Resize(256) + CenterCrop(224) in the RSPC CIFAR code
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_hub_ids({
     # FAN-ViT
     'fan_tiny_12_p16_224.in1k': _fan_cfg('fan_vit_tiny.pth.tar'),
     'fan_small_12_p16_224.in1k': _fan_cfg('fan_vit_small.pth.tar'),
@@ -584,7 +581,7 @@ default_cfgs = generate_default_cfgs({
     'fan_t_rspc.rspc_in1k': _rspc_cfg('fan_tiny_8_p4_hybrid.rspc_in1k', 'v1.0/rspc_fan_tiny.pth.tar'),
     'fan_s_rspc.rspc_in1k': _rspc_cfg('fan_small_12_p4_hybrid.rspc_in1k', 'v1.0/rspc_fan_small.pth.tar'),
     'fan_b_rspc.rspc_in1k': _rspc_cfg('fan_base_16_p4_hybrid.rspc_in1k', 'v1.0/rspc_fan_base.pth.tar'),
-})
+}))
 
 # Architectures (width / FAN blocks / heads) of the official code; all use qkv bias, MLP ratio 4 and eta 1.0.
 _FAN_VIT_ARGS = {

@@ -37,7 +37,11 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
 from .checkpoint_loading import CheckpointError, load_pretrained_into
-from .paper_results import RSPC_CVF_URL, RSPC_PAPER, RSPC_RELEASES, paper_notes
+from .hub_ids import with_hub_ids
+from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
+from .release_info import (
+    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, RSPC_LICENSE, RSPC_ORIGIN, RSPC_RELEASES,
+)
 
 __all__ = ['RVT', 'checkpoint_filter_fn', 'resample_attn_scale']
 
@@ -627,12 +631,6 @@ def _create_rvt(variant: str, pretrained: bool = False, **kwargs) -> RVT:
 
 # --- pretrained cfgs ---
 
-CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
-CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
-CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
-CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
-
-
 def _cfg(url: str = '', **kwargs) -> Dict:
     """Every cfg loads through `RVT.load_pretrained` (``custom_load``): release files are training checkpoints in
     the authors' naming, and timm's generic loader would pick their EMA weights."""
@@ -649,10 +647,10 @@ def _cfg(url: str = '', **kwargs) -> Dict:
 
 
 def _rspc_cfg(name: str, release_file: str, **kwargs) -> Dict:
-    """RSPC release weights. The authors' repository states no license: check with them before reuse."""
+    """RSPC release weights (the RSPC repository is MIT-licensed)."""
     return _cfg(  # RVT*: the scaling maps fix the input size (see RVT's dynamic_img_size)
-        url=RSPC_RELEASES + release_file, notes=paper_notes(name), license='unknown', fixed_input_size=True,
-        paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, origin_url='https://github.com/guoyongcs/RSPC',
+        url=RSPC_RELEASES + release_file, notes=paper_notes(name), license=RSPC_LICENSE, fixed_input_size=True,
+        paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, origin_url=RSPC_ORIGIN,
         **kwargs,
     )
 
@@ -660,7 +658,7 @@ def _rspc_cfg(name: str, release_file: str, **kwargs) -> Dict:
 _cifar10 = dict(num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 _cifar100 = dict(num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD)
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_hub_ids({
     'rvt_tiny': _cfg(),
     'rvt_tiny_plus.rspc_in1k': _rspc_cfg('rvt_tiny_plus.rspc_in1k', 'v1.0/rspc_rvt_tiny.pth.tar'),
     'rvt_small': _cfg(),
@@ -675,7 +673,7 @@ default_cfgs = generate_default_cfgs({
     'rvt_ti_rspc.rspc_in1k': _rspc_cfg('rvt_tiny_plus.rspc_in1k', 'v1.0/rspc_rvt_tiny.pth.tar'),
     'rvt_s_rspc.rspc_in1k': _rspc_cfg('rvt_small_plus.rspc_in1k', 'v1.0/rspc_rvt_small.pth.tar'),
     'rvt_b_rspc.rspc_in1k': _rspc_cfg('rvt_base_plus.rspc_in1k', 'v1.0/rspc_rvt_base.pth.tar'),
-})
+}))
 
 
 # --- model entry points ---
