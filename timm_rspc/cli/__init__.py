@@ -14,6 +14,9 @@ COMMANDS = {
     'models': ('timm_rspc.cli.models', 'List the registered RVT / FAN models and their pretrained tags.'),
     'train': ('timm_rspc.cli.train', "Train a timm model with timm train.py's flags; --rspc adds RSPC."),
     'demo': ('timm_rspc.cli.demo', 'Offline demo: train a small ViT with and without RSPC, compare patch robustness.'),
+    'convert': ('timm_rspc.cli.convert', 'Convert a training checkpoint to a validated safetensors state dict.'),
+    'export': ('timm_rspc.cli.export', "Export a model to a folder in timm's Hub format, with a model card."),
+    'push': ('timm_rspc.cli.push', 'Upload an export (or a model) to the Hugging Face Hub.'),
 }
 
 

@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict', 'select_state_dict',
-    'load_state_dict_strict', 'load_checkpoint', 'load_pretrained_into',
+    'load_state_dict_strict', 'load_checkpoint', 'load_pretrained_into', 'family_filter_fn',
 ]
 
 # Containers seen in released files, in order of preference for non-EMA and EMA weights.
@@ -172,7 +172,7 @@ def load_checkpoint(
     source = f"'{os.fspath(path)}'"
     state_dict = read_state_dict(path, use_ema=use_ema)
     if filter_fn is None:
-        filter_fn = _module_filter_fn(model)
+        filter_fn = family_filter_fn(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
     if adapt_classifier:
@@ -191,7 +191,8 @@ def load_checkpoint(
     return model
 
 
-def _module_filter_fn(model: nn.Module):
+def family_filter_fn(model: nn.Module) -> Optional[Callable]:
+    """The ``checkpoint_filter_fn`` of the model file that defines ``model``'s class, if it has one."""
     import sys
     module = sys.modules.get(type(model).__module__)
     return getattr(module, 'checkpoint_filter_fn', None)

@@ -11,7 +11,6 @@ RSPC_CVF_URL = (
     'https://openaccess.thecvf.com/content/CVPR2023/papers/'
     'Guo_Improving_Robustness_of_Vision_Transformers_by_Reducing_Sensitivity_To_Patch_CVPR_2023_paper.pdf'
 )
-RSPC_RELEASES = 'https://github.com/guoyongcs/RSPC/releases/download/'
 RSPC_CITATION = """@inproceedings{guo2023improving,
   title={Improving Robustness of Vision Transformers by Reducing Sensitivity to Patch Corruptions},
   author={Guo, Yong and Stutz, David and Schiele, Bernt},
