@@ -5,6 +5,7 @@ Offline and deterministic: the data are generated, nothing is downloaded. Writes
 """
 import argparse
 import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,18 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from timm.utils import setup_default_logging
+    from timm_rspc.cli._errors import reported_errors
     from timm_rspc.demo.experiment import default_output_dir, namespace_to_config, run_demo
     from timm_rspc.demo.report import PLOT_EXTRA_HINT, format_table, write_json, write_plot
     setup_default_logging()
     config = namespace_to_config(args)
     output_dir = args.output or default_output_dir()
     if os.path.exists(output_dir) and os.listdir(output_dir):
-        print(f"timm-rspc demo: error: '{output_dir}' is not empty; choose a new --output folder.")
+        print(f"timm-rspc demo: error: '{output_dir}' is not empty; choose a new --output folder.", file=sys.stderr)
         return 2
     os.makedirs(output_dir, exist_ok=True)
     data_dir = args.data_dir or os.path.join(
         'output', 'demo', f'data-{"quick" if args.quick else "full"}-{config.img_size}px')
-    report = run_demo(config, output_dir, data_dir)
+    with reported_errors('demo'):
+        report = run_demo(config, output_dir, data_dir)
     print()
     print(format_table(report))
     print(f'\nwritten: {write_json(report, output_dir)}')

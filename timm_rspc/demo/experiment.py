@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .patch_occlusion import evaluate_random_occlusion, evaluate_worst_case_occlusion, score
+from .patch_occlusion import evaluate_random_occlusion, evaluate_worst_case_occlusion, num_occluded, score
 from .shapes import CLASS_NAMES, write_image_folder
 
 
@@ -145,8 +145,11 @@ def run_demo(config: DemoConfig, output_dir: str, data_dir: str) -> Dict:
         models.append(ModelResult(**evaluated, train_seconds=seconds,
                                   final_epoch=result.epochs[-1] if result.epochs else {}))
 
+    grid = (config.img_size // config.patch_size,) * 2
     report = {
         'config': asdict(config),
+        'occlusion': {'patches': num_occluded(grid, config.occlusion_ratio), 'of': grid[0] * grid[1],
+                      'noise': 'uniform [0, 1) pixel noise'},
         'seeds': {'data': config.data_seed, 'training': config.seed, 'evaluation': config.eval_seed},
         'data': {'dir': data_dir, 'classes': list(CLASS_NAMES), 'train_images': config.train_per_class * 10,
                  'val_images': config.val_per_class * 10},

@@ -10,8 +10,9 @@ PLOT_EXTRA_HINT = "the plot needs matplotlib: pip install 'timm-rspc[plot]'"
 
 def format_table(report: Dict) -> str:
     """Accuracy and true-class confidence (percent), clean and with 10% of the patches replaced by noise."""
-    ratio = report['config']['occlusion_ratio']
-    head = (f"{'':<9}| {'clean':^12} | {f'random {ratio:.0%} patches':^27} | {f'worst-case {ratio:.0%} patches':^27}")
+    occ = report['occlusion']
+    patches = f"{occ['patches']}/{occ['of']} patches"
+    head = f"{'':<9}| {'clean':^12} | {f'random {patches}':^27} | {f'worst-case {patches}':^27}"
     sub = f"{'model':<9}| {'acc':>5} {'conf':>6} | {'acc (drop)':>13} {'conf (drop)':>13} | " \
           f"{'acc (drop)':>13} {'conf (drop)':>13}"
     lines = [head, sub, '-' * len(sub)]
@@ -44,8 +45,9 @@ def write_plot(report: Dict, output_dir: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    ratio = report['config']['occlusion_ratio']
-    conditions = [('clean', 'clean'), ('random', f'random {ratio:.0%}'), ('worst_case', f'worst-case {ratio:.0%}')]
+    occ = report['occlusion']
+    patches = f"{occ['patches']}/{occ['of']} patches"
+    conditions = [('clean', 'clean'), ('random', f'random {patches}'), ('worst_case', f'worst-case {patches}')]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     width = 0.8 / len(report['models'])
     for ax, metric, label in zip(axes, ('accuracy', 'confidence'), ('top-1 accuracy (%)', 'true-class confidence (%)')):

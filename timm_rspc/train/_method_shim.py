@@ -30,7 +30,8 @@ def add_rspc_args(parser: argparse.ArgumentParser) -> None:
 class _TopKStraightThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, num_occluded):
-        idx = scores.topk(num_occluded, dim=1).indices
+        # Like the authors: the lowest scores are occluded, so the identity-like backward has the right sign.
+        idx = scores.topk(num_occluded, dim=1, largest=False).indices
         keep = torch.ones_like(scores).scatter_(1, idx, 0.)
         return keep
 

@@ -5,9 +5,12 @@ Each check raises :class:`ConfigError` with what was wrong and what to do instea
 import argparse
 import difflib
 import importlib
+import logging
 import os
 
 from .args import ConfigError
+
+_logger = logging.getLogger(__name__)
 
 # Dataset types whose data timm reads from ``--data-dir`` (and which cannot find it anywhere else).
 _LOCAL_DATASET_TYPES = ('', 'folder', 'tar', 'tfds', 'wds')
@@ -63,8 +66,7 @@ def _has_split_folder(root: str, split: str) -> bool:
 
 
 def _warn_missing_split(root: str, flag: str, split: str) -> None:
-    import logging
-    logging.getLogger(__name__).warning(
+    _logger.warning(
         f"No '{split}' folder in '{root}' ({flag}); timm then reads the whole folder as that split.")
 
 
