@@ -2,14 +2,17 @@
 
 The backbone runs once on the paired batch ``cat([corrupted, clean])``. For every captured block, the distance is the
 mean squared error between the first half (corrupted) and the second half (clean) of its output, with neither side
-detached: the clean features move towards the corrupted ones as well. ``L_align`` is the mean over the blocks.
+detached: the clean features move towards the corrupted ones as well. ``L_align`` is the mean over the blocks
+(with the authors' normaliser, see `mean_over_blocks`).
 """
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['paired_mse', 'mean_over_blocks']
+__all__ = ['paired_mse', 'mean_over_blocks', 'AUTHORS_BLOCK_COUNT_EPS']
+
+AUTHORS_BLOCK_COUNT_EPS = 1e-4
 
 
 def paired_mse(features: torch.Tensor) -> torch.Tensor:
@@ -22,15 +25,14 @@ def paired_mse(features: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(features[:half].float(), features[half:].float())
 
 
-def mean_over_blocks(distances: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``L_align``: the plain mean of the per-block distances.
+def mean_over_blocks(distances: Sequence[torch.Tensor], eps: float = AUTHORS_BLOCK_COUNT_EPS) -> torch.Tensor:
+    """``L_align``: the sum of the per-block distances divided by ``number of blocks + eps``.
 
-    The authors divide the sum by ``num_blocks + 1e-4`` (a guard against zero blocks); that scales the loss and its
-    gradients by ``1 - 1e-4 / num_blocks`` (``1 - 8e-6`` for 12 blocks), a difference without effect on training, so
-    the exact mean is used here and an empty selection is an error instead.
+    ``eps = 1e-4`` is the authors' normaliser (a guard against zero blocks in their code); it keeps ``L_align`` and its
+    gradients identical to theirs to float32 precision, and differs from the plain mean (``eps=0``) by a factor
+    ``1 - 1e-4 / num_blocks`` (``1 - 8e-6`` for 12 blocks). An empty selection is an error here rather than a zero.
     """
     if not distances:
         raise ValueError('No block distances were recorded: did the captured blocks run in this forward pass?')
-    if len(distances) == 1:
-        return distances[0]
-    return torch.stack(list(distances)).mean()
+    total = distances[0] if len(distances) == 1 else torch.stack(list(distances)).sum()
+    return total / (len(distances) + eps)

@@ -155,26 +155,31 @@ def find_patch_grid(
 ) -> Tuple[Tuple[int, int], int]:
     """The input (height, width) and the square patch size of a patch-based model: ``((H, W), patch_size)``.
 
-    Explicit values win. Otherwise the patch size comes from ``model.patch_embed.patch_size`` (timm's ``PatchEmbed``
-    and hybrid embeddings) or ``model.patch_size``, and the image size from ``model.patch_embed.img_size`` or the
-    ``input_size`` of the model's pretrained cfg. Raises ValueError when either cannot be found, when patches are not
-    square, or when the image size is not a multiple of the patch size.
+    Explicit values win. Otherwise the patch size is the stride of the token grid, ``patch_embed.img_size /
+    patch_embed.grid_size`` (timm's ``PatchEmbed`` and hybrid embeddings, whose ``patch_size`` is only that of their
+    last projection), else ``patch_embed.patch_size`` or ``model.patch_size``; the image size comes from
+    ``patch_embed.img_size`` or the ``input_size`` of the model's pretrained cfg. Raises ValueError when either
+    cannot be found, when patches are not square, or when the image size is not a multiple of the patch size.
     """
     model = unwrap_model(model)
     embed = getattr(model, 'patch_embed', None)
     name = type(model).__name__
+    embed_img_size = _as_pair(getattr(embed, 'img_size', None))
     if patch_size is None:
-        found = _as_pair(getattr(embed, 'patch_size', None) or getattr(model, 'patch_size', None))
+        grid = _as_pair(getattr(embed, 'grid_size', None))
+        if embed_img_size is not None and grid is not None and all(grid):
+            # The token grid's stride, right also for hybrid embeddings whose patch_size is that of the last conv only.
+            found = (embed_img_size[0] // grid[0], embed_img_size[1] // grid[1])
+        else:
+            found = _as_pair(getattr(embed, 'patch_size', None) or getattr(model, 'patch_size', None))
         if found is None:
             raise ValueError(
-                f'Cannot find the patch grid of {name}: it has neither patch_embed.patch_size nor patch_size. '
-                f'RSPC corrupts whole patches; pass patch_size= (and img_size=) explicitly.')
+                f'Cannot find the patch grid of {name}: it has no patch_embed.grid_size / patch_embed.patch_size and '
+                f'no patch_size. RSPC corrupts whole patches; pass patch_size= (and img_size=) explicitly.')
         if found[0] != found[1]:
             raise ValueError(f'{name} has non-square patches {found}; pass a square patch_size= explicitly.')
         patch_size = found[0]
-    size = _as_pair(img_size)
-    if size is None:
-        size = _as_pair(getattr(embed, 'img_size', None))
+    size = _as_pair(img_size) or embed_img_size
     if size is None:
         input_size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
         size = _as_pair(input_size[-2:]) if input_size else None

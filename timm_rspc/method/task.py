@@ -243,13 +243,17 @@ class RSPCTask(TrainingTask):
         return parameters[:-2] if exclude_head else parameters
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
-        """C's weights and its optimiser state (nothing for the EMA side, which holds the backbone only)."""
+        """C's weights, its optimiser state and the noise generator's state when the task has one (nothing for the EMA
+        side, which holds the backbone only)."""
         if ema:
             return {}
-        return {
+        state = {
             'corruption_model': self.corruption_model.state_dict(),
             'corruption_optimizer': self.corruption_optimizer.state_dict(),
         }
+        if self.generator is not None:
+            state['noise_generator'] = self.generator.get_state()
+        return state
 
     def load_task_state(
             self,
@@ -270,6 +274,8 @@ class RSPCTask(TrainingTask):
             self.corruption_optimizer.load_state_dict(state['corruption_optimizer'])
         elif strict:
             raise RuntimeError('The checkpoint has corruption model weights but no corruption optimiser state.')
+        if self.generator is not None and 'noise_generator' in state:
+            self.generator.set_state(state['noise_generator'])
 
     def forward(
             self,
