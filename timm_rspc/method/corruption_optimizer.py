@@ -67,6 +67,8 @@ class CorruptionOptimizer:
             raise ValueError(f'clip_grad must be positive (or None / 0 to disable), got {clip_grad}.')
         self.module = module
         self.clip_grad = clip_grad or None
+        if momentum == 0 and opt.lower() in ('sgd', 'nesterov'):
+            opt = 'momentum'  # timm's plain (non-Nesterov) SGD: Nesterov needs a non-zero momentum
         self.optimizer = create_optimizer_v2(module, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.grad_scaler: Optional[torch.amp.GradScaler] = None
         self._hook_handle = None
