@@ -4,7 +4,7 @@ Both steps do forward, backward and the AdamW step of the backbone; the RSPC ste
 the paired forward on ``cat([corrupted, clean])`` with alignment hooks, and C's SGD step. The floor is about 2.0:
 every sample goes through the backbone twice.
 
-    python benchmarks/bench_rspc_step.py                      # rvt_tiny_plus when registered, else vit_tiny, 224, batch 8
+    python benchmarks/bench_rspc_step.py    # rvt_tiny_plus (vit_tiny until RVT is registered), 224, batch 8
     python benchmarks/bench_rspc_step.py --model deit_tiny_patch16_224 --batch-size 16 --repeats 10
 """
 import argparse

@@ -15,7 +15,7 @@ their RVT and FAN block classes; here forward hooks do it for any model from out
 """
 import fnmatch
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

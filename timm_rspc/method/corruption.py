@@ -125,7 +125,7 @@ def blend_noise(
         lower: torch.Tensor,
         upper: torch.Tensor,
 ) -> torch.Tensor:
-    """``clamp(mask * x + (1 - mask) * noise, lower, upper)``; exact for a binary mask, same gradient w.r.t. the mask."""
+    """``clamp(mask * x + (1 - mask) * noise, lower, upper)``: exact for a binary mask, same gradient for the mask."""
     # lerp(noise, x, 1) is exactly x and lerp(noise, x, 0) exactly noise; d/dmask = x - noise, as for the product form.
     blended = torch.lerp(noise, x, pixel_mask.to(x.dtype))
     return torch.clamp(blended, lower.to(x.dtype), upper.to(x.dtype))
