@@ -10,6 +10,9 @@ from typing import List, Optional
 # name -> (module, one-line help). Add new commands here.
 COMMANDS = {
     'models': ('timm_rspc.cli.models', 'List the registered RVT / FAN models and their pretrained tags.'),
+    'convert': ('timm_rspc.cli.convert', 'Convert a training checkpoint to a validated safetensors state dict.'),
+    'export': ('timm_rspc.cli.export', "Export a model to a folder in timm's Hub format, with a model card."),
+    'push': ('timm_rspc.cli.push', 'Upload an export (or a model) to the Hugging Face Hub.'),
 }
 
 

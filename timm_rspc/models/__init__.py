@@ -2,3 +2,5 @@
 from .checkpoint_loading import (
     CheckpointError, CheckpointMismatchError, load_checkpoint, read_checkpoint, read_state_dict,
 )
+from . import fan  # noqa: F401  (registers the FAN family)
+from . import rvt  # noqa: F401  (registers the RVT family)

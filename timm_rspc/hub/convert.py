@@ -1,0 +1,183 @@
+"""Training checkpoint -> clean safetensors state dict, validated against the model it belongs to.
+
+A released ``.pth.tar`` (or a ``timm-rspc train`` checkpoint) holds two sets of weights (non-EMA ``state_dict`` and
+``state_dict_ema``), optimiser state and the training arguments. A conversion keeps exactly one set of weights, chosen
+explicitly, in timm's native key layout: the checkpoint is read weights-only by `checkpoint_loading`, passed through
+the model family's ``checkpoint_filter_fn`` and loaded strictly into a freshly built model, and the file written is
+that model's ``state_dict()``. So a converted file always loads strictly into ``timm.create_model(name)``.
+
+Next to ``NAME.safetensors`` a ``NAME.json`` record names the model, the weights chosen and the SHA-256 of the source
+and of the output, so anyone can check that a file on the Hub is the conversion of a given release file.
+"""
+import argparse
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch.nn as nn
+
+from timm_rspc.models.checkpoint_loading import load_state_dict_strict, read_checkpoint, select_state_dict
+# The family's checkpoint_filter_fn lookup is shared with `load_checkpoint`, so both paths map keys identically.
+from timm_rspc.models.checkpoint_loading import _module_filter_fn
+
+__all__ = [
+    'sha256_file', 'training_args', 'build_model', 'model_from_checkpoint', 'save_state_dict', 'convert_checkpoint',
+    'refuse_existing',
+]
+
+
+def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (release files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_size), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def refuse_existing(paths, what: str = 'file', flag: str = '--overwrite') -> None:
+    """Raise `FileExistsError` naming every path that exists: outputs never replace the user's files silently."""
+    existing = [os.fspath(p) for p in paths if os.path.exists(p)]
+    if existing:
+        raise FileExistsError(
+            f"Refusing to overwrite existing {what}{'s' if len(existing) > 1 else ''}: {', '.join(existing)}. "
+            f"Choose another output or pass {flag} to replace {'them' if len(existing) > 1 else 'it'}."
+        )
+
+
+def training_args(checkpoint: Any) -> Dict[str, Any]:
+    """The training arguments stored in a checkpoint (``args``: a Namespace or dict), as a plain dict; {} if none."""
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if isinstance(args, argparse.Namespace):
+        return dict(vars(args))
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def build_model(
+        model_name: str,
+        num_classes: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        pretrained: bool = False,
+) -> nn.Module:
+    """``timm.create_model`` with the package's models registered; ``num_classes=None`` keeps the cfg's default."""
+    import timm
+    import timm_rspc  # noqa: F401  (registers RVT / FAN)
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise ValueError(f"Unknown model '{model_name}'. List the package's models with `timm-rspc models`.") from e
+        raise
+
+
+def _model_settings_from_args(args: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Model name and build kwargs recorded by a timm-style training run (``--model``, ``--num-classes``, ...)."""
+    kwargs = dict(args.get('model_kwargs') or {})
+    if args.get('num_classes') is not None:
+        kwargs['num_classes'] = int(args['num_classes'])
+    if args.get('img_size') is not None:
+        kwargs['img_size'] = args['img_size']
+    if args.get('in_chans') is not None:
+        kwargs['in_chans'] = int(args['in_chans'])
+    name = args.get('model')
+    return (name if isinstance(name, str) else None), kwargs
+
+
+def _same_architecture(name: str, other: str) -> bool:
+    from timm.models import get_arch_name
+    return get_arch_name(name) == get_arch_name(other)
+
+
+def model_from_checkpoint(
+        path: str,
+        model_name: Optional[str] = None,
+        use_ema: bool = False,
+        num_classes: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model a checkpoint belongs to and load its (EMA or non-EMA) weights strictly.
+
+    ``model_name`` defaults to the ``--model`` of the training run recorded in the checkpoint. When that run's model
+    has the same architecture, its ``num_classes``, ``img_size``, ``in_chans`` and ``model_kwargs`` are used too
+    (explicit arguments win).
+
+    Returns ``(model in eval mode, training arguments of the checkpoint)``.
+    """
+    checkpoint = read_checkpoint(path)
+    args = training_args(checkpoint)
+    recorded_name, recorded_kwargs = _model_settings_from_args(args)
+    if model_name is None and recorded_name is None:
+        raise ValueError(f"'{os.fspath(path)}' does not record which model it belongs to; pass the model name "
+                         "(--model NAME, e.g. rvt_small_plus.rspc_in1k).")
+    model_name = model_name or recorded_name
+    # The run's build arguments (num_classes, img_size, ...) describe these weights if the architecture is the same.
+    kwargs = recorded_kwargs if recorded_name and _same_architecture(model_name, recorded_name) else {}
+    kwargs.update(model_kwargs or {})
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    state_dict = select_state_dict(checkpoint, use_ema=use_ema, source=f"'{os.fspath(path)}'")
+    del checkpoint  # optimiser state and the other weights set are not needed any more
+    model = build_model(model_name, model_kwargs=kwargs)
+    filter_fn = _module_filter_fn(model)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    load_state_dict_strict(model, state_dict, source=f"'{os.fspath(path)}' ({'EMA' if use_ema else 'non-EMA'})")
+    return model.eval(), args
+
+
+def save_state_dict(model: nn.Module, path: str) -> str:
+    """Write ``model.state_dict()`` as safetensors; returns the file's SHA-256."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, os.fspath(path), metadata={'format': 'pt'})
+    return sha256_file(path)
+
+
+def _output_paths(output: str) -> Tuple[str, str]:
+    output = os.fspath(output)
+    if not output.endswith('.safetensors'):
+        raise ValueError(f"The output of a conversion is a .safetensors file, got '{output}'.")
+    return output, output[:-len('.safetensors')] + '.json'
+
+
+def convert_checkpoint(
+        checkpoint: str,
+        output: str,
+        model_name: Optional[str] = None,
+        use_ema: bool = False,
+        num_classes: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        overwrite: bool = False,
+) -> Dict[str, Any]:
+    """Convert ``checkpoint`` to ``output`` (``.safetensors``) and write the record ``output`` with ``.json``.
+
+    The record is returned too: model name, number of classes, which weights (EMA or not), the source file's name
+    and SHA-256, the output's SHA-256, and the number of parameters.
+    """
+    weights_path, record_path = _output_paths(output)
+    if os.path.abspath(weights_path) == os.path.abspath(checkpoint):
+        raise ValueError('The output would replace the checkpoint being converted; choose another output path.')
+    if not overwrite:
+        refuse_existing([weights_path, record_path])
+    model, _ = model_from_checkpoint(
+        checkpoint, model_name=model_name, use_ema=use_ema, num_classes=num_classes, model_kwargs=model_kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(weights_path)), exist_ok=True)
+    record = {
+        'model': model_name or model.pretrained_cfg.get('architecture'),
+        'architecture': model.pretrained_cfg.get('architecture'),
+        'num_classes': model.num_classes,
+        'weights': 'ema' if use_ema else 'non-ema',
+        'source': os.path.basename(os.fspath(checkpoint)),
+        'source_sha256': sha256_file(checkpoint),
+        'file': os.path.basename(weights_path),
+        'sha256': save_state_dict(model, weights_path),
+        'num_params': sum(p.numel() for p in model.parameters()),
+    }
+    with open(record_path, 'w') as f:
+        json.dump(record, f, indent=2)
+        f.write('\n')
+    return record
