@@ -1,0 +1,286 @@
+"""Finding the blocks and the patch grid of any timm model, and hooking the blocks to measure feature alignment.
+
+RSPC aligns the features of corrupted and clean images at every transformer block. The authors hard-wired this into
+their RVT and FAN block classes; here forward hooks do it for any model from outside, without touching model code:
+
+* `find_blocks` lists a model's transformer blocks: modules named ``blocks.<i>`` (ViT, DeiT, FAN) or
+  ``<...>.blocks.<i>`` (RVT's ``transformers.<stage>.blocks.<i>``, Swin's ``layers.<stage>.blocks.<i>``), outside the
+  patch embedding (FAN's hybrid ConvNeXt stem) and not nested in another block. FAN's ``cls_attn_blocks`` are not
+  matched: they see the class token, not the patch tokens.
+* `select_blocks` narrows that list by index / slice, or picks modules by name pattern.
+* `PairedBlockDistance` hooks the chosen blocks; while recording, each block's output on the paired batch
+  ``cat([corrupted, clean])`` is reduced to one distance as soon as the block has run, so no block's features are kept
+  beyond what autograd needs anyway.
+* `find_patch_grid` finds the input size and patch size a corruption model must match.
+"""
+import fnmatch
+import re
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.utils import unwrap_model
+
+from .alignment import mean_over_blocks, paired_mse
+
+__all__ = [
+    'BlockSpec', 'find_blocks', 'select_blocks', 'parse_block_spec', 'find_patch_grid', 'PairedBlockDistance',
+]
+
+BlockSpec = Union[None, int, str, slice, Sequence[Union[int, str, slice]]]
+
+_BLOCK_NAME = re.compile(r'(?:.+\.)?blocks\.\d+')
+_STEM_PREFIXES = ('patch_embed.', 'stem.')
+
+
+def _outermost(names: Sequence[str]) -> List[str]:
+    """Drop names nested inside another name of the list (``blocks.0.attn`` when ``blocks.0`` is there)."""
+    chosen = set(names)
+    return [n for n in names if not any(n.rsplit('.', k)[0] in chosen for k in range(1, n.count('.') + 1))]
+
+
+def find_blocks(model: nn.Module) -> List[str]:
+    """Names of the model's transformer blocks, in execution order of ``named_modules``.
+
+    Raises ValueError naming the model when none is found.
+    """
+    model = unwrap_model(model)
+    names = [
+        name for name, _ in model.named_modules()
+        if _BLOCK_NAME.fullmatch(name) and not name.startswith(_STEM_PREFIXES)
+    ]
+    names = _outermost(names)
+    if not names:
+        raise ValueError(
+            f'Could not find the transformer blocks of {type(model).__name__}: no sub-module is named '
+            f"'blocks.<i>' or '<...>.blocks.<i>' outside the patch embedding. Choose the modules to align by name "
+            f"pattern instead (blocks='layer*' or --rspc-blocks 'layer*'; see model.named_modules()).")
+    return names
+
+
+def parse_block_spec(text: Optional[str]) -> BlockSpec:
+    """Parse a command-line block selection: comma-separated indices (``-1``), slices (``8:``) or name patterns.
+
+    ``None`` or ``''`` or ``'all'`` select every block.
+    """
+    if text is None or text.strip() in ('', 'all'):
+        return None
+    items: List[Union[int, str, slice]] = []
+    for item in (part.strip() for part in text.split(',')):
+        if not item:
+            continue
+        if re.fullmatch(r'-?\d+', item):
+            items.append(int(item))
+        elif re.fullmatch(r'-?\d*:-?\d*', item):
+            start, stop = (int(v) if v else None for v in item.split(':'))
+            items.append(slice(start, stop))
+        else:
+            items.append(item)
+    return items
+
+
+def select_blocks(model: nn.Module, blocks: BlockSpec = None) -> List[str]:
+    """Resolve a block selection to module names, in model order, without duplicates.
+
+    ``blocks``: None (all of `find_blocks`), or one or a list of: an int index or a slice into `find_blocks`'s list, or
+    a name pattern (``fnmatch`` style, e.g. ``'transformers.2.blocks.*'``) matched against every module name, keeping
+    the outermost matches. A string with commas is parsed by `parse_block_spec`. An index out of range or a pattern
+    matching nothing raises ValueError listing what is available.
+    """
+    if isinstance(blocks, str):
+        blocks = parse_block_spec(blocks)
+    if blocks is None:
+        return find_blocks(model)
+    if isinstance(blocks, (int, slice)):
+        blocks = [blocks]
+    model = unwrap_model(model)
+    module_names = [name for name, _ in model.named_modules() if name]
+    default: Optional[List[str]] = None
+    chosen = set()
+    for item in blocks:
+        if isinstance(item, (int, slice)):
+            if default is None:
+                default = find_blocks(model)
+            if isinstance(item, int):
+                if not -len(default) <= item < len(default):
+                    raise ValueError(
+                        f'Block index {item} is out of range: {type(model).__name__} has {len(default)} blocks '
+                        f'({_preview(default)}).')
+                chosen.add(default[item])
+            else:
+                picked = default[item]
+                if not picked:
+                    raise ValueError(
+                        f'Block slice {_slice_text(item)} selects none of the {len(default)} blocks of '
+                        f'{type(model).__name__} ({_preview(default)}).')
+                chosen.update(picked)
+        elif isinstance(item, str):
+            matched = [name for name in module_names if fnmatch.fnmatchcase(name, item)]
+            if not matched:
+                try:
+                    hint = f'its blocks are {_preview(find_blocks(model))}'
+                except ValueError:
+                    hint = f'its top-level modules are {_preview([n for n in module_names if "." not in n])}'
+                raise ValueError(
+                    f'Block pattern {item!r} matches no module of {type(model).__name__}; {hint}.')
+            chosen.update(_outermost(matched))
+        else:
+            raise TypeError(f'A block selection item must be an int, a slice or a str, got {item!r}.')
+    return _outermost([name for name in module_names if name in chosen])
+
+
+def _slice_text(s: slice) -> str:
+    return f"{'' if s.start is None else s.start}:{'' if s.stop is None else s.stop}"
+
+
+def _preview(names: Sequence[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ', '.join(names)
+    return ', '.join(list(names[:limit // 2]) + ['...'] + list(names[-(limit // 2):]))
+
+
+def _as_pair(value) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value, value
+    value = tuple(int(v) for v in value)
+    return (value[0], value[0]) if len(value) == 1 else (value[-2], value[-1])
+
+
+def find_patch_grid(
+        model: nn.Module,
+        img_size: Union[None, int, Sequence[int]] = None,
+        patch_size: Optional[int] = None,
+) -> Tuple[Tuple[int, int], int]:
+    """The input (height, width) and the square patch size of a patch-based model: ``((H, W), patch_size)``.
+
+    Explicit values win. Otherwise the patch size is the stride of the token grid, ``patch_embed.img_size /
+    patch_embed.grid_size`` (timm's ``PatchEmbed`` and hybrid embeddings, whose ``patch_size`` is only that of their
+    last projection), else ``patch_embed.patch_size`` or ``model.patch_size``; the image size comes from
+    ``patch_embed.img_size`` or the ``input_size`` of the model's pretrained cfg. Raises ValueError when either
+    cannot be found, when patches are not square, or when the image size is not a multiple of the patch size.
+    """
+    model = unwrap_model(model)
+    embed = getattr(model, 'patch_embed', None)
+    name = type(model).__name__
+    embed_img_size = _as_pair(getattr(embed, 'img_size', None))
+    if patch_size is None:
+        grid = _as_pair(getattr(embed, 'grid_size', None))
+        if embed_img_size is not None and grid is not None and all(grid):
+            # The token grid's stride, right also for hybrid embeddings whose patch_size is that of the last conv only.
+            found = (embed_img_size[0] // grid[0], embed_img_size[1] // grid[1])
+        else:
+            found = _as_pair(getattr(embed, 'patch_size', None) or getattr(model, 'patch_size', None))
+        if found is None:
+            raise ValueError(
+                f'Cannot find the patch grid of {name}: it has no patch_embed.grid_size / patch_embed.patch_size and '
+                f'no patch_size. RSPC corrupts whole patches; pass patch_size= (and img_size=) explicitly.')
+        if found[0] != found[1]:
+            raise ValueError(f'{name} has non-square patches {found}; pass a square patch_size= explicitly.')
+        patch_size = found[0]
+    size = _as_pair(img_size) or embed_img_size
+    if size is None:
+        input_size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
+        size = _as_pair(input_size[-2:]) if input_size else None
+    if size is None:
+        raise ValueError(f'Cannot find the input size of {name}; pass img_size= explicitly.')
+    if patch_size < 1 or size[0] % patch_size or size[1] % patch_size:
+        raise ValueError(
+            f'Image size {size[0]}x{size[1]} is not divisible by the patch size {patch_size}: RSPC corrupts whole '
+            f'patches. Use an image size that is a multiple of {patch_size}.')
+    return size, int(patch_size)
+
+
+def _first_tensor(output) -> torch.Tensor:
+    """A block's features: its output, or the first element of a tuple / list output (blocks returning (x, H, W))."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f'A captured block returned {type(output).__name__}, not a tensor of features.')
+    return output
+
+
+class PairedBlockDistance:
+    """Forward hooks on chosen blocks of a model that measure feature alignment on paired batches.
+
+    Between `start()` and `finish()`, every forward of a hooked block appends ``distance(output)`` (by default
+    `paired_mse`: MSE between the corrupted and the clean half of the batch); `finish()` returns their mean. Outside
+    that window the hooks do nothing, so validation and inference through the same model are unaffected.
+
+    Args:
+        model: any ``nn.Module`` (DDP / compiled wrappers are unwrapped to find names).
+        blocks: the selection, see `select_blocks`.
+        distance: maps one block's paired output to a 0-dim tensor.
+
+    Use as a context manager, or call `remove()`, to take the hooks off the model.
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            blocks: BlockSpec = None,
+            distance: Callable[[torch.Tensor], torch.Tensor] = paired_mse,
+    ):
+        inner = unwrap_model(model)
+        self.block_names: Tuple[str, ...] = tuple(select_blocks(inner, blocks))
+        self.distance = distance
+        self._recording = False
+        self._distances: List[torch.Tensor] = []
+        modules = dict(inner.named_modules())
+        self._handles = {name: modules[name].register_forward_hook(self._hook) for name in self.block_names}
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(blocks=[{_preview(self.block_names)}] ({len(self.block_names)}))'
+
+    def _hook(self, module: nn.Module, args, output) -> None:
+        if self._recording:
+            self._distances.append(self.distance(_first_tensor(output)))
+
+    @property
+    def recording(self) -> bool:
+        return self._recording
+
+    def start(self) -> None:
+        """Begin recording one paired forward pass."""
+        self._distances = []
+        self._recording = True
+
+    def finish(self) -> torch.Tensor:
+        """Stop recording; return the mean distance over the blocks that ran (each block must run exactly once)."""
+        self._recording = False
+        distances, self._distances = self._distances, []
+        if len(distances) != len(self.block_names):
+            raise RuntimeError(
+                f'Expected one output from each of the {len(self.block_names)} hooked blocks in this forward pass, '
+                f'recorded {len(distances)}. Were the hooked blocks skipped, or called more than once?')
+        return mean_over_blocks(distances)
+
+    def cancel(self) -> None:
+        """Stop recording and drop what was recorded (after an exception in the forward pass)."""
+        self._recording = False
+        self._distances = []
+
+    def strip_from_copy(self, model_copy: nn.Module) -> None:
+        """Remove these hooks from a deep copy of the hooked model (e.g. an EMA copy), where they would be stale."""
+        modules = dict(unwrap_model(model_copy).named_modules())
+        for name, handle in self._handles.items():
+            module = modules.get(name)
+            if module is None:
+                continue
+            for hooks in (module._forward_hooks, module._forward_hooks_with_kwargs,
+                          module._forward_hooks_always_called):
+                hooks.pop(handle.id, None)
+
+    def remove(self) -> None:
+        """Take the hooks off the model."""
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles = {}
+        self.cancel()
+
+    def __enter__(self) -> 'PairedBlockDistance':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

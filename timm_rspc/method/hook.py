@@ -1,0 +1,139 @@
+"""RSPC for hand-written training loops, as a callable in the spirit of ``timm.data.Mixup``.
+
+```python
+rspc = RSPCHook(model)                          # hooks the blocks, owns C and C's optimiser
+rspc.attach_optimizer(optimizer, loss_scaler)   # optional: step C whenever the optimiser steps
+for x, y in loader:
+    x, y = mixup_fn(x, y)
+    with autocast:
+        paired = rspc(x)                        # cat([corrupted, clean]), alignment recording started
+        output, align_loss = rspc.split(model(paired))
+        loss = criterion(output, y) + rspc.align_weight * align_loss
+    loss.backward()
+    optimizer.step()                            # C steps here when attached, else call rspc.step()
+    optimizer.zero_grad()
+```
+`RSPCTask` is the same method packaged for timm's task-based ``train.py``.
+"""
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .capture import BlockSpec, PairedBlockDistance, find_patch_grid
+from .corruption import AdversarialPatchCorruption, PatchCorruptionModel
+from .corruption_optimizer import CorruptionOptimizer
+from .task import resolve_mean_std
+
+__all__ = ['RSPCHook']
+
+
+class RSPCHook:
+    """Corrupts a batch for the paired forward pass and collects the alignment loss from it.
+
+    Arguments are those of `RSPCTask` (minus the criterion). ``device`` / ``dtype`` place C (default: where the
+    model's first parameter is). C's gradients are averaged over processes when it steps; in a distributed run,
+    call `broadcast_parameters()` once before training so that all ranks start from rank 0's C.
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            ratio: float = 0.1,
+            align_weight: float = 0.005,
+            blocks: BlockSpec = None,
+            noise: str = 'normalized',
+            mean: Optional[Sequence[float]] = None,
+            std: Optional[Sequence[float]] = None,
+            img_size: Union[None, int, Sequence[int]] = None,
+            patch_size: Optional[int] = None,
+            corruption_opt: str = 'sgd',
+            corruption_lr: float = 1e-4,
+            corruption_momentum: float = 0.9,
+            corruption_weight_decay: float = 0.05,
+            corruption_clip_grad: Optional[float] = 5.0,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
+        if align_weight < 0:
+            raise ValueError(f'The alignment weight lambda must be >= 0, got {align_weight}.')
+        if device is None or dtype is None:
+            first = next(model.parameters(), None)
+            device = device if device is not None else (first.device if first is not None else None)
+            dtype = dtype if dtype is not None else (first.dtype if first is not None else None)
+        self.align_weight = float(align_weight)
+        mean, std, _ = resolve_mean_std(model, mean, std)
+        img_size, patch_size = find_patch_grid(model, img_size, patch_size)
+        corruption_model = PatchCorruptionModel(
+            img_size, patch_size, in_chans=len(mean), ratio=ratio, device=device, dtype=dtype)
+        self.corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=noise)
+        self.corruption_optimizer = CorruptionOptimizer(
+            corruption_model,
+            opt=corruption_opt,
+            lr=corruption_lr,
+            momentum=corruption_momentum,
+            weight_decay=corruption_weight_decay,
+            clip_grad=corruption_clip_grad,
+        )
+        self.alignment = PairedBlockDistance(model, blocks)
+        self.occluded_fraction: Optional[torch.Tensor] = None
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(ratio={self.corruption_model.ratio}, align_weight={self.align_weight}, '
+                f'{self.alignment}, {self.corruption_optimizer})')
+
+    @property
+    def corruption_model(self) -> PatchCorruptionModel:
+        return self.corruption.corruption_model
+
+    def __call__(
+            self,
+            x: torch.Tensor,
+            noise: Optional[torch.Tensor] = None,
+            generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Return ``cat([corrupted x, x])`` for the model, and start recording the blocks' alignment."""
+        corrupted = self.corruption(x, noise=noise, generator=generator)
+        self.occluded_fraction = corrupted.occluded_fraction()
+        self.alignment.start()
+        return torch.cat([corrupted.images, x])
+
+    def split(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """From the model's output on the paired batch: ``(clean half of output, align_loss)``; stops recording."""
+        align_loss = self.alignment.finish()
+        return output[output.shape[0] // 2:], align_loss
+
+    def loss(self, task_loss: torch.Tensor, align_loss: torch.Tensor) -> torch.Tensor:
+        """``task_loss + align_weight * align_loss``."""
+        return task_loss + self.align_weight * align_loss
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, loss_scaler: Any = None) -> 'RSPCHook':
+        """Step C whenever ``optimizer`` steps (see `CorruptionOptimizer.attach`)."""
+        self.corruption_optimizer.attach(optimizer, loss_scaler)
+        return self
+
+    def step(self) -> None:
+        """Update C from its accumulated gradients (when not attached to the main optimiser)."""
+        self.corruption_optimizer.step()
+
+    def broadcast_parameters(self, src: int = 0) -> None:
+        self.corruption_optimizer.broadcast_parameters(src)
+
+    def to(self, *args, **kwargs) -> 'RSPCHook':
+        self.corruption.to(*args, **kwargs)
+        return self
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            'corruption_model': self.corruption_model.state_dict(),
+            'corruption_optimizer': self.corruption_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.corruption_model.load_state_dict(state['corruption_model'])
+        self.corruption_optimizer.load_state_dict(state['corruption_optimizer'])
+
+    def remove(self) -> None:
+        """Take the alignment hooks off the model and detach from the optimiser."""
+        self.alignment.remove()
+        self.corruption_optimizer.detach()

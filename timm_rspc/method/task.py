@@ -1,0 +1,309 @@
+"""RSPC as a ``timm.task.TrainingTask``: a drop-in for timm's ``ClassificationTask`` in task-based training.
+
+One step (``task(input, target)``):
+
+1. the corruption model C keeps all but the ``ratio`` lowest-scoring patches of each image and replaces the others
+   with noise (`AdversarialPatchCorruption`);
+2. the backbone runs once on ``cat([corrupted, clean])``; hooks on the chosen blocks measure the feature distance
+   between the two halves as each block runs (`RSPCTrainableModule`, `PairedBlockDistance`);
+3. ``loss = criterion(clean logits, target) + align_weight * align_loss``: any timm criterion (label smoothing,
+   mixup soft targets, BCE) sees the clean half only.
+
+One backward trains both sides: the backbone descends ``loss``, the gradient reversal on C's output makes C ascend
+``align_loss``. C is not part of `get_trainable_module()` (timm builds the main optimiser from it): C has its own
+optimiser (`CorruptionOptimizer`), stepped through `attach_optimizer` whenever the main optimiser steps.
+
+What a checkpoint holds: ``state_dict`` is the plain backbone (loadable with ``timm.create_model(..., pretrained_cfg_
+overlay=dict(file=...))``); ``task_state`` holds C's weights and its optimiser state, so resume continues exactly. EMA
+covers the backbone only.
+"""
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import resolve_data_config
+from timm.models import group_parameters
+from timm.task import ClassificationTask, TrainingTask
+from timm.task.classification import resolve_classification_loss
+from timm.utils import unwrap_model
+from timm.utils.model_ema import ModelEmaV3
+
+from .capture import BlockSpec, PairedBlockDistance, find_patch_grid
+from .corruption import AdversarialPatchCorruption, PatchCorruptionModel
+from .corruption_optimizer import CorruptionOptimizer
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ['RSPCTrainableModule', 'RSPCTask', 'PlainClassificationTask', 'resolve_mean_std']
+
+
+def resolve_mean_std(
+        model: nn.Module,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        data_config: Optional[Dict[str, Any]] = None,
+) -> Tuple[Tuple[float, ...], Tuple[float, ...], Dict[str, Any]]:
+    """The input normalisation (mean, std) of ``model``: explicit values, else timm's data config of the model."""
+    config = resolve_data_config(dict(data_config or {}), model=unwrap_model(model))
+    mean = tuple(float(v) for v in (mean if mean is not None else config['mean']))
+    std = tuple(float(v) for v in (std if std is not None else config['std']))
+    return mean, std, config
+
+
+class RSPCTrainableModule(nn.Module):
+    """The backbone plus the alignment hooks; everything trainable by the main optimiser runs in its forward.
+
+    ``forward(clean, corrupted)`` runs the backbone once on ``cat([corrupted, clean])`` (the authors' order) and
+    returns ``(clean logits, align_loss)``. Keeping the paired forward and the alignment loss inside one module is
+    what lets DDP and ``torch.compile`` see the whole step (the pattern of timm's FeatureDistillationTask).
+    """
+
+    def __init__(self, model: nn.Module, alignment: PairedBlockDistance):
+        super().__init__()
+        self.model = model
+        self.alignment = alignment
+
+    def no_weight_decay(self):
+        model = unwrap_model(self.model)
+        if not hasattr(model, 'no_weight_decay'):
+            return set()
+        return {'model.' + name for name in model.no_weight_decay()}
+
+    def group_matcher(self, coarse: bool = False):
+        model = unwrap_model(self.model)
+        if not hasattr(model, 'group_matcher'):
+            return {}
+        layer_map = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+        last_layer = max(layer_map.values(), default=0)
+        return lambda name: layer_map.get(name[len('model.'):], last_layer) if name.startswith('model.') else last_layer
+
+    def forward(self, clean: torch.Tensor, corrupted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        batch_size = clean.shape[0]
+        self.alignment.start()
+        try:
+            logits = self.model(torch.cat([corrupted, clean]))
+        except BaseException:
+            self.alignment.cancel()
+            raise
+        return logits[batch_size:], self.alignment.finish()
+
+
+class RSPCTask(TrainingTask):
+    """Classification training with RSPC (Guo, Stutz, Schiele, CVPR 2023).
+
+    Args:
+        model: the backbone, any timm model with a patch grid (RVT, FAN, ViT, DeiT, ...).
+        criterion: loss on the clean logits; created by timm's ``create_classification_loss(**criterion_kwargs)``
+            when None.
+        criterion_kwargs: see ``criterion``.
+        ratio: fraction rho of patches C corrupts, in (0, 1) (paper: 0.1).
+        align_weight: lambda, the weight of the feature alignment loss, >= 0 (paper: 0.005).
+        blocks: the blocks to align, see `select_blocks` (default: every transformer block).
+        noise: ``normalized`` (paper: U[0, 1) in normalised space) or ``pixel`` (U[0, 1) pixels, then normalised).
+        mean, std: the model's input normalisation, which sets the range corrupted images are clamped to (default:
+            timm's data config of the model).
+        img_size, patch_size: C's input size and patch size (default: from the model, see `find_patch_grid`).
+        corruption_opt, corruption_lr, corruption_momentum, corruption_weight_decay, corruption_clip_grad: C's
+            optimiser (default: the authors' Nesterov SGD, 1e-4, 0.9, 0.05, clip 5).
+        generator: a ``torch.Generator`` for the noise (default: the global RNG); ``forward`` can also take an
+            explicit ``noise`` tensor or a per-call generator.
+        device, dtype, verbose: as for timm's tasks; C is created on ``device`` with ``dtype``.
+
+    ``forward(input, target)`` returns ``loss``, ``output`` (clean logits), ``task_loss``, ``align_loss`` and
+    ``occluded_fraction`` (of patches), all tensors; nothing in it synchronises with the device.
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            criterion: Optional[Union[nn.Module, Callable]] = None,
+            criterion_kwargs: Optional[Dict[str, Any]] = None,
+            ratio: float = 0.1,
+            align_weight: float = 0.005,
+            blocks: BlockSpec = None,
+            noise: str = 'normalized',
+            mean: Optional[Sequence[float]] = None,
+            std: Optional[Sequence[float]] = None,
+            img_size: Union[None, int, Sequence[int]] = None,
+            patch_size: Optional[int] = None,
+            corruption_opt: str = 'sgd',
+            corruption_lr: float = 1e-4,
+            corruption_momentum: float = 0.9,
+            corruption_weight_decay: float = 0.05,
+            corruption_clip_grad: Optional[float] = 5.0,
+            generator: Optional[torch.Generator] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+            verbose: bool = True,
+    ):
+        super().__init__(device=device, dtype=dtype, verbose=verbose)
+        if not 0. < ratio < 1.:
+            raise ValueError(f'The corruption ratio rho must lie in (0, 1), got {ratio}.')
+        if align_weight < 0:
+            raise ValueError(f'The alignment weight lambda must be >= 0, got {align_weight}.')
+        self.align_weight = float(align_weight)
+        self.generator = generator
+        self.criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=criterion_kwargs)
+
+        mean, std, _ = resolve_mean_std(model, mean, std)
+        img_size, patch_size = find_patch_grid(model, img_size, patch_size)
+        corruption_model = PatchCorruptionModel(
+            img_size, patch_size, in_chans=len(mean), ratio=ratio, device=self.device, dtype=self.dtype)
+        self.corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=noise)
+        self.corruption_optimizer = CorruptionOptimizer(
+            corruption_model,
+            opt=corruption_opt,
+            lr=corruption_lr,
+            momentum=corruption_momentum,
+            weight_decay=corruption_weight_decay,
+            clip_grad=corruption_clip_grad,
+        )
+        self.trainable_module = RSPCTrainableModule(model, PairedBlockDistance(model, blocks))
+
+        if self.verbose:
+            names = self.alignment.block_names
+            _logger.info(
+                f'RSPCTask: ratio={ratio}, align_weight={align_weight}, noise={noise}, '
+                f'corruption grid {corruption_model.grid_size} of {patch_size}px patches, '
+                f'aligning {len(names)} blocks ({names[0]} ... {names[-1]}), C optimiser {self.corruption_optimizer}')
+
+    @property
+    def corruption_model(self) -> PatchCorruptionModel:
+        return self.corruption.corruption_model
+
+    @property
+    def alignment(self) -> PairedBlockDistance:
+        return self._unwrapped_trainable().alignment
+
+    def _unwrapped_trainable(self) -> RSPCTrainableModule:
+        return unwrap_model(self.trainable_module)
+
+    # --- corruption model optimisation ---------------------------------------------------------------------------
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, loss_scaler: Any = None) -> 'RSPCTask':
+        """Step C's optimiser whenever ``optimizer`` (the backbone's) steps; pass timm's ``loss_scaler`` with AMP."""
+        self.corruption_optimizer.attach(optimizer, loss_scaler)
+        return self
+
+    def step_corruption_model(self) -> None:
+        """Update C now, for custom loops that do not `attach_optimizer` (see `CorruptionOptimizer.step`)."""
+        self.corruption_optimizer.step()
+
+    # --- timm TrainingTask hooks -----------------------------------------------------------------------------------
+
+    def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'RSPCTask':
+        """Make C identical on all ranks (from rank 0) and wrap the trainable module in DDP.
+
+        C is not DDP-wrapped: its gradients are averaged over the ranks when it steps (`CorruptionOptimizer.step`).
+        """
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        self.corruption_optimizer.broadcast_parameters(src=0)
+        self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
+        return self
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
+        """Compile the paired training forward and, separately, the backbone for evaluation."""
+        self.eval_model = torch.compile(
+            self._unwrapped_trainable().model, backend=backend, mode=mode, **compile_kwargs)
+        self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
+        return self.eval_model
+
+    def setup_ema(
+            self,
+            decay: float = 0.9999,
+            use_warmup: bool = False,
+            device: Optional[torch.device] = None,
+            **kwargs,
+    ) -> nn.Module:
+        """EMA of the backbone only (C and the alignment hooks are training-time machinery)."""
+        trainable = self._unwrapped_trainable()
+        self.trainable_module_ema = ModelEmaV3(
+            trainable.model, decay=decay, use_warmup=use_warmup, device=device, **kwargs)
+        trainable.alignment.strip_from_copy(self.trainable_module_ema.module)
+        return self.trainable_module_ema
+
+    def update_ema(self, step: Optional[int] = None) -> None:
+        if self.has_ema():
+            self.trainable_module_ema.update(unwrap_model(self._unwrapped_trainable().model), step=step)
+
+    def get_eval_model(self, module: Optional[nn.Module] = None, ema: bool = False) -> Optional[nn.Module]:
+        """The plain backbone (or its EMA / compiled version): what validation and checkpoints see."""
+        resolved = super().get_eval_model(module=module, ema=ema)
+        current = resolved
+        while current is not None:
+            if isinstance(current, RSPCTrainableModule):
+                return current.model
+            inner = getattr(current, 'module', None)  # DDP, ModelEmaV3
+            current = inner if inner is not None else getattr(current, '_orig_mod', None)  # torch.compile
+        return resolved
+
+    def get_clip_parameters(self, exclude_head: bool = False):
+        parameters = list(self._unwrapped_trainable().model.parameters())
+        return parameters[:-2] if exclude_head else parameters
+
+    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
+        """C's weights, its optimiser state and the noise generator's state when the task has one (nothing for the EMA
+        side, which holds the backbone only)."""
+        if ema:
+            return {}
+        state = {
+            'corruption_model': self.corruption_model.state_dict(),
+            'corruption_optimizer': self.corruption_optimizer.state_dict(),
+        }
+        if self.generator is not None:
+            state['noise_generator'] = self.generator.get_state()
+        return state
+
+    def load_task_state(
+            self,
+            state: Optional[Dict[str, Any]],
+            strict: bool = True,
+            module: Optional[nn.Module] = None,
+            ema: bool = False,
+    ) -> None:
+        if ema:
+            return
+        if not state or 'corruption_model' not in state:
+            # A plain (non-RSPC) checkpoint: the backbone is restored, C starts afresh.
+            if self.verbose:
+                _logger.warning('RSPCTask: the checkpoint has no corruption model state; C starts from scratch.')
+            return
+        self.corruption_model.load_state_dict(state['corruption_model'], strict=strict)
+        if 'corruption_optimizer' in state:
+            self.corruption_optimizer.load_state_dict(state['corruption_optimizer'])
+        elif strict:
+            raise RuntimeError('The checkpoint has corruption model weights but no corruption optimiser state.')
+        if self.generator is not None and 'noise_generator' in state:
+            self.generator.set_state(state['noise_generator'])
+
+    def forward(
+            self,
+            input: torch.Tensor,
+            target: torch.Tensor,
+            noise: Optional[torch.Tensor] = None,
+            generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """One RSPC forward pass and loss; ``noise`` / ``generator`` pin the corruption noise for reproducibility."""
+        if generator is None:
+            generator = self.generator
+        corrupted = self.corruption(input, noise=noise, generator=generator)
+        output, align_loss = self.trainable_module(input, corrupted.images)
+        task_loss = self.criterion(output, target)
+        return {
+            'loss': task_loss + self.align_weight * align_loss,
+            'output': output,
+            'task_loss': task_loss,
+            'align_loss': align_loss,
+            'occluded_fraction': corrupted.occluded_fraction(),
+        }
+
+
+class PlainClassificationTask(ClassificationTask):
+    """timm's ``ClassificationTask`` with the RSPC task's `attach_optimizer` as a no-op.
+
+    What `create_rspc_task` returns without ``--rspc``, so that one training recipe serves both settings.
+    """
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, loss_scaler: Any = None) -> 'PlainClassificationTask':
+        return self
