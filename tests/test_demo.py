@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from timm_rspc.demo.patch_occlusion import num_occluded, occlude, random_keep_masks
+from timm_rspc.demo.patch_occlusion import PatchNoise, num_occluded, random_keep_masks
 from timm_rspc.demo.shapes import CLASS_NAMES, render_class, write_image_folder
 
 
@@ -44,11 +44,23 @@ def test_shapes_are_deterministic_and_distinct(tmp_path):
         write_image_folder(str(root), 3, 1, 16, seed=0)
 
 
-def test_random_masks_occlude_exactly_ten_percent():
-    keep = random_keep_masks(5, (8, 8), 0.1, torch.Generator().manual_seed(0))
-    assert keep.shape == (5, 1, 8, 8)
-    assert ((1 - keep).flatten(1).sum(1) == num_occluded((8, 8), 0.1)).all() and num_occluded((8, 8), 0.1) == 6
-    images, noise = torch.zeros(5, 3, 32, 32), torch.ones(5, 3, 32, 32)
-    occluded = occlude(images, keep, noise)
-    assert occluded.mean().item() == pytest.approx(6 / 64)
-    assert torch.equal(occluded[:, :, :4, :4] == 1, (keep[:, :, :1, :1] == 0).expand(5, 3, 4, 4))
+def test_random_masks_occlude_as_many_patches_as_rspc():
+    from timm_rspc.method import top_rho_straight_through
+    for grid in ((4, 4), (8, 8), (14, 14)):
+        n = grid[0] * grid[1]
+        keep = random_keep_masks(5, grid, 0.1, torch.Generator().manual_seed(0))
+        rspc_keep = top_rho_straight_through(torch.randn(5, n), 0.1)  # C's binarisation, distinct scores
+        assert keep.shape == (5, n)
+        assert ((1 - keep).sum(1) == num_occluded(grid, 0.1)).all()
+        assert ((1 - rspc_keep).sum(1) == num_occluded(grid, 0.1)).all()
+
+
+def test_patch_noise_replaces_exactly_the_masked_patches():
+    keep = random_keep_masks(5, (4, 4), 0.1, torch.Generator().manual_seed(0))
+    images = torch.full((5, 3, 32, 32), 0.123)
+    fill = PatchNoise((4, 4), 8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    occluded = fill(images, keep, torch.Generator().manual_seed(1))
+    expected = keep.view(5, 1, 4, 1, 4, 1).expand(5, 3, 4, 8, 4, 8).reshape(5, 3, 32, 32) == 0
+    assert torch.equal(occluded != images, expected)
+    # Pixel noise U[0, 1) normalised with mean = std = 0.5 covers [-1, 1).
+    assert occluded[expected].min() >= -1 and occluded[expected].max() < 1 and occluded[expected].std() > 0.5

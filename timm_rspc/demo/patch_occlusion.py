@@ -11,11 +11,12 @@ Occluded patches are filled with uniform noise in pixel space ([0, 1] per channe
 images). All randomness comes from explicit seeds.
 """
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from timm_rspc.method import blend_noise, draw_noise, find_patch_grid, normalized_pixel_range, patch_mask_to_pixels
 
 
 @dataclass
@@ -25,66 +26,64 @@ class OcclusionScores:
 
 
 def patch_grid(model: nn.Module) -> Tuple[Tuple[int, int], int]:
-    """``(grid_size, patch_size)`` of a timm ViT-like model, read from its patch embedding."""
-    patch_embed = getattr(model, 'patch_embed', None)
-    if patch_embed is None or not hasattr(patch_embed, 'grid_size'):
-        raise ValueError(f'{type(model).__name__} has no patch grid (patch_embed.grid_size).')
-    patch_size = patch_embed.patch_size
-    return tuple(patch_embed.grid_size), patch_size[0] if isinstance(patch_size, (tuple, list)) else patch_size
+    """``(grid_size, patch_size)`` of a patch-based timm model (RSPC's own patch-grid discovery)."""
+    img_size, patch_size = find_patch_grid(model)
+    return (img_size[0] // patch_size, img_size[1] // patch_size), patch_size
 
 
 def num_occluded(grid_size: Tuple[int, int], ratio: float) -> int:
-    return max(1, int(round(ratio * grid_size[0] * grid_size[1])))
+    """Patches RSPC's corruption model occludes at ``ratio``: those below the ratio-quantile of N distinct scores."""
+    return int(ratio * (grid_size[0] * grid_size[1] - 1)) + 1
 
 
 def random_keep_masks(count: int, grid_size: Tuple[int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
-    """(count, 1, gh, gw) masks, 1 = keep, with exactly ``num_occluded`` zeros per image at random places."""
+    """(count, N) patch masks, 1 = keep, with exactly ``num_occluded`` zeros per image at random places."""
     num_patches = grid_size[0] * grid_size[1]
     order = torch.rand(count, num_patches, generator=generator).argsort(dim=1)
     keep = torch.ones(count, num_patches)
     keep.scatter_(1, order[:, :num_occluded(grid_size, ratio)], 0.)
-    return keep.view(count, 1, *grid_size)
+    return keep
 
 
-def occlude(images: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Replace the patches where ``keep`` (patch grid) is 0 by ``noise`` (same shape as ``images``)."""
-    scale = images.shape[-1] // keep.shape[-1]
-    keep_pixels = F.interpolate(keep, scale_factor=scale, mode='nearest')
-    return keep_pixels * images + (1 - keep_pixels) * noise
+class PatchNoise:
+    """Fills the patches a mask marks 0 with uniform [0, 1) pixel noise, in the model's normalised input space."""
 
+    def __init__(self, grid_size: Tuple[int, int], patch_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.grid_size, self.patch_size = grid_size, patch_size
+        self.lower, self.upper = normalized_pixel_range(mean, std)
 
-def normalized_noise(shape, mean, std, generator: torch.Generator) -> torch.Tensor:
-    """Uniform [0, 1) pixel noise expressed in the model's normalised input space."""
-    mean = torch.tensor(mean).view(1, -1, 1, 1)
-    std = torch.tensor(std).view(1, -1, 1, 1)
-    return (torch.rand(shape, generator=generator) - mean) / std
+    def __call__(self, images: torch.Tensor, keep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = draw_noise(images, 'pixel', self.lower, self.upper, generator=generator)
+        pixel_keep = patch_mask_to_pixels(keep, self.grid_size, self.patch_size)
+        return blend_noise(images, pixel_keep, noise, self.lower, self.upper)
 
 
 @torch.inference_mode()
 def score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 256) -> OcclusionScores:
     model.eval()
-    correct, confidence = 0., 0.
+    correct = torch.zeros((), dtype=torch.float64)
+    confidence = torch.zeros((), dtype=torch.float64)
     for start in range(0, images.shape[0], batch_size):
         logits = model(images[start:start + batch_size])
         target = targets[start:start + batch_size]
-        correct += (logits.argmax(-1) == target).sum().item()
-        confidence += logits.softmax(-1).gather(1, target[:, None]).sum().item()
+        correct += (logits.argmax(-1) == target).sum()
+        confidence += logits.softmax(-1).gather(1, target[:, None]).sum()
     n = images.shape[0]
-    return OcclusionScores(accuracy=100. * correct / n, confidence=100. * confidence / n)
+    return OcclusionScores(accuracy=100. * correct.item() / n, confidence=100. * confidence.item() / n)
 
 
 def evaluate_random_occlusion(
         model: nn.Module, images: torch.Tensor, targets: torch.Tensor, ratio: float, mean, std,
         seed: int, repeats: int = 3,
 ) -> OcclusionScores:
-    """Mean scores over ``repeats`` draws of fixed random masks and noise (same draws for every model)."""
-    grid_size, _ = patch_grid(model)
+    """Mean scores over ``repeats`` draws of fixed random masks and noise (the same draws for every model)."""
+    grid_size, patch_size = patch_grid(model)
+    fill = PatchNoise(grid_size, patch_size, mean, std)
     generator = torch.Generator().manual_seed(seed)
     runs = []
     for _ in range(repeats):
         keep = random_keep_masks(images.shape[0], grid_size, ratio, generator)
-        noise = normalized_noise(images.shape, mean, std, generator)
-        runs.append(score(model, occlude(images, keep, noise), targets))
+        runs.append(score(model, fill(images, keep, generator), targets))
     return OcclusionScores(
         accuracy=sum(r.accuracy for r in runs) / repeats, confidence=sum(r.confidence for r in runs) / repeats)
 
@@ -95,10 +94,11 @@ def evaluate_worst_case_occlusion(
 ) -> Tuple[OcclusionScores, Dict[str, float]]:
     """Fit a corruption model against the frozen ``model`` on ``fit_images``, then score ``images`` occluded where
     it points. Returns the scores and the attacker's alignment loss before / after fitting."""
-    from .worst_case import fit_corruption_model, corruption_keep_masks
+    from .worst_case import corruption_keep_masks, fit_corruption_model
+    grid_size, patch_size = patch_grid(model)
+    fill = PatchNoise(grid_size, patch_size, mean, std)
     generator = torch.Generator().manual_seed(seed)
     corruption, history = fit_corruption_model(
-        model, fit_images, ratio, mean, std, generator, steps=steps, lr=lr, batch_size=batch_size)
-    keep = corruption_keep_masks(corruption, images, batch_size=256)
-    noise = normalized_noise(images.shape, mean, std, generator)
-    return score(model, occlude(images, keep, noise), targets), history
+        model, fit_images, ratio, fill, generator, steps=steps, lr=lr, batch_size=batch_size)
+    keep = corruption_keep_masks(corruption, images)
+    return score(model, fill(images, keep, generator), targets), history

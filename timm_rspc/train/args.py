@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import yaml
 from timm.utils import ParseKwargs
 
-from ._method import add_rspc_args
+from timm_rspc.method import add_rspc_args
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,8 @@ from timm.utils import NativeScaler
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
 from timm.utils.summary import trim_summary
 
-from ._method import create_rspc_task
+from timm_rspc.method import create_rspc_task
+
 from .args import ConfigError, args_to_yaml
 from .loop import LoopSettings, train_one_epoch, validate
 from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, choose_output_dir, \
@@ -118,8 +119,7 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
     _resolve_lr(args, is_primary)
 
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
-    if hasattr(task, 'attach_optimizer'):
-        task.attach_optimizer(optimizer, loss_scaler=loss_scaler)
+    task.attach_optimizer(optimizer, loss_scaler=loss_scaler)  # RSPC: C's optimiser steps with this one
 
     resume_epoch, resume_state = None, {}
     if args.resume:
