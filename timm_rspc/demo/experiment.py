@@ -32,7 +32,7 @@ class DemoConfig:
     depth: int = 4
     num_heads: int = 3
     # Training, identical for both runs.
-    epochs: int = 10
+    epochs: int = 25
     batch_size: int = 32
     opt: str = 'adamw'
     lr: float = 1e-3

@@ -101,4 +101,6 @@ def evaluate_worst_case_occlusion(
     corruption, history = fit_corruption_model(
         model, fit_images, ratio, fill, generator, steps=steps, lr=lr, batch_size=batch_size)
     keep = corruption_keep_masks(corruption, images)
+    history['distinct_masks'] = torch.unique(keep, dim=0).shape[0]  # 1: C settled on fixed positions
+    history['occluded_per_patch'] = (1 - keep).sum(0).tolist()
     return score(model, fill(images, keep, generator), targets), history

@@ -25,6 +25,8 @@ def format_table(report: Dict) -> str:
     seeds = report['seeds']
     runtime = report['runtime_seconds']
     lines.append('-' * len(sub))
+    lines.append('feature distortion under the worst-case patches (RSPC alignment loss, lower = less sensitive): ' +
+                 ', '.join(f"{m['name']} {m['attacker']['align_loss_end']:.3f}" for m in report['models']))
     lines.append(f"seeds: data {seeds['data']}, training {seeds['training']}, evaluation {seeds['evaluation']}; "
                  f"{report['data']['train_images']} train / {report['data']['val_images']} val images; "
                  f"runtime {runtime['total']:.0f} s")
@@ -47,7 +49,7 @@ def write_plot(report: Dict, output_dir: str) -> Optional[str]:
         return None
     occ = report['occlusion']
     patches = f"{occ['patches']}/{occ['of']} patches"
-    conditions = [('clean', 'clean'), ('random', f'random {patches}'), ('worst_case', f'worst-case {patches}')]
+    conditions = [('clean', 'clean'), ('random', f'random\n{patches}'), ('worst_case', f'worst-case\n{patches}')]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     width = 0.8 / len(report['models'])
     for ax, metric, label in zip(axes, ('accuracy', 'confidence'), ('top-1 accuracy (%)', 'true-class confidence (%)')):
@@ -59,7 +61,7 @@ def write_plot(report: Dict, output_dir: str) -> Optional[str]:
         ax.set_xticks(range(len(conditions)), [name for _, name in conditions])
         ax.set_ylabel(label)
         ax.set_ylim(0, 105)
-        ax.legend(loc='lower left', fontsize=8)
+        ax.legend(loc='upper right', fontsize=8)
     seeds = report['seeds']
     fig.suptitle(f"Patch-noise occlusion, {report['config']['model']} (small), seeds data {seeds['data']} / "
                  f"train {seeds['training']} / eval {seeds['evaluation']}", fontsize=10)
