@@ -288,7 +288,7 @@ def test_results_table_against_paper_numbers():
                            ('Measured', {'imagenet_top1': 82.0})])
     lines = table.splitlines()
     assert lines[0] == '| Metric | RSPC (paper) | Measured |'
-    assert lines[2] == '| ImageNet-1k top-1 (↑) | 82.2 | 82 |'
+    assert lines[2] == '| ImageNet-1k top-1 (↑) | 82.2 | 82.0 |'
     assert '| ImageNet-C mCE (↓) | 48.4 | - |' in lines
     assert len(lines) == 2 + 5
 
@@ -538,3 +538,29 @@ def test_export_all_released_reports_missing_files_and_skips_finished_ones(tmp_p
 
     again = export_all_released(tmp_path / 'downloads', out, weights=[present, absent])
     assert again['exported'] == [] and [row['name'] for row in again['skipped']] == [present.name]
+
+
+def test_released_rvt_weight_exports_with_paper_card(tmp_path):
+    """The registry's own entry for RSPC-RVT-Ti: a release-format file in the authors' container -> Hub folder."""
+    from timm_rspc.hub import released_weights
+    (weight,) = [w for w in released_weights('rvt_tiny_plus.rspc_in1k')]
+    assert weight.url == RSPC_RELEASES + 'v1.0/rspc_rvt_tiny.pth.tar' and weight.is_rspc
+    torch.manual_seed(0)
+    source = timm.create_model('rvt_tiny_plus')
+    downloads = tmp_path / 'downloads'
+    downloads.mkdir()
+    torch.save({'state_dict': source.state_dict(), 'state_dict_ema': {}, 'epoch': 299,
+                'args': argparse.Namespace(model='rvt_tiny_plus', rspc=True)}, downloads / weight.filename)
+
+    index = export_all_released(downloads, tmp_path / 'out', pattern='rvt_tiny_plus.rspc_in1k')
+    assert [row['name'] for row in index['exported']] == ['rvt_tiny_plus.rspc_in1k'] and index['missing'] == []
+    folder = tmp_path / 'out' / 'rvt_tiny_plus.rspc_in1k'
+    card = (folder / 'README.md').read_text()
+    assert '\nlicense: mit\n' in card and 'Towards Robust Vision Transformer' in card
+    assert '| ImageNet-C mCE (↓) | 55.7 | 57.0 |' in card  # RSPC vs the RVT-Ti* baseline, paper table
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'rvt_tiny_plus' and config['num_classes'] == 1000
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source.eval()(x), rtol=0, atol=0)

@@ -303,7 +303,9 @@ def test_hook_matches_task():
     rspc = RSPCHook(model)
     rspc.corruption_model.load_state_dict(task.corruption_model.state_dict())
     out = task(x, target, noise=noise)
-    output, align_loss = rspc.split(model(rspc(x, noise=noise)))
+    paired, paired_target = rspc(x, target, noise=noise)
+    assert paired_target is target and paired.shape[0] == 2 * x.shape[0]
+    output, align_loss = rspc.split(model(paired))
     loss = rspc.loss(SoftTargetCrossEntropy()(output, target), align_loss)
     torch.testing.assert_close(loss, out['loss'])
     torch.testing.assert_close(rspc.occluded_fraction, out['occluded_fraction'])

@@ -136,7 +136,11 @@ def published_results(name: str) -> Dict[str, float]:
 
 
 def _format_value(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value:g}'
+    """Results as published: at least one decimal (57.0, not 57), more when the source has them (97.73)."""
+    if value is None:
+        return '-'
+    text = f'{value:g}'
+    return text if '.' in text or 'e' in text else f'{value:.1f}'
 
 
 def results_table(columns: Sequence[Tuple[str, Dict[str, float]]]) -> str:

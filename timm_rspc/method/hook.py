@@ -5,9 +5,9 @@ rspc = RSPCHook(model)                          # hooks the blocks, owns C and C
 rspc.attach_optimizer(optimizer, loss_scaler)   # optional: step C whenever the optimiser steps
 for x, y in loader:
     x, y = mixup_fn(x, y)
+    x, y = rspc(x, y)                           # x: cat([corrupted, clean]); alignment recording started
     with autocast:
-        paired = rspc(x)                        # cat([corrupted, clean]), alignment recording started
-        output, align_loss = rspc.split(model(paired))
+        output, align_loss = rspc.split(model(x))
         loss = criterion(output, y) + rspc.align_weight * align_loss
     loss.backward()
     optimizer.step()                            # C steps here when attached, else call rspc.step()
@@ -89,14 +89,18 @@ class RSPCHook:
     def __call__(
             self,
             x: torch.Tensor,
+            target: torch.Tensor,
             noise: Optional[torch.Tensor] = None,
             generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Return ``cat([corrupted x, x])`` for the model, and start recording the blocks' alignment."""
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Like ``Mixup``: ``(x, target) -> (cat([corrupted x, x]), target)``; starts recording the alignment.
+
+        The target is returned unchanged: the task loss is computed on the clean half only (see `split`).
+        """
         corrupted = self.corruption(x, noise=noise, generator=generator)
         self.occluded_fraction = corrupted.occluded_fraction()
         self.alignment.start()
-        return torch.cat([corrupted.images, x])
+        return torch.cat([corrupted.images, x]), target
 
     def split(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """From the model's output on the paired batch: ``(clean half of output, align_loss)``; stops recording."""
