@@ -20,10 +20,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .capture import BlockSpec, PairedBlockDistance, find_patch_grid
-from .corruption import AdversarialPatchCorruption, PatchCorruptionModel
-from .corruption_optimizer import CorruptionOptimizer
-from .task import resolve_mean_std
+from .capture import BlockSpec, PairedBlockDistance
+from .corruption import PatchCorruptionModel
+from .task import create_adversary
 
 __all__ = ['RSPCHook']
 
@@ -62,19 +61,9 @@ class RSPCHook:
             device = device if device is not None else (first.device if first is not None else None)
             dtype = dtype if dtype is not None else (first.dtype if first is not None else None)
         self.align_weight = float(align_weight)
-        mean, std, _ = resolve_mean_std(model, mean, std)
-        img_size, patch_size = find_patch_grid(model, img_size, patch_size)
-        corruption_model = PatchCorruptionModel(
-            img_size, patch_size, in_chans=len(mean), ratio=ratio, device=device, dtype=dtype)
-        self.corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=noise)
-        self.corruption_optimizer = CorruptionOptimizer(
-            corruption_model,
-            opt=corruption_opt,
-            lr=corruption_lr,
-            momentum=corruption_momentum,
-            weight_decay=corruption_weight_decay,
-            clip_grad=corruption_clip_grad,
-        )
+        self.corruption, self.corruption_optimizer = create_adversary(
+            model, ratio, noise, mean, std, img_size, patch_size, corruption_opt, corruption_lr, corruption_momentum,
+            corruption_weight_decay, corruption_clip_grad, device, dtype)
         self.alignment = PairedBlockDistance(model, blocks)
         self.occluded_fraction: Optional[torch.Tensor] = None
 

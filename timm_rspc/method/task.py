@@ -51,6 +51,42 @@ def resolve_mean_std(
     return mean, std, config
 
 
+def create_adversary(
+        model: nn.Module,
+        ratio: float,
+        noise: str,
+        mean: Optional[Sequence[float]],
+        std: Optional[Sequence[float]],
+        img_size: Union[None, int, Sequence[int]],
+        patch_size: Optional[int],
+        corruption_opt: str,
+        corruption_lr: float,
+        corruption_momentum: float,
+        corruption_weight_decay: float,
+        corruption_clip_grad: Optional[float],
+        device: Optional[torch.device],
+        dtype: Optional[torch.dtype],
+) -> Tuple[AdversarialPatchCorruption, CorruptionOptimizer]:
+    """C sized for ``model``'s patch grid and normalisation, with the noise blend and C's own optimiser.
+
+    Shared by `RSPCTask` and `RSPCHook`; the arguments are theirs (see `RSPCTask`).
+    """
+    mean, std, _ = resolve_mean_std(model, mean, std)
+    img_size, patch_size = find_patch_grid(model, img_size, patch_size)
+    corruption_model = PatchCorruptionModel(
+        img_size, patch_size, in_chans=len(mean), ratio=ratio, device=device, dtype=dtype)
+    corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=noise)
+    optimizer = CorruptionOptimizer(
+        corruption_model,
+        opt=corruption_opt,
+        lr=corruption_lr,
+        momentum=corruption_momentum,
+        weight_decay=corruption_weight_decay,
+        clip_grad=corruption_clip_grad,
+    )
+    return corruption, optimizer
+
+
 class RSPCTrainableModule(nn.Module):
     """The backbone plus the alignment hooks; everything trainable by the main optimiser runs in its forward.
 
@@ -146,26 +182,17 @@ class RSPCTask(TrainingTask):
         self.generator = generator
         self.criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=criterion_kwargs)
 
-        mean, std, _ = resolve_mean_std(model, mean, std)
-        img_size, patch_size = find_patch_grid(model, img_size, patch_size)
-        corruption_model = PatchCorruptionModel(
-            img_size, patch_size, in_chans=len(mean), ratio=ratio, device=self.device, dtype=self.dtype)
-        self.corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=noise)
-        self.corruption_optimizer = CorruptionOptimizer(
-            corruption_model,
-            opt=corruption_opt,
-            lr=corruption_lr,
-            momentum=corruption_momentum,
-            weight_decay=corruption_weight_decay,
-            clip_grad=corruption_clip_grad,
-        )
+        self.corruption, self.corruption_optimizer = create_adversary(
+            model, ratio, noise, mean, std, img_size, patch_size, corruption_opt, corruption_lr, corruption_momentum,
+            corruption_weight_decay, corruption_clip_grad, self.device, self.dtype)
+        corruption_model = self.corruption.corruption_model
         self.trainable_module = RSPCTrainableModule(model, PairedBlockDistance(model, blocks))
 
         if self.verbose:
             names = self.alignment.block_names
             _logger.info(
                 f'RSPCTask: ratio={ratio}, align_weight={align_weight}, noise={noise}, '
-                f'corruption grid {corruption_model.grid_size} of {patch_size}px patches, '
+                f'corruption grid {corruption_model.grid_size} of {corruption_model.patch_size}px patches, '
                 f'aligning {len(names)} blocks ({names[0]} ... {names[-1]}), C optimiser {self.corruption_optimizer}')
 
     @property
