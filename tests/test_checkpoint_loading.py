@@ -67,8 +67,9 @@ def test_missing_ema_is_an_error(tmp_path, weights):
         read_state_dict(path, use_ema=True)
 
 
-def test_safetensors(tmp_path, weights):
-    path = tmp_path / 'model.safetensors'
+@pytest.mark.parametrize('name', ['model.safetensors', 'model.bin'])
+def test_safetensors_by_extension_or_content(tmp_path, weights, name):
+    path = tmp_path / name
     save_file(weights['plain'], str(path))
     assert all(torch.equal(read_state_dict(path)[k], v) for k, v in weights['plain'].items())
 

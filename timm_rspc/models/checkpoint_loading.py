@@ -56,12 +56,19 @@ def _safe_globals() -> list:
     return allowed
 
 
+def _looks_like_safetensors(path: str) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length, then its JSON header ('{')."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < os.path.getsize(path)
+
+
 def read_checkpoint(path: str, map_location: str = 'cpu') -> Any:
     """Read a checkpoint file without unpickling arbitrary objects; returns what the file holds."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at '{path}'.")
-    if path.endswith('.safetensors'):
+    if path.endswith('.safetensors') or _looks_like_safetensors(path):
         from safetensors.torch import load_file
         return load_file(path, device=str(map_location))
     try:
