@@ -1,16 +1,17 @@
 """One model of each family trains with RSPC: the classification loss falls on a fixed tiny batch, and C, updated
-alone, moves the alignment loss on that batch up, not down (it ascends what the backbone descends).
+alone, raises the alignment loss on that batch (it ascends what the backbone descends).
 
-At this scale (64 px, 16 patches, 2 corrupted) one ascent step of C raises L_align on RVT and FAN and leaves the
-mask, hence L_align, unchanged on ViT / DeiT, while one step the other way lowers it on all four. The straight-through
-gradient is a first-order guide through a discrete choice of patches, not a guarantee: with other seeds or after
-training the backbone a single step can go either way, so the check runs on the freshly created model, fixed seeds."""
+C's gradient reaches it through a straight-through estimator over a discrete choice of patches (64 px, 16 patches,
+2 corrupted), and at random initialisation, scaled by lambda = 0.005, it is small: C's learning rate here (3000, i.e.
+lambda * lr = 15) is what makes one step change which patches C picks. One step along C's own (reversed) gradient
+raises L_align on every family, and by more than one step in the opposite direction does.
+"""
 import pytest
 import timm
 import torch
 from timm.loss import SoftTargetCrossEntropy
 
-import timm_rspc  # noqa: F401  (registers RVT / FAN when present)
+import timm_rspc  # noqa: F401  (registers RVT / FAN)
 from timm_rspc.method import RSPCTask
 
 # name -> (create_model kwargs, image size); small images where the model allows it
@@ -22,12 +23,6 @@ FAMILIES = {
 }
 
 
-def family_params():
-    registered = set(timm.list_models())
-    return [pytest.param(name, marks=pytest.mark.skipif(name not in registered, reason=f'{name} not registered'))
-            for name in FAMILIES]
-
-
 def fixed_batch(img_size, num_classes=10):
     """Four normalised images with one-hot targets, and fixed noise (so that only C's choice of patches varies)."""
     gen = torch.Generator().manual_seed(0)
@@ -36,20 +31,20 @@ def fixed_batch(img_size, num_classes=10):
     return x, target, torch.rand(x.shape, generator=gen)
 
 
-@pytest.mark.parametrize('name', family_params())
+@pytest.mark.parametrize('name', list(FAMILIES))
 def test_rspc_trains_each_family(name):
     kwargs, img_size = FAMILIES[name]
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs)
     x, target, noise = fixed_batch(img_size)
 
-    # C's step made large enough to change which patches it picks in one step
-    task = RSPCTask(model, SoftTargetCrossEntropy(), corruption_lr=30., corruption_momentum=0.,
+    # C's step made large enough to change which patches it picks in one step (see the module docstring)
+    task = RSPCTask(model, SoftTargetCrossEntropy(), corruption_lr=3000., corruption_momentum=0.,
                     corruption_weight_decay=0., corruption_clip_grad=None, verbose=False)
     assert len(task.alignment.block_names) >= 2
 
-    # C alone (backbone fixed), one step each way from the same C: following its own (reversed) gradient C does not
-    # lower the alignment loss on the batch, following the opposite direction lowers it.
+    # C alone (backbone fixed), one step each way from the same C: following its own (reversed) gradient C raises
+    # the alignment loss on the batch, and by more than the opposite step does.
     def align_after_one_c_step(direction):
         task.corruption_model.load_state_dict(start)
         out = task(x, target, noise=noise)
@@ -63,7 +58,7 @@ def test_rspc_trains_each_family(name):
     start = {k: v.clone() for k, v in task.corruption_model.state_dict().items()}
     align_start, align_up = align_after_one_c_step(+1)
     _, align_down = align_after_one_c_step(-1)
-    assert align_down < align_start <= align_up
+    assert align_up > align_start and align_up > align_down
 
     # backbone training (C fixed): the classification loss on the fixed batch falls
     task.corruption_model.load_state_dict(start)
