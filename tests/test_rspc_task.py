@@ -190,6 +190,31 @@ def test_loss_scaler_unscales_before_clipping_and_skips_overflow():
     assert all(torch.equal(a, b) for a, b in zip(before, c_state(task)))
 
 
+def test_normalize_clip_mode_makes_the_authors_fp16_update():
+    """The authors clipped C's gradient at 5 while it was still multiplied by the fp16 loss scale (~65536): every C
+    step was a step of gradient norm 5. ``normalize`` makes that update, here from an unscaled fp32 gradient."""
+    x, target, noise = batch()
+    task = RSPCTask(make_vit(depth=2), SoftTargetCrossEntropy(), corruption_clip_mode='normalize', verbose=False)
+    c = task.corruption_model
+    reference = copy.deepcopy(c)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=0.05)
+    optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.0)
+    task.attach_optimizer(optimizer)
+    task(x, target, noise=noise)['loss'].backward()
+    # the authors' update: the gradient times a huge loss scale, clipped to norm 5
+    for p, p_ref in zip(c.parameters(), reference.parameters()):
+        p_ref.grad = p.grad * 65536.0
+    assert torch.nn.utils.clip_grad_norm_(reference.parameters(), 5.0) > 5.0
+    ref_opt.step()
+    optimizer.step()
+    for p, p_ref in zip(c.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match='set clip_grad > 0'):
+        RSPCTask(make_vit(depth=2), corruption_clip_mode='normalize', corruption_clip_grad=0, verbose=False)
+    with pytest.raises(ValueError, match='Unknown corruption model clip mode'):
+        RSPCTask(make_vit(depth=2), corruption_clip_mode='value', verbose=False)
+
+
 def test_bf16_autocast_step_runs():
     task = RSPCTask(make_vit(depth=2), SoftTargetCrossEntropy(), verbose=False)
     x, target, noise = batch()
@@ -275,7 +300,7 @@ def test_args_and_factory():
     assert (defaults.rspc, defaults.rspc_ratio, defaults.rspc_lambda, defaults.rspc_blocks, defaults.rspc_noise) == (
         False, 0.1, 0.005, None, 'normalized')
     assert (defaults.rspc_opt, defaults.rspc_lr, defaults.rspc_momentum, defaults.rspc_weight_decay,
-            defaults.rspc_clip_grad) == ('sgd', 1e-4, 0.9, 0.05, 5.0)
+            defaults.rspc_clip_grad, defaults.rspc_clip_mode) == ('sgd', 1e-4, 0.9, 0.05, 5.0, 'norm')
 
     plain = create_rspc_task(defaults, make_vit(depth=1), nn.CrossEntropyLoss(), verbose=False)
     assert isinstance(plain, ClassificationTask) and isinstance(plain, PlainClassificationTask)
@@ -291,6 +316,9 @@ def test_args_and_factory():
     assert task.alignment.block_names == ('blocks.2',) and task.corruption.noise_mode == 'pixel'
     assert task.corruption_optimizer.optimizer.param_groups[0]['lr'] == 1e-3
     assert task.corruption_optimizer.clip_grad is None
+    normalized = create_rspc_task(
+        parser.parse_args(['--rspc', '--rspc-clip-mode', 'normalize']), make_vit(depth=1), verbose=False)
+    assert normalized.corruption_optimizer.clip_mode == 'normalize'
     group = task.corruption_optimizer.optimizer.param_groups[0]
     assert group['nesterov'] and group['momentum'] == 0.9 and group['weight_decay'] == 0.05
     torch.testing.assert_close(task.corruption.lower.flatten(), -torch.ones(3))  # vit_tiny: mean = std = 0.5

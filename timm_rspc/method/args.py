@@ -17,6 +17,7 @@ from timm.task import TrainingTask
 
 from .capture import parse_block_spec
 from .corruption import NOISE_MODES
+from .corruption_optimizer import CLIP_MODES
 from .task import PlainClassificationTask, RSPCTask, resolve_mean_std
 
 __all__ = ['add_rspc_args', 'create_rspc_task']
@@ -48,6 +49,10 @@ def add_rspc_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group.add_argument('--rspc-clip-grad', type=float, default=5.0, metavar='NORM',
                        help='Max gradient norm of the corruption model, after AMP unscaling; 0 disables '
                             '(default: 5.0).')
+    group.add_argument('--rspc-clip-mode', type=str, default='norm', choices=CLIP_MODES,
+                       help="'norm': clip the corruption model's gradient norm to --rspc-clip-grad; 'normalize': "
+                            "rescale it to exactly that norm, the update the authors' fp16 AMP runs made "
+                            "(default: 'norm').")
     return group
 
 
@@ -92,6 +97,7 @@ def create_rspc_task(
         corruption_momentum=_arg(args, 'rspc_momentum', 0.9),
         corruption_weight_decay=_arg(args, 'rspc_weight_decay', 0.05),
         corruption_clip_grad=_arg(args, 'rspc_clip_grad', 5.0),
+        corruption_clip_mode=_arg(args, 'rspc_clip_mode', 'norm'),
         device=device,
         dtype=dtype,
         verbose=verbose,

@@ -12,7 +12,9 @@ unscale them with the AMP GradScaler, clip their norm, zero any non-finite value
 The authors clip C's gradients while they are still multiplied by the AMP loss scale, so their clip threshold of 5
 applies to ``scale * grad`` (scale ~65536 and varying) and effectively normalises every C step. Here gradients are
 unscaled first, so ``clip_grad`` means what it says in fp16 as in fp32; results differ from the authors' only under
-fp16 AMP with a loss scaler.
+fp16 AMP with a loss scaler. Their published runs used fp16 AMP throughout, where ``||scale * grad||`` always exceeds
+5: every C step was then a step of gradient norm exactly 5. ``clip_mode='normalize'`` reproduces that update in any
+precision (the gradient is rescaled to norm ``clip_grad``, up or down), for runs that must follow the paper's C dynamics.
 """
 from typing import Any, Dict, Optional
 
@@ -21,7 +23,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 
-__all__ = ['CorruptionOptimizer', 'resolve_grad_scaler']
+__all__ = ['CLIP_MODES', 'CorruptionOptimizer', 'resolve_grad_scaler']
+
+CLIP_MODES = ('norm', 'normalize')
 
 
 def resolve_grad_scaler(loss_scaler: Any) -> Optional[torch.amp.GradScaler]:
@@ -50,6 +54,8 @@ class CorruptionOptimizer:
         opt: a timm optimiser name (``sgd`` is timm's Nesterov SGD, the authors' choice).
         lr, momentum, weight_decay: its hyper-parameters (authors: 1e-4, 0.9, 0.05).
         clip_grad: max L2 norm of C's (unscaled) gradient per step; None or 0 disables clipping (authors: 5).
+        clip_mode: ``norm`` clips the gradient norm to at most ``clip_grad``; ``normalize`` rescales it to exactly
+            ``clip_grad``, the update the authors' fp16 runs made (see the module docstring).
     """
 
     def __init__(
@@ -60,13 +66,19 @@ class CorruptionOptimizer:
             momentum: float = 0.9,
             weight_decay: float = 0.05,
             clip_grad: Optional[float] = 5.0,
+            clip_mode: str = 'norm',
     ):
         if lr <= 0:
             raise ValueError(f'The corruption model learning rate must be positive, got {lr}.')
         if clip_grad is not None and clip_grad < 0:
             raise ValueError(f'clip_grad must be positive (or None / 0 to disable), got {clip_grad}.')
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f'Unknown corruption model clip mode {clip_mode!r}; choose one of {CLIP_MODES}.')
+        if clip_mode == 'normalize' and not clip_grad:
+            raise ValueError("clip_mode='normalize' rescales C's gradient to norm clip_grad: set clip_grad > 0.")
         self.module = module
         self.clip_grad = clip_grad or None
+        self.clip_mode = clip_mode
         if momentum == 0 and opt.lower() in ('sgd', 'nesterov'):
             opt = 'momentum'  # timm's plain (non-Nesterov) SGD: Nesterov needs a non-zero momentum
         self.optimizer = create_optimizer_v2(module, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum)
@@ -76,7 +88,7 @@ class CorruptionOptimizer:
     def __repr__(self) -> str:
         group = self.optimizer.param_groups[0]
         return (f'{type(self).__name__}({type(self.optimizer).__name__}, lr={group["lr"]}, '
-                f'weight_decay={group.get("weight_decay")}, clip_grad={self.clip_grad})')
+                f'weight_decay={group.get("weight_decay")}, clip_grad={self.clip_grad}, clip_mode={self.clip_mode})')
 
     def attach(self, optimizer: torch.optim.Optimizer, loss_scaler: Any = None) -> None:
         """Step C whenever ``optimizer`` steps. ``loss_scaler``: timm ``NativeScaler`` / ``GradScaler`` when using one.
@@ -122,7 +134,11 @@ class CorruptionOptimizer:
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             # Also reports an overflow of C's gradients to the scaler, lowering the scale at its next update().
             self.grad_scaler.unscale_(self.optimizer)
-        if self.clip_grad is not None:
+        if self.clip_mode == 'normalize':
+            total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            # no additive epsilon: C's unscaled gradient norm is ~1e-3, where clip_grad_norm_'s 1e-6 would show
+            torch._foreach_mul_(grads, self.clip_grad / total_norm.clamp_min(1e-12))
+        elif self.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
         for grad in grads:
             # An overflow makes the clipped gradient all NaN: the step then leaves C to weight decay and momentum.

@@ -51,6 +51,7 @@ class RSPCHook:
             corruption_momentum: float = 0.9,
             corruption_weight_decay: float = 0.05,
             corruption_clip_grad: Optional[float] = 5.0,
+            corruption_clip_mode: str = 'norm',
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
@@ -63,7 +64,7 @@ class RSPCHook:
         self.align_weight = float(align_weight)
         self.corruption, self.corruption_optimizer = create_adversary(
             model, ratio, noise, mean, std, img_size, patch_size, corruption_opt, corruption_lr, corruption_momentum,
-            corruption_weight_decay, corruption_clip_grad, device, dtype)
+            corruption_weight_decay, corruption_clip_grad, device, dtype, corruption_clip_mode)
         self.alignment = PairedBlockDistance(model, blocks)
         self.occluded_fraction: Optional[torch.Tensor] = None
 

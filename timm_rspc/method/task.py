@@ -66,6 +66,7 @@ def create_adversary(
         corruption_clip_grad: Optional[float],
         device: Optional[torch.device],
         dtype: Optional[torch.dtype],
+        corruption_clip_mode: str = 'norm',
 ) -> Tuple[AdversarialPatchCorruption, CorruptionOptimizer]:
     """C sized for ``model``'s patch grid and normalisation, with the noise blend and C's own optimiser.
 
@@ -83,6 +84,7 @@ def create_adversary(
         momentum=corruption_momentum,
         weight_decay=corruption_weight_decay,
         clip_grad=corruption_clip_grad,
+        clip_mode=corruption_clip_mode,
     )
     return corruption, optimizer
 
@@ -142,6 +144,8 @@ class RSPCTask(TrainingTask):
         img_size, patch_size: C's input size and patch size (default: from the model, see `find_patch_grid`).
         corruption_opt, corruption_lr, corruption_momentum, corruption_weight_decay, corruption_clip_grad: C's
             optimiser (default: the authors' Nesterov SGD, 1e-4, 0.9, 0.05, clip 5).
+        corruption_clip_mode: ``norm`` (clip C's unscaled gradient norm) or ``normalize`` (rescale it to exactly
+            ``corruption_clip_grad``, the update of the authors' fp16 runs); see `CorruptionOptimizer`.
         generator: a ``torch.Generator`` for the noise (default: the global RNG); ``forward`` can also take an
             explicit ``noise`` tensor or a per-call generator.
         device, dtype, verbose: as for timm's tasks; C is created on ``device`` with ``dtype``.
@@ -168,6 +172,7 @@ class RSPCTask(TrainingTask):
             corruption_momentum: float = 0.9,
             corruption_weight_decay: float = 0.05,
             corruption_clip_grad: Optional[float] = 5.0,
+            corruption_clip_mode: str = 'norm',
             generator: Optional[torch.Generator] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -184,7 +189,7 @@ class RSPCTask(TrainingTask):
 
         self.corruption, self.corruption_optimizer = create_adversary(
             model, ratio, noise, mean, std, img_size, patch_size, corruption_opt, corruption_lr, corruption_momentum,
-            corruption_weight_decay, corruption_clip_grad, self.device, self.dtype)
+            corruption_weight_decay, corruption_clip_grad, self.device, self.dtype, corruption_clip_mode)
         corruption_model = self.corruption.corruption_model
         self.trainable_module = RSPCTrainableModule(model, PairedBlockDistance(model, blocks))
 
