@@ -21,7 +21,7 @@ from timm_rspc.models.fan import ConvNeXtLayerNorm2d, Fan, checkpoint_filter_fn
 TINY_VIT = dict(embed_dim=16, depth=2, num_heads=2)
 TINY_HYBRID = dict(embed_dim=16, depth=2, num_heads=2, hybrid_depths=(1, 1), hybrid_dims=(8, 16))
 
-# Official models built by the authors' code (NVlabs/FAN, guoyongcs/RSPC RSPC_FAN); issue #3.
+# Parameter counts of the official models, built by the authors' code (FAN and RSPC repositories); issue #3.
 OFFICIAL_PARAM_COUNTS = {
     ('fan_tiny_12_p16_224', 1000): 7_319_920,
     ('fan_small_12_p16_224', 1000): 28_345_336,

@@ -9,8 +9,8 @@ depthwise-convolution MLP. FAN-ViT embeds patches with a stride-16 conv stack (a
 the first two stages of a ConvNeXt and a 2x2 projection (stride 16 overall). Both end like XCiT/CaiT: a class token,
 two class-attention blocks, a LayerNorm and a linear head.
 
-Written for timm from the facts (shapes, key names, numerics) of the official code (NVlabs/FAN and guoyongcs/RSPC,
-folder RSPC_FAN); the official checkpoints load unchanged through `checkpoint_filter_fn`, and logits match the
+Written for timm from the facts (shapes, key names, numerics) of the official code (the FAN repository and the RSPC
+repository's FAN folder); the official checkpoints load unchanged through `checkpoint_filter_fn`, and logits match the
 official model to fp32 round-off.
 
 For feature capture (the RSPC method layer hooks every FAN block):

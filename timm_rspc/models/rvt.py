@@ -2,7 +2,7 @@
 
 Paper: *Towards Robust Vision Transformer* (Mao et al., CVPR 2022), the backbone family the RSPC paper
 (*Improving Robustness of Vision Transformers by Reducing Sensitivity to Patch Corruptions*, Guo et al., CVPR 2023)
-trains. Architecture facts follow the authors' code (``vtddggg/Robust-Vision-Transformer``, ``guoyongcs/RSPC``).
+trains. Architecture facts follow the authors' code (the RVT and RSPC repositories).
 
 An RVT is a ViT without class token or position embedding:
 
