@@ -2,6 +2,8 @@
 
 Shared by the model files' pretrained cfgs and by the hub tools that find and export released weights.
 """
+RVT_ORIGIN = 'https://github.com/vtddggg/Robust-Vision-Transformer'  # RVT has no release of its own here
+
 RSPC_RELEASES = 'https://github.com/guoyongcs/RSPC/releases/download/'
 RSPC_ORIGIN = 'https://github.com/guoyongcs/RSPC'
 RSPC_LICENSE = 'mit'  # the RSPC repository's LICENSE file (MIT); covers the RSPC-RVT weights released there

@@ -40,7 +40,7 @@ from .checkpoint_loading import CheckpointError, load_pretrained_into
 from .hub_ids import with_hub_ids
 from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
 from .release_info import (
-    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, RSPC_LICENSE, RSPC_ORIGIN, RSPC_RELEASES,
+    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, RSPC_LICENSE, RSPC_ORIGIN, RSPC_RELEASES, RVT_ORIGIN,
 )
 
 __all__ = ['RVT', 'checkpoint_filter_fn', 'resample_attn_scale']
@@ -641,7 +641,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.conv1', 'classifier': 'head',
         'paper_name': 'Towards Robust Vision Transformer', 'paper_ids': 'arXiv:2105.07926',
-        'origin_url': 'https://github.com/vtddggg/Robust-Vision-Transformer',
+        'origin_url': RVT_ORIGIN,
         **kwargs,
     }
 
