@@ -16,12 +16,15 @@ def format_table(report: Dict) -> str:
     sub = f"{'model':<9}| {'acc':>5} {'conf':>6} | {'acc (drop)':>13} {'conf (drop)':>13} | " \
           f"{'acc (drop)':>13} {'conf (drop)':>13}"
     lines = [head, sub, '-' * len(sub)]
+    def occluded(scores, drop):
+        return (f"{scores['accuracy']:5.1f} ({-drop['accuracy']:+5.1f}) "
+                f"{scores['confidence']:5.1f} ({-drop['confidence']:+5.1f})")
+
     for m in report['models']:
-        c, r, w, d = m['clean'], m['random'], m['worst_case'], m['drop']
+        c, d = m['clean'], m['drop']
         lines.append(
             f"{m['name']:<9}| {c['accuracy']:5.1f} {c['confidence']:6.1f} | "
-            f"{r['accuracy']:5.1f} ({-d['random']['accuracy']:+5.1f}) {r['confidence']:5.1f} ({-d['random']['confidence']:+5.1f}) | "
-            f"{w['accuracy']:5.1f} ({-d['worst_case']['accuracy']:+5.1f}) {w['confidence']:5.1f} ({-d['worst_case']['confidence']:+5.1f})")
+            f"{occluded(m['random'], d['random'])} | {occluded(m['worst_case'], d['worst_case'])}")
     seeds = report['seeds']
     runtime = report['runtime_seconds']
     lines.append('-' * len(sub))

@@ -14,7 +14,8 @@ applies to ``scale * grad`` (scale ~65536 and varying) and effectively normalise
 unscaled first, so ``clip_grad`` means what it says in fp16 as in fp32; results differ from the authors' only under
 fp16 AMP with a loss scaler. Their published runs used fp16 AMP throughout, where ``||scale * grad||`` always exceeds
 5: every C step was then a step of gradient norm exactly 5. ``clip_mode='normalize'`` reproduces that update in any
-precision (the gradient is rescaled to norm ``clip_grad``, up or down), for runs that must follow the paper's C dynamics.
+precision (the gradient is rescaled to norm ``clip_grad``, up or down), for runs that must follow the paper's C
+dynamics.
 """
 from typing import Any, Dict, Optional
 

@@ -543,7 +543,8 @@ def _rspc_cfg(tag: str, release_path: str, **kwargs) -> Dict:
     model code is NVIDIA's (non-commercial), so the FAN license applies."""
     return _cfg(
         RSPC_RELEASES + release_path, license=FAN_LICENSE, origin_url=RSPC_ORIGIN,
-        paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, notes=paper_notes(tag), first_conv='patch_embed.backbone.stem.0', **kwargs,
+        paper_name=RSPC_PAPER, paper_ids=RSPC_CVF_URL, notes=paper_notes(tag),
+        first_conv='patch_embed.backbone.stem.0', **kwargs,
     )
 
 

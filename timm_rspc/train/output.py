@@ -54,8 +54,9 @@ def choose_output_dir(args: argparse.Namespace, img_size: int) -> str:
     if policy == 'overwrite':
         _logger.warning(f"Output folder '{folder}' holds a run; overwriting it as asked by --output-exists overwrite.")
         return folder
+    present = ', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(folder, n)))
     raise ConfigError(
-        f"output folder '{folder}' already holds a training run ({', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(folder, n)))}). "
+        f"output folder '{folder}' already holds a training run ({present}). "
         f"Resume it with --resume {os.path.join(folder, 'last' + CHECKPOINT_EXTENSION)}, choose another --experiment, "
         "or pass --output-exists increment / overwrite.")
 
