@@ -1,0 +1,1 @@
+"""Robustness benchmarks with the literature's exact conventions (filled in as the pieces land)."""
