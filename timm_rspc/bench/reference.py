@@ -44,4 +44,3 @@ IMAGENET_P_PERTURBATIONS: Tuple[str, ...] = (
 IMAGENET_P_NOISE: Tuple[str, ...] = ('gaussian_noise', 'shot_noise')
 
 CIFAR_C_CORRUPTIONS = IMAGENET_C_CORRUPTIONS
-CIFAR_C_IMAGES_PER_SEVERITY = 10000
