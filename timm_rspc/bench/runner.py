@@ -133,7 +133,9 @@ def _evaluate(evaluator: Evaluator, split: Split) -> Dict[str, Any]:
     if split.video_noise is None:
         correct, total = evaluator.top1_correct(dataset, what, split.logit_indices)
         return {'correct': correct, 'total': total}
-    flips, distance, pairs = evaluator.video_stability(dataset, what, split.video_noise)
+    # About 30 frames a video: batches of whole videos near the image batch size.
+    videos_per_batch = max(1, evaluator.batch_size // 30)
+    flips, distance, pairs = evaluator.video_stability(dataset, what, split.video_noise, videos_per_batch)
     return {'flip_probability': (flips / pairs).mean().item(), 'top5_distance': (distance / pairs).mean().item(),
             'videos': len(dataset), 'comparisons': int(pairs.sum().item())}
 
@@ -188,6 +190,9 @@ def run_benchmark(
     p_reference = _read_imagenet_p_reference(imagenet_p_reference)
     model, source = load_model(model_name, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs)
     config, eval_transform, c_transform, crop = _transforms(model, imagenet_c_transform)
+    if imagenet_c and imagenet_c_transform == 'authors' and max(crop) > 224:
+        raise ValueError(f"the authors' ImageNet-C preprocessing center-crops the 224 x 224 images, but this model "
+                         f"takes {crop[0]} x {crop[1]}; pass --imagenet-c-transform model (its own resize and crop).")
     splits, missing = plan_splits(roots, model.num_classes, eval_transform, c_transform, crop,
                                   imagenet_c_labels=imagenet_c_labels, allow_partial=allow_partial)
     rank = dist.get_rank() if dist.is_initialized() else 0
