@@ -102,6 +102,8 @@ def test_imagenet_and_imagenet_c_by_hand(data, tmp_path):
     folder = tmp_path / 'c'
     assert json.loads((folder / 'results.json').read_text())['summary'] == json.loads(json.dumps(s))
     assert 'imagenet_c,ce.fog,' in (folder / 'results.csv').read_text()
+    from timm_rspc.bench.report import write_plot
+    assert write_plot(str(tmp_path / 'plot.png'), s, MODEL) and (tmp_path / 'plot.png').stat().st_size > 10000
     # The model card reads the file as it is.
     from timm_rspc.hub.model_card import read_results
     assert read_results(str(folder / 'results.json'))['results']['imagenet_top1'] == 75.0
@@ -129,6 +131,10 @@ def test_missing_corruption_is_named_or_partial(data, tmp_path):
     c = out['summary']['imagenet_c']
     assert c['partial'] and c['missing'] == ['fog'] and 'mce' not in c
     assert out['results'] == {}  # no mCE to export
+    shutil.copytree(os.path.join(data['imagenet_c'], 'fog', '3'), partial / 'fog' / '3')
+    os.remove(partial / 'snow' / '2' / WNIDS[2] / 'img_000.JPEG')  # an incompletely extracted split
+    with pytest.raises(ValueError, match=r'hold 2 images, but snow/2 \(1\) do not'):
+        _run(tmp_path, 'z', imagenet_c=str(partial))
 
 
 def test_imagenet_a_restricts_logits_and_v2_maps_folders_numerically(data, tmp_path):

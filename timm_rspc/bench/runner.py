@@ -40,7 +40,9 @@ def load_model(model_name: str, pretrained: bool = False, checkpoint: Optional[s
     if pretrained and checkpoint:
         raise ValueError('give one source of weights: pretrained=True (--pretrained) or a checkpoint file, not both.')
     try:
-        model = timm.create_model(model_name, pretrained=pretrained, **(model_kwargs or {}))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a randomly initialised model is the same in every process and every run
+            model = timm.create_model(model_name, pretrained=pretrained, **(model_kwargs or {}))
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise ValueError(f"unknown model '{model_name}'; list the package's models with `timm-rspc models`.") from e

@@ -78,7 +78,19 @@ def _imagenet_c_splits(root, transform, labels_file, allow_partial, missing) -> 
                 raise ValueError(f"{what}: '{split_dir}' has no <wnid> class folders; for a flat layout "
                                  "(<corruption>/<severity>/<image>) pass the label file (--imagenet-c-labels FILE).")
             splits.append(_image_split('imagenet_c', f'{corruption}/{severity}', samples, transform))
+    _same_size_or_partial(splits, allow_partial)
     return splits
+
+
+def _same_size_or_partial(splits: List[Split], allow_partial: bool) -> None:
+    """Every ImageNet-C split holds the same images corrupted differently: a smaller one is an incomplete copy."""
+    sizes = [s.size for s in splits]
+    if allow_partial or len(set(sizes)) <= 1:
+        return
+    usual = max(set(sizes), key=sizes.count)
+    odd = [f'{s.name} ({s.size})' for s in splits if s.size != usual]
+    raise ValueError(f'ImageNet-C: most splits hold {usual} images, but {", ".join(odd[:5])} do not: the copy is '
+                     'incomplete; re-extract those folders (or pass --allow-partial for a partial result).')
 
 
 def _imagenet_p_splits(root, crop, allow_partial, missing) -> List[Split]:
