@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from bench_fixtures import WNIDS, gray, write_video, write_wnid_folder, save_gray
 from timm_rspc.bench import compare, run_benchmark
@@ -64,14 +63,15 @@ def data(tmp_path_factory):
     for p in IMAGENET_P_PERTURBATIONS:
         write_video(os.path.join(paths['imagenet_p'], p, WNIDS[5], 'a.mp4'), [5, 6, 5, 7])
         write_video(os.path.join(paths['imagenet_p'], p, WNIDS[9], 'b.mp4'), [9, 9, 9, 9])
-    # CIFAR-10-C: 10 images per corruption (2 per severity), labels 1; severity s has s - 1 wrong of ... see test.
+    # CIFAR-10-C: 10 images per corruption (2 per severity), all labelled 1, some made to look like class 3.
     paths['cifar10_c'] = str(root / 'cifar10-c')
     os.makedirs(paths['cifar10_c'])
     labels = np.ones(10, dtype=np.int64)
     np.save(os.path.join(paths['cifar10_c'], 'labels.npy'), labels)
     for ci, corruption in enumerate(IMAGENET_C_CORRUPTIONS):
         predicted = np.ones(10, dtype=np.int64)
-        predicted[1::2] = np.where(np.arange(5) < ci % 3, 3, 1)  # severity s (images 2s-2, 2s-1): 2nd wrong if s <= ci % 3
+        # severity s holds images 2s-2, 2s-1; the second one is wrong if s <= ci % 3
+        predicted[1::2] = np.where(np.arange(5) < ci % 3, 3, 1)
         images = np.repeat(np.repeat(np.repeat(gray(predicted)[:, None, None, None], 32, 1), 32, 2), 3, 3)
         np.save(os.path.join(paths['cifar10_c'], f'{corruption}.npy'), images.astype(np.uint8))
     return paths
@@ -90,7 +90,8 @@ def test_imagenet_and_imagenet_c_by_hand(data, tmp_path):
     rel = {c: 100 * (np.mean(e) - 0.25) / (ALEXNET_IMAGENET_C_ERROR[c] - ALEXNET_CLEAN_ERROR)
            for c, e in errors.items()}
     c = s['imagenet_c']
-    assert c['ce']['fog'] == pytest.approx(100 * (0.5 + 1 + 0 + 0.5 + 1) / 5 / 0.819324)  # fog: index 9, (9 + s) % 3 wrong
+    # fog is corruption 9: (9 + s) % 3 of its 2 images wrong at severity s
+    assert c['ce']['fog'] == pytest.approx(100 * (0.5 + 1 + 0 + 0.5 + 1) / 5 / 0.819324)
     assert c['mce'] == pytest.approx(np.mean(list(ce.values())))
     assert c['mce_no_noise'] == pytest.approx(np.mean([v for k, v in ce.items() if 'noise' not in k]))
     assert c['relative_mce'] == pytest.approx(np.mean(list(rel.values())))
@@ -165,7 +166,6 @@ def test_imagenet_p_fp_and_t5d_by_hand(data, tmp_path):
 
 
 def test_cifar_c_mean_and_per_severity_by_hand(data, tmp_path):
-    import timm
     out = run_benchmark(MODEL, str(tmp_path / 'c10'), model_kwargs={'num_classes': 10}, cifar10_c=data['cifar10_c'],
                         **FAST)
     c = out['summary']['cifar10_c']

@@ -18,7 +18,7 @@ Layouts (``root`` is the folder the user passes):
 import os
 import pkgutil
 from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -1,6 +1,5 @@
 """How a run is shown: the paper's table row(s) on the terminal, results.csv, and the error plot."""
 import csv
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ['COLUMNS', 'table', 'write_csv', 'write_plot']

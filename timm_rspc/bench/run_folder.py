@@ -51,8 +51,8 @@ class RunFolder:
                 recorded = json.load(f)
             changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
             if changed:
-                raise ValueError(f"--resume: the settings differ from those of the run in '{path}' ({', '.join(changed)}"
-                                 "); resume with the same settings or start a new output folder.")
+                raise ValueError(f"--resume: the settings differ from those of the run in '{path}' "
+                                 f"({', '.join(changed)}); resume with the same settings or start a new output folder.")
         else:
             if os.path.isdir(path) and os.listdir(path):
                 raise FileExistsError(f"'{path}' exists and is not a benchmark run folder; choose another output "

@@ -12,11 +12,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .evaluate import AMP_DTYPES, Evaluator
+from .reference import IMAGENET_P_PERTURBATIONS
 from .report import table, write_csv, write_plot
 from .run_folder import RESULTS_FILE, RunFolder, write_json_atomic
 from .splits import DATASET_ROOTS, Split, plan_splits
 from .summary import paper_results, summarise
-from .reference import IMAGENET_P_PERTURBATIONS
 
 __all__ = ['load_model', 'run_benchmark', 'IMAGENET_C_TRANSFORMS']
 
@@ -33,7 +33,7 @@ def _sha256(path: str) -> str:
 
 def load_model(model_name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
                model_kwargs: Optional[Dict[str, Any]] = None):
-    """``timm.create_model`` + the package's safe checkpoint loader (non-EMA weights, strict); returns (model, source)."""
+    """``timm.create_model`` + the package's safe checkpoint loader (non-EMA, strict load); returns (model, source)."""
     import timm
     import timm_rspc  # noqa: F401  (registers RVT / FAN)
     from timm_rspc.models import load_checkpoint
