@@ -241,3 +241,15 @@ def test_cli_table_compare_and_errors(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'finished benchmark' in err[0]
     assert 'IN-1k' in compare([str(first)])
+
+
+def test_missing_video_extra_is_one_line_naming_it(data, tmp_path, capsys, monkeypatch):
+    import sys
+    from timm_rspc.cli import main
+    monkeypatch.setitem(sys.modules, 'av', None)  # as if PyAV were not installed
+    with pytest.raises(SystemExit) as e:
+        main(['bench', '--model', MODEL, '--imagenet-p', data['imagenet_p'], '--output', str(tmp_path / 'p')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "timm-rspc[video]" in err[0]
+    assert not (tmp_path / 'p').exists()

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 __all__ = [
     'UnreadableFile', 'ImageFiles', 'ArrayImages', 'Videos', 'imagenet_synsets', 'subset_classes',
     'wnid_folder_samples', 'numbered_folder_samples', 'flat_samples', 'read_label_file', 'list_subfolders',
-    'cifar_c_arrays', 'severity_block', 'video_files', 'collate_videos',
+    'cifar_c_arrays', 'severity_block', 'video_files', 'collate_videos', 'require_av',
 ]
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -195,7 +195,7 @@ def video_files(root: str, what: str) -> List[str]:
     return paths
 
 
-def _require_av():
+def require_av():
     try:
         import av
     except ImportError:
@@ -214,10 +214,11 @@ class Videos(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        av = _require_av()
+        av = require_av()
         path = self.paths[index]
         try:
             with av.open(path) as container:
+                container.streams.video[0].thread_type = 'AUTO'
                 frames = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
         except (av.error.FFmpegError, ValueError, OSError) as e:  # ValueError: no frames to stack
             raise UnreadableFile(f"cannot decode video '{path}' ({e}); replace it with an intact copy.") from None

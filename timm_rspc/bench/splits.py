@@ -95,6 +95,7 @@ def _same_size_or_partial(splits: List[Split], allow_partial: bool) -> None:
 
 def _imagenet_p_splits(root, crop, allow_partial, missing) -> List[Split]:
     ds.list_subfolders(root, 'ImageNet-P')
+    ds.require_av()  # before any compute, not at the first video
     splits = []
     for perturbation in IMAGENET_P_PERTURBATIONS:
         folder = os.path.join(root, perturbation)

@@ -7,13 +7,25 @@
 import argparse
 import os
 import re
+import sys
 
 from timm.utils import ParseKwargs
 
-from ._errors import reported_errors
+from ._errors import CommandFailed, reported_errors
 
-DATASET_FLAGS = ('imagenet', 'imagenet_c', 'imagenet_a', 'imagenet_r', 'imagenet_p', 'imagenet_sketch',
-                 'imagenet_v2', 'cifar10_c', 'cifar100_c')
+# Data set argument -> the layout its folder must have (the help text).
+DATASETS = {
+    'imagenet': 'ImageNet validation set: <wnid>/<image>',
+    'imagenet_c': 'ImageNet-C: <corruption>/<severity>/<wnid>/<image> (or flat, see --imagenet-c-labels)',
+    'imagenet_a': 'ImageNet-A: <wnid>/<image>',
+    'imagenet_r': 'ImageNet-R: <wnid>/<image>',
+    'imagenet_p': 'ImageNet-P: <perturbation>/<wnid>/<video>.mp4 (needs the video extra)',
+    'imagenet_sketch': 'ImageNet-Sketch: <wnid>/<image>',
+    'imagenet_v2': 'ImageNet-V2: <class index>/<image>',
+    'cifar10_c': 'CIFAR-10-C: <corruption>.npy and labels.npy',
+    'cifar100_c': 'CIFAR-100-C: <corruption>.npy and labels.npy',
+}
+DATASET_FLAGS = tuple(DATASETS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='extra model build arguments, e.g. img_size=224')
     d = parser.add_argument_group('Data sets (give any of them)')
-    for flag in DATASET_FLAGS:
-        d.add_argument('--' + flag.replace('_', '-'), dest=flag, metavar='DIR')
+    for flag, layout in DATASETS.items():
+        d.add_argument('--' + flag.replace('_', '-'), dest=flag, metavar='DIR', help=layout)
     d.add_argument('--imagenet-c-labels', metavar='FILE',
                    help='label file (<image file name> <class index> lines) for a flat ImageNet-C layout')
     d.add_argument('--imagenet-c-transform', choices=('authors', 'model'), default='authors',
@@ -59,8 +71,12 @@ def _output_folder(args: argparse.Namespace, model: str, index: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with reported_errors('bench'):
-        return _run(args)
+    try:
+        with reported_errors('bench'):
+            return _run(args)
+    except ImportError as e:  # an optional extra (video, plot) is missing: the message names it
+        print(f'timm-rspc bench: error: {e}', file=sys.stderr)
+        raise CommandFailed(2) from None
 
 
 def _run(args: argparse.Namespace) -> int:
