@@ -130,7 +130,7 @@ def _on_first_process(fn):
 
 
 def _evaluate(evaluator: Evaluator, split: Split) -> Dict[str, Any]:
-    what = f'{DATASET_ROOTS[split.dataset]} {split.name}'.replace(' all', '')
+    what = DATASET_ROOTS[split.dataset] + ('' if split.name == 'all' else f' {split.name}')
     dataset = split.build()
     if split.video_noise is None:
         correct, total = evaluator.top1_correct(dataset, what, split.logit_indices)
