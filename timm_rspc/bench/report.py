@@ -1,0 +1,113 @@
+"""How a run is shown: the paper's table row(s) on the terminal, results.csv, and the error plot."""
+import csv
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ['COLUMNS', 'table', 'write_csv', 'write_plot']
+
+# (label, dataset, key in its summary, higher is better): the poster's columns first, then the other benchmarks.
+COLUMNS: Tuple[Tuple[str, str, str, bool], ...] = (
+    ('IN-1k top-1', 'imagenet', 'top1', True),
+    ('IN-A top-1', 'imagenet_a', 'top1', True),
+    ('IN-C mCE', 'imagenet_c', 'mce', False),
+    ('IN-C mCE w/o noise', 'imagenet_c', 'mce_no_noise', False),
+    ('IN-P mFR', 'imagenet_p', 'mfr', False),
+    ('IN-C rel. mCE', 'imagenet_c', 'relative_mce', False),
+    ('IN-P mean FP (unnorm.)', 'imagenet_p', 'mean_flip_probability', False),
+    ('IN-P mean T5D (unnorm.)', 'imagenet_p', 'mean_top5_distance', False),
+    ('IN-R top-1', 'imagenet_r', 'top1', True),
+    ('IN-Sketch top-1', 'imagenet_sketch', 'top1', True),
+    ('IN-V2 top-1', 'imagenet_v2', 'top1', True),
+    ('C10-C top-1', 'cifar10_c', 'top1', True),
+    ('C100-C top-1', 'cifar100_c', 'top1', True),
+)
+
+
+def _value(summary: Dict[str, Any], dataset: str, key: str) -> Optional[float]:
+    value = summary.get(dataset, {}).get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+def table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> str:
+    """One row per run (name, summary), one column per figure any run has; deltas to the first run in brackets."""
+    columns = [c for c in COLUMNS if any(_value(s, c[1], c[2]) is not None for _, s in runs)]
+    header = ['model'] + [c[0] + (' (up)' if c[3] else ' (down)') for c in columns]
+    rows: List[List[str]] = []
+    for i, (name, summary) in enumerate(runs):
+        row = [name]
+        for _, dataset, key, _ in columns:
+            value, first = _value(summary, dataset, key), _value(runs[0][1], dataset, key)
+            cell = '-' if value is None else f'{value:.2f}'
+            if i > 0 and value is not None and first is not None:
+                cell += f' ({value - first:+.2f})'
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[j]) for r in [header] + rows) for j in range(len(header))]
+    lines = ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    notes = []
+    for name, summary in runs:
+        c, p = summary.get('imagenet_c', {}), summary.get('imagenet_p', {})
+        if c.get('partial'):
+            notes.append(f'{name}: ImageNet-C is partial (missing {", ".join(c["missing"])}): no mCE.')
+        elif c:
+            notes.append(f'{name}: ImageNet-C preprocessing: {c["transform"]}.')
+        if p and not p.get('normalised'):
+            notes.append(f'{name}: ImageNet-P not normalised by AlexNet (give --imagenet-p-reference for mFR).')
+    return '\n'.join(lines + notes)
+
+
+def _rows(summary: Dict[str, Any], prefix: str = ''):
+    """Flatten nested summaries into (dotted name, value) rows."""
+    for key, value in summary.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            yield from _rows(value, name + '.')
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            for i, v in enumerate(value, 1):
+                yield f'{name}.{i}', v
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value
+
+
+def write_csv(path: str, summary: Dict[str, Any]) -> None:
+    """``dataset,metric,value`` rows: every figure of the summary (per-severity lists as .1 ... .5)."""
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['dataset', 'metric', 'value'])
+        for dataset, values in summary.items():
+            for name, value in _rows(values):
+                writer.writerow([dataset, name, repr(value)])
+
+
+def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
+    """Error per corruption (bars, ImageNet-C and CIFAR-C) and per severity (lines); False if nothing to plot."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = []
+    for dataset, key, label in (('imagenet_c', 'error_per_severity', 'ImageNet-C top-1 error (%)'),
+                                ('cifar10_c', 'top1_per_corruption_severity', 'CIFAR-10-C top-1 error (%)'),
+                                ('cifar100_c', 'top1_per_corruption_severity', 'CIFAR-100-C top-1 error (%)')):
+        table_ = summary.get(dataset, {}).get(key)
+        if table_:
+            errors = {n: [100 - v for v in row] if dataset != 'imagenet_c' else row for n, row in table_.items()}
+            panels.append((label, errors))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 2, figsize=(14, 4 * len(panels)), squeeze=False,
+                             gridspec_kw={'width_ratios': [3, 1]})
+    for (label, errors), (bar_ax, line_ax) in zip(panels, axes):
+        names = list(errors)
+        bar_ax.bar(range(len(names)), [sum(v) / len(v) for v in errors.values()])
+        bar_ax.set_xticks(range(len(names)), names, rotation=45, ha='right')
+        bar_ax.set_ylabel(label)
+        severities = range(1, 6)
+        line_ax.plot(severities, [sum(v[s - 1] for v in errors.values()) / len(names) for s in severities], 'o-')
+        line_ax.set_xlabel('severity')
+        line_ax.set_ylabel('mean ' + label)
+        line_ax.set_xticks(list(severities))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

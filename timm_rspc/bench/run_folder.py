@@ -1,0 +1,79 @@
+"""The run folder: settings, one file per finished split (written at once, atomically), then the results.
+
+A folder with ``results.json`` is finished and never written again. A folder with splits but no results is an
+interrupted run: it is continued only with ``resume=True`` and only with the same settings, so that its splits and
+the new ones describe the same evaluation.
+"""
+import json
+import os
+import tempfile
+from typing import Any, Dict
+
+__all__ = ['RunFolder', 'write_json_atomic']
+
+SETTINGS_FILE, RESULTS_FILE, SPLITS_DIR = 'settings.json', 'results.json', 'splits'
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write to a temporary file in the same folder, then rename: a kill never leaves a truncated file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.json', dir=folder)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(data, f, indent=2)
+            f.write('\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class RunFolder:
+    """``path/settings.json``, ``path/splits/<dataset>__<split>.json``, ``path/results.json`` (+ csv, plot)."""
+
+    def __init__(self, path: str, settings: Dict[str, Any], resume: bool = False):
+        """Open (``resume``) or create the run folder (by one process: the others get its records from it)."""
+        self.path = path
+        self.splits_dir = os.path.join(path, SPLITS_DIR)
+        results = os.path.join(path, RESULTS_FILE)
+        settings_path = os.path.join(path, SETTINGS_FILE)
+        if os.path.exists(results):
+            raise FileExistsError(f"'{path}' holds a finished benchmark ({RESULTS_FILE}); choose another output "
+                                  "folder (--output DIR).")
+        if os.path.exists(settings_path):
+            if not resume:
+                raise FileExistsError(f"'{path}' holds an unfinished benchmark; continue it with --resume, or choose "
+                                      "another output folder (--output DIR).")
+            with open(settings_path) as f:
+                recorded = json.load(f)
+            changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+            if changed:
+                raise ValueError(f"--resume: the settings differ from those of the run in '{path}' "
+                                 f"({', '.join(changed)}); resume with the same settings or start a new output folder.")
+        else:
+            if os.path.isdir(path) and os.listdir(path):
+                raise FileExistsError(f"'{path}' exists and is not a benchmark run folder; choose another output "
+                                      "folder (--output DIR).")
+            os.makedirs(self.splits_dir, exist_ok=True)
+            write_json_atomic(settings_path, settings)
+
+    def _split_path(self, key: str) -> str:
+        return os.path.join(self.splits_dir, key.replace('/', '__') + '.json')
+
+    def finished_splits(self) -> Dict[str, Dict[str, Any]]:
+        records = {}
+        if os.path.isdir(self.splits_dir):
+            for name in sorted(os.listdir(self.splits_dir)):
+                if name.endswith('.json') and not name.startswith('.'):
+                    with open(os.path.join(self.splits_dir, name)) as f:
+                        records[name[:-len('.json')].replace('__', '/')] = json.load(f)
+        return records
+
+    def write_split(self, key: str, record: Dict[str, Any]) -> None:
+        write_json_atomic(self._split_path(key), record)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)

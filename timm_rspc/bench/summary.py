@@ -1,0 +1,108 @@
+"""Per-split records of a run -> the figures the literature reports, per data set, plus the paper's table row.
+
+A record is what one finished split wrote to the run folder: ``{'correct', 'total'}`` for image splits,
+``{'flip_probability', 'top5_distance', 'videos'}`` for an ImageNet-P perturbation. The summary only reads records,
+so a resumed run and an uninterrupted one give the same numbers.
+"""
+from typing import Any, Dict, List, Optional
+
+from .corruption_metrics import cifar_c_summary, imagenet_c_summary
+from .reference import (
+    CIFAR_C_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES, IMAGENET_P_PERTURBATIONS,
+)
+
+__all__ = ['summarise', 'paper_results']
+
+Records = Dict[str, Dict[str, Any]]  # split key ('imagenet_c/fog/3') -> record
+
+
+def _accuracy(record: Dict[str, Any]) -> float:
+    return record['correct'] / record['total']
+
+
+def _per_severity(records: Records, dataset: str, names, accuracy: bool) -> Dict[str, List[float]]:
+    """{name: [value at severity 1..5]} for every name whose 5 severities all have records."""
+    table = {}
+    for name in names:
+        keys = [f'{dataset}/{name}/{s}' for s in IMAGENET_C_SEVERITIES]
+        if all(k in records for k in keys):
+            values = [_accuracy(records[k]) for k in keys]
+            table[name] = values if accuracy else [1 - v for v in values]
+    return table
+
+
+def _imagenet_c(records: Records, clean_error: Optional[float], transform: str) -> Dict[str, Any]:
+    errors = _per_severity(records, 'imagenet_c', IMAGENET_C_CORRUPTIONS, accuracy=False)
+    extra = _per_severity(records, 'imagenet_c', IMAGENET_C_EXTRA, accuracy=False)
+    if len(errors) < len(IMAGENET_C_CORRUPTIONS):
+        partial = {n: [100 * e for e in v] for n, v in errors.items()}
+        return {'partial': True, 'note': 'not all 15 corruptions x 5 severities were evaluated: this is not an mCE',
+                'error_per_severity': partial, 'transform': transform,
+                'missing': [c for c in IMAGENET_C_CORRUPTIONS if c not in errors]}
+    summary = imagenet_c_summary(errors, clean_error=clean_error, extra_errors=extra or None)
+    summary['transform'] = transform
+    return summary
+
+
+def _imagenet_p(records: Records, reference: Optional[Dict[str, Dict[str, float]]]) -> Dict[str, Any]:
+    done = [p for p in IMAGENET_P_PERTURBATIONS if f'imagenet_p/{p}' in records]
+    fp = {p: 100 * records[f'imagenet_p/{p}']['flip_probability'] for p in done}
+    t5d = {p: records[f'imagenet_p/{p}']['top5_distance'] for p in done}
+    complete = len(done) == len(IMAGENET_P_PERTURBATIONS)
+    summary: Dict[str, Any] = {
+        'flip_probability': fp, 'top5_distance': t5d, 'complete': complete,
+        'mean_flip_probability': sum(fp.values()) / len(fp) if complete else None,
+        'mean_top5_distance': sum(t5d.values()) / len(t5d) if complete else None,
+        'normalised': False,
+        'note': 'flip probabilities (percent) and top-5 distances, not normalised by AlexNet',
+    }
+    if reference is not None and complete:
+        fr = {p: fp[p] / reference['flip_probability'][p] for p in done}  # FP in percent over AlexNet's fraction
+        t5 = {p: 100 * t5d[p] / reference['top5_distance'][p] for p in done}
+        summary.update(normalised=True, flip_rate=fr, top5_distance_rate=t5, mfr=sum(fr.values()) / len(fr),
+                       mt5d=sum(t5.values()) / len(t5), note='FR and T5D normalised by the reference file given')
+    return summary
+
+
+def summarise(records: Records, imagenet_c_transform: str = 'authors',
+              imagenet_p_reference: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Any]:
+    """Every data set with records -> its summary (percent)."""
+    datasets = sorted({key.split('/', 1)[0] for key in records})
+    summary: Dict[str, Any] = {}
+    clean_error = 1 - _accuracy(records['imagenet/all']) if 'imagenet/all' in records else None
+    for dataset in datasets:
+        if dataset == 'imagenet_c':
+            summary[dataset] = _imagenet_c(records, clean_error, imagenet_c_transform)
+        elif dataset == 'imagenet_p':
+            summary[dataset] = _imagenet_p(records, imagenet_p_reference)
+        elif dataset in ('cifar10_c', 'cifar100_c'):
+            accuracies = _per_severity(records, dataset, CIFAR_C_CORRUPTIONS, accuracy=True)
+            summary[dataset] = cifar_c_summary(accuracies)
+            summary[dataset]['complete'] = len(accuracies) == len(CIFAR_C_CORRUPTIONS)
+        else:
+            record = records[f'{dataset}/all']
+            summary[dataset] = {'top1': 100 * _accuracy(record), 'images': record['total']}
+    return summary
+
+
+def paper_results(summary: Dict[str, Any]) -> Dict[str, float]:
+    """The measured figures under the metric names of ``timm_rspc.models.paper_results.METRICS`` (model cards).
+
+    Only complete figures qualify: a partial ImageNet-C is not an mCE and unnormalised flip probabilities are not
+    an mFR, so they stay out.
+    """
+    out: Dict[str, float] = {}
+    if 'imagenet' in summary:
+        out['imagenet_top1'] = summary['imagenet']['top1']
+    if 'imagenet_a' in summary:
+        out['imagenet_a_top1'] = summary['imagenet_a']['top1']
+    c = summary.get('imagenet_c', {})
+    if 'mce' in c:
+        out['imagenet_c_mce'] = c['mce']
+        out['imagenet_c_mce_no_noise'] = c['mce_no_noise']
+    if summary.get('imagenet_p', {}).get('normalised'):
+        out['imagenet_p_mfr'] = summary['imagenet_p']['mfr']
+    for n in ('10', '100'):
+        if summary.get(f'cifar{n}_c', {}).get('complete'):
+            out[f'cifar{n}_c_top1'] = summary[f'cifar{n}_c']['top1']
+    return out
