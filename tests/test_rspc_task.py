@@ -100,10 +100,12 @@ def test_outputs_are_tensors_and_c_is_outside_trainable_module():
 
 def test_bad_configuration_fails_early():
     model = make_vit(depth=1)
-    with pytest.raises(ValueError, match=r'rho must lie in \(0, 1\), got 1.5'):
+    with pytest.raises(ValueError, match=r'ratio \(--rspc-ratio\) must be a finite number in \(0, 1\), got 1.5'):
         RSPCTask(model, ratio=1.5, verbose=False)
-    with pytest.raises(ValueError, match='lambda must be >= 0, got -1'):
+    with pytest.raises(ValueError, match=r'align_weight \(--rspc-lambda\) must be a finite number >= 0, got -1'):
         RSPCTask(model, align_weight=-1, verbose=False)
+    with pytest.raises(TypeError, match='Unknown RSPC setting.s. lamda; the settings are'):
+        RSPCTask(model, lamda=0.1, verbose=False)
     with pytest.raises(ValueError, match='Image size 72x72 is not divisible by the patch size 16'):
         RSPCTask(model, img_size=72, verbose=False)
     with pytest.raises(ValueError, match="pattern 'layer\\*' matches no module"):
@@ -209,9 +211,9 @@ def test_normalize_clip_mode_makes_the_authors_fp16_update():
     optimizer.step()
     for p, p_ref in zip(c.parameters(), reference.parameters()):
         torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-9)
-    with pytest.raises(ValueError, match='set clip_grad > 0'):
+    with pytest.raises(ValueError, match=r'set --rspc-clip-grad \(corruption_clip_grad\) > 0'):
         RSPCTask(make_vit(depth=2), corruption_clip_mode='normalize', corruption_clip_grad=0, verbose=False)
-    with pytest.raises(ValueError, match='Unknown corruption model clip mode'):
+    with pytest.raises(ValueError, match=r"corruption_clip_mode \(--rspc-clip-mode\) must be one of norm, normalize"):
         RSPCTask(make_vit(depth=2), corruption_clip_mode='value', verbose=False)
 
 

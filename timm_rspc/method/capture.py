@@ -8,23 +8,26 @@ their RVT and FAN block classes; here forward hooks do it for any model from out
   patch embedding (FAN's hybrid ConvNeXt stem) and not nested in another block. FAN's ``cls_attn_blocks`` are not
   matched: they see the class token, not the patch tokens.
 * `select_blocks` narrows that list by index / slice, or picks modules by name pattern.
-* `PairedBlockDistance` hooks the chosen blocks; while recording, each block's output on the paired batch
-  ``cat([corrupted, clean])`` is reduced to one distance as soon as the block has run, so no block's features are kept
-  beyond what autograd needs anyway.
+* `PairedBlockDistance` runs one paired forward pass on ``cat([corrupted, clean])`` with hooks on the chosen blocks
+  for that pass only, and reduces each block's output to one distance after it; no block's features are kept beyond
+  what autograd keeps anyway.
 * `find_patch_grid` finds the input size and patch size a corruption model must match.
 """
 import fnmatch
 import re
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
+from torch.utils.hooks import RemovableHandle
 
 from .alignment import mean_over_blocks, paired_mse
 
 __all__ = [
     'BlockSpec', 'find_blocks', 'select_blocks', 'parse_block_spec', 'find_patch_grid', 'PairedBlockDistance',
+    'BlockOutputs',
 ]
 
 BlockSpec = Union[None, int, str, slice, Sequence[Union[int, str, slice]]]
@@ -201,19 +204,39 @@ def _first_tensor(output) -> torch.Tensor:
     return output
 
 
-class PairedBlockDistance:
-    """Forward hooks on chosen blocks of a model that measure feature alignment on paired batches.
+def _record_output(records: List[Tuple[torch.Tensor, bool]], module: nn.Module, args, output) -> None:
+    # A view taken as the block runs puts the alignment's gradient path at this point of the graph, so autograd sums
+    # it into the block output in the same order as when the distance is computed right here (gradients bit-identical
+    # to that formulation). A view saves no tensors: an activation checkpoint recomputes without the hook just the same.
+    features = _first_tensor(output)
+    records.append((features.view_as(features), torch.is_grad_enabled()))
 
-    Between `start()` and `finish()`, every forward of a hooked block appends ``distance(output)`` (by default
-    `paired_mse`: MSE between the corrupted and the clean half of the batch); `finish()` returns their mean. Outside
-    that window the hooks do nothing, so validation and inference through the same model are unaffected.
+
+@torch.compiler.disable
+def _hook_blocks(blocks: Sequence[nn.Module], records: List[Tuple[torch.Tensor, bool]]) -> List[RemovableHandle]:
+    """Forward hooks appending each block's output to ``records``; run eagerly (a deliberate graph break under
+    ``torch.compile``: the hooks are traced into the compiled forward that follows)."""
+    return [block.register_forward_hook(partial(_record_output, records)) for block in blocks]
+
+
+class PairedBlockDistance:
+    """Feature alignment of chosen blocks, measured over one paired forward pass.
+
+    ``alignment(model, paired_batch)`` runs ``model`` on ``cat([corrupted, clean])`` and returns ``(output,
+    align_loss)``: ``distance`` (by default `paired_mse`, the MSE between the corrupted and the clean half) of every
+    chosen block's output, averaged by `mean_over_blocks`. Hooks on the blocks exist only while that forward runs,
+    so the model carries no hooks otherwise (validation, inference, EMA and other copies see a plain model), and the
+    hooks only keep references to the block outputs: the distances are computed after the forward, outside any
+    activation checkpoint, so the recomputation in backward does exactly what the forward did.
+
+    Keeping the outputs costs no memory: autograd keeps each of them anyway (the next layer saves its input). A block
+    output modified in place later in the forward would be measured after the change; models cannot do that to a
+    tensor a following normalisation layer saved without autograd failing in backward.
 
     Args:
         model: any ``nn.Module`` (DDP / compiled wrappers are unwrapped to find names).
         blocks: the selection, see `select_blocks`.
         distance: maps one block's paired output to a 0-dim tensor.
-
-    Use as a context manager, or call `remove()`, to take the hooks off the model.
     """
 
     def __init__(
@@ -224,63 +247,67 @@ class PairedBlockDistance:
     ):
         inner = unwrap_model(model)
         self.block_names: Tuple[str, ...] = tuple(select_blocks(inner, blocks))
-        self.distance = distance
-        self._recording = False
-        self._distances: List[torch.Tensor] = []
         modules = dict(inner.named_modules())
-        self._handles = {name: modules[name].register_forward_hook(self._hook) for name in self.block_names}
+        self.blocks: Tuple[nn.Module, ...] = tuple(modules[name] for name in self.block_names)
+        self.distance = distance
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(blocks=[{_preview(self.block_names)}] ({len(self.block_names)}))'
 
-    def _hook(self, module: nn.Module, args, output) -> None:
-        if self._recording:
-            self._distances.append(self.distance(_first_tensor(output)))
+    def __call__(self, model: nn.Module, paired_batch: torch.Tensor) -> Tuple[Any, torch.Tensor]:
+        """``(model(paired_batch), align_loss)`` with the alignment of the chosen blocks in that forward pass."""
+        records: List[Tuple[torch.Tensor, bool]] = []
+        handles = _hook_blocks(self.blocks, records)
+        try:
+            output = model(paired_batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return output, self.measure(records)
 
-    @property
-    def recording(self) -> bool:
-        return self._recording
+    def record(self) -> 'BlockOutputs':
+        """Hooks recording the chosen blocks' outputs until `BlockOutputs.measure`, for forward passes this object
+        does not run itself (`RSPCHook`)."""
+        return BlockOutputs(self)
 
-    def start(self) -> None:
-        """Begin recording one paired forward pass."""
-        self._distances = []
-        self._recording = True
-
-    def finish(self) -> torch.Tensor:
-        """Stop recording; return the mean distance over the blocks that ran (each block must run exactly once)."""
-        self._recording = False
-        distances, self._distances = self._distances, []
-        if len(distances) != len(self.block_names):
+    def measure(self, records: Sequence[Tuple[torch.Tensor, bool]]) -> torch.Tensor:
+        """``L_align`` from what the hooks recorded in one paired forward pass: (block output, grad mode) per block."""
+        if len(records) != len(self.blocks):
             raise RuntimeError(
-                f'Expected one output from each of the {len(self.block_names)} hooked blocks in this forward pass, '
-                f'recorded {len(distances)}. Were the hooked blocks skipped, or called more than once?')
-        return mean_over_blocks(distances)
-
-    def cancel(self) -> None:
-        """Stop recording and drop what was recorded (after an exception in the forward pass)."""
-        self._recording = False
-        self._distances = []
-
-    def strip_from_copy(self, model_copy: nn.Module) -> None:
-        """Remove these hooks from a deep copy of the hooked model (e.g. an EMA copy), where they would be stale."""
-        modules = dict(unwrap_model(model_copy).named_modules())
-        for name, handle in self._handles.items():
-            module = modules.get(name)
-            if module is None:
-                continue
-            for hooks in (module._forward_hooks, module._forward_hooks_with_kwargs,
-                          module._forward_hooks_always_called):
-                hooks.pop(handle.id, None)
-
-    def remove(self) -> None:
-        """Take the hooks off the model."""
-        for handle in self._handles.values():
-            handle.remove()
-        self._handles = {}
-        self.cancel()
+                f'Expected one output from each of the {len(self.blocks)} hooked blocks in this forward pass, '
+                f'recorded {len(records)}. Were the hooked blocks skipped, or called more than once?')
+        if torch.is_grad_enabled():
+            without_grad = [name for name, (_, grad) in zip(self.block_names, records) if not grad]
+            if without_grad:
+                raise RuntimeError(
+                    f'Block {without_grad[0]} ran with autograd off inside a forward pass that has it on (re-entrant '
+                    f'activation checkpointing?): its alignment would get no gradient. Use non-re-entrant '
+                    f"checkpointing, timm's default (unset TIMM_REENTRANT_CKPT).")
+        return mean_over_blocks([self.distance(features) for features, _ in records])
 
     def __enter__(self) -> 'PairedBlockDistance':
         return self
 
     def __exit__(self, *exc) -> None:
-        self.remove()
+        """Nothing to take off the model: hooks exist only during a measured forward pass (`with` is kept for code
+        written against earlier versions, which hooked the model for the object's lifetime)."""
+
+
+class BlockOutputs:
+    """The chosen blocks' outputs, recorded from construction until `measure` (which removes the hooks)."""
+
+    def __init__(self, alignment: PairedBlockDistance):
+        self.alignment = alignment
+        self.records: List[Tuple[torch.Tensor, bool]] = []
+        self._handles = _hook_blocks(alignment.blocks, self.records)
+
+    def close(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def measure(self) -> torch.Tensor:
+        """Remove the hooks and return ``L_align`` over what they recorded."""
+        self.close()
+        return self.alignment.measure(self.records)

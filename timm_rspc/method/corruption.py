@@ -19,14 +19,13 @@ import torch
 import torch.nn as nn
 
 from .gradient_reversal import reverse_gradient
+from .settings import NOISE_MODES, RSPCSettings, check_setting
 
 __all__ = [
     'NOISE_MODES', 'PatchCorruptionModel', 'AdversarialPatchCorruption', 'CorruptedBatch',
     'top_rho_straight_through', 'quantile_rank', 'patch_mask_to_pixels', 'normalized_pixel_range', 'draw_noise',
     'blend_noise',
 ]
-
-NOISE_MODES = ('normalized', 'pixel')
 
 
 def quantile_rank(ratio: float, num_patches: int) -> Tuple[int, float]:
@@ -98,7 +97,7 @@ def normalized_pixel_range(
 
 def draw_noise(
         x: torch.Tensor,
-        mode: str = 'normalized',
+        mode: str = RSPCSettings.noise,
         lower: Optional[torch.Tensor] = None,
         upper: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
@@ -150,14 +149,13 @@ class PatchCorruptionModel(nn.Module):
             img_size: Union[int, Sequence[int]] = 224,
             patch_size: int = 16,
             in_chans: int = 3,
-            ratio: float = 0.1,
+            ratio: float = RSPCSettings.ratio,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-        if not 0. < ratio < 1.:
-            raise ValueError(f'The corruption ratio rho must lie in (0, 1), got {ratio}.')
+        ratio = check_setting('ratio', ratio)
         if patch_size < 1 or any(s % patch_size for s in img_size):
             raise ValueError(
                 f'Image size {img_size[0]}x{img_size[1]} is not divisible by the patch size {patch_size}: '
@@ -166,7 +164,7 @@ class PatchCorruptionModel(nn.Module):
         self.patch_size = patch_size
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.ratio = float(ratio)
+        self.ratio = ratio
         dd = dict(device=device, dtype=dtype)
         self.patch_embed = nn.Conv2d(in_chans, 1, kernel_size=patch_size, stride=patch_size, bias=False, **dd)
         self.act = nn.GELU()
@@ -215,11 +213,10 @@ class AdversarialPatchCorruption(nn.Module):
             corruption_model: PatchCorruptionModel,
             mean: Sequence[float],
             std: Sequence[float],
-            noise: str = 'normalized',
+            noise: str = RSPCSettings.noise,
     ):
         super().__init__()
-        if noise not in NOISE_MODES:
-            raise ValueError(f'Unknown noise mode {noise!r}; choose one of {NOISE_MODES}.')
+        check_setting('noise', noise)
         if len(mean) != len(std):
             raise ValueError(f'mean and std must have one value per channel, got {list(mean)} and {list(std)}.')
         self.corruption_model = corruption_model
