@@ -11,7 +11,10 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.task import ClassificationTask
 from timm.utils import NativeScaler
 
-from timm_rspc.method import PlainClassificationTask, RSPCHook, RSPCTask, add_rspc_args, create_rspc_task
+from timm_rspc.method import (
+    PairedBlockDistance, PlainClassificationTask, RSPCHook, RSPCTask, RSPCTrainableModule, add_rspc_args,
+    create_rspc_task,
+)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # vit_tiny's normalisation: valid range [-1, 1]
 
@@ -347,3 +350,18 @@ def test_hook_matches_task():
     assert all(p.grad is None for p in rspc.corruption_model.parameters())
     rspc.remove()
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_hook_hooks_the_model_only_between_call_and_split():
+    model = make_vit(depth=2)
+    rspc = RSPCHook(model)
+    x, target, noise = batch()
+    with pytest.raises(RuntimeError, match=r'split needs a paired forward pass: call rspc\(x, target\)'):
+        rspc.split(model(x))
+    rspc(x, target, noise=noise)  # abandoned (e.g. the forward raised): the next call replaces its hooks
+    paired, _ = rspc(x, target, noise=noise)
+    assert [len(block._forward_hooks) for block in model.blocks] == [1, 1]
+    output, align_loss = rspc.split(model(paired))
+    assert all(not m._forward_hooks for m in model.modules())
+    expected = RSPCTrainableModule(model, PairedBlockDistance(model))(x, rspc.corruption(x, noise=noise).images)
+    torch.testing.assert_close((output, align_loss), expected, rtol=0, atol=0)
