@@ -81,8 +81,9 @@ def test_normalized_pixel_range_and_noise_modes():
     torch.testing.assert_close(pixel, lower + normalized * (upper - lower))
     with pytest.raises(ValueError, match='Unknown noise mode'):
         draw_noise(x, 'gaussian')
-    with pytest.raises(ValueError, match='std must be positive'):
-        normalized_pixel_range(MEAN, (0.2, 0.0, 0.2))
+    for mean, std in ((MEAN, (0.2, 0.0, 0.2)), ((0.5, float('nan'), 0.5), STD), (MEAN, (0.2, float('inf'), 0.2))):
+        with pytest.raises(ValueError, match=r'mean and std must be finite numbers, std positive, got mean=\['):
+            normalized_pixel_range(mean, std)
 
 
 def test_corruption_model_layout_and_errors():

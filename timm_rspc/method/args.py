@@ -19,7 +19,7 @@ import torch.nn as nn
 from timm.task import TrainingTask
 
 from .adversary import resolve_mean_std
-from .settings import RSPCSettings, setting_problem
+from .settings import RSPCSettings, parse_setting, setting_problem
 from .task import PlainClassificationTask, RSPCTask
 
 __all__ = ['add_rspc_args', 'create_rspc_task', 'setting_type']
@@ -27,15 +27,9 @@ __all__ = ['add_rspc_args', 'create_rspc_task', 'setting_type']
 
 def setting_type(name: str) -> Callable[[str], Any]:
     """An argparse ``type`` for the `RSPCSettings` field ``name``: parses it and rejects what the settings reject."""
-    numeric = RSPCSettings.describe(name)['interval'] is not None
 
     def parse(text: str) -> Any:
-        value = text
-        if numeric:
-            try:
-                value = float(text)
-            except ValueError:
-                pass  # reported below with the allowed range
+        value = parse_setting(name, text)
         problem = setting_problem(name, value)
         if problem is not None:
             raise argparse.ArgumentTypeError(problem)

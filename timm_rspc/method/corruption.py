@@ -12,6 +12,7 @@ the clamp applies to the blended image, so it also clips clean pixels that augme
 C is trained adversarially (it ascends the feature alignment loss); `AdversarialPatchCorruption` bundles it with the
 noise draw, the blend and the gradient reversal so that one backward pass trains both C and the backbone.
 """
+import math
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -88,10 +89,11 @@ def normalized_pixel_range(
         dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Where pixel values 0 and 1 land after ``(x - mean) / std``: (lower, upper), each shaped (1, C, 1, 1)."""
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(f'mean and std must be finite numbers, std positive, got mean={mean}, std={std}.')
     mean_t = torch.as_tensor(mean, device=device, dtype=dtype).reshape(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=device, dtype=dtype).reshape(1, -1, 1, 1)
-    if torch.any(std_t <= 0):
-        raise ValueError(f'std must be positive, got {list(std)}.')
     return (0 - mean_t) / std_t, (1 - mean_t) / std_t
 
 

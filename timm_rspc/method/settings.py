@@ -20,7 +20,7 @@ from .capture import BlockSpec
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['RSPCSettings', 'Interval', 'NOISE_MODES', 'CLIP_MODES', 'check_setting', 'setting_problem']
+__all__ = ['RSPCSettings', 'Interval', 'NOISE_MODES', 'CLIP_MODES', 'check_setting', 'parse_setting', 'setting_problem']
 
 NOISE_MODES = ('normalized', 'pixel')
 CLIP_MODES = ('norm', 'normalize')
@@ -119,11 +119,6 @@ class RSPCSettings:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @staticmethod
-    def describe(name: str) -> Mapping[str, Any]:
-        """Flag, metavar, help, allowed interval and choices of a field (what its command-line flag is built from)."""
-        return _FIELDS[name].metadata
-
-    @staticmethod
     def dest(name: str) -> str:
         """The argparse destination (and config key) of a field: ``align_weight`` -> ``rspc_lambda``."""
         return _FIELDS[name].metadata['flag'][2:].replace('-', '_')
@@ -144,9 +139,7 @@ class RSPCSettings:
         for dest, name in known.items():
             if dest in values:
                 value = values[dest]
-                if isinstance(value, str) and _FIELDS[name].metadata['interval'] is not None:
-                    value = _parse_number(value)
-                kwargs[name] = value
+                kwargs[name] = parse_setting(name, value) if isinstance(value, str) else value
         return cls(**kwargs)
 
     def to_args(self) -> Dict[str, Any]:
@@ -157,7 +150,10 @@ class RSPCSettings:
 _FIELDS = {f.name: f for f in dataclasses.fields(RSPCSettings)}
 
 
-def _parse_number(text: str) -> Union[float, str]:
+def parse_setting(name: str, text: str) -> Any:
+    """A setting's value from its text (command line, config file): a number for numeric settings, else the text."""
+    if _FIELDS[name].metadata['interval'] is None:
+        return text
     try:
         return float(text)
     except ValueError:
