@@ -106,6 +106,8 @@ def test_find_patch_grid():
         find_patch_grid(RVTLike())
     with pytest.raises(ValueError, match='Image size 36x36 is not divisible by the patch size 8'):
         find_patch_grid(RVTLike(), img_size=36)
+    with pytest.raises(ValueError, match='sizes must be positive, got image -32x-32, patch 8'):
+        find_patch_grid(RVTLike(), img_size=-32)
 
 
 def run_blocks(blocks):

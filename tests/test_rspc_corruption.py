@@ -98,6 +98,10 @@ def test_corruption_model_layout_and_errors():
         PatchCorruptionModel(32, 16, ratio=0.0)
     with pytest.raises(ValueError, match='not divisible by the patch size 16'):
         PatchCorruptionModel(40, 16)
+    with pytest.raises(ValueError, match='sizes must be positive, got image -32x-32, patch 16'):
+        PatchCorruptionModel(-32, 16)
+    with pytest.raises(ValueError, match='sizes must be positive, got image 32x32, patch 0'):
+        PatchCorruptionModel(32, 0)
     with pytest.raises(ValueError, match='built for 32x48 inputs'):
         model(torch.randn(2, 3, 32, 32))
 

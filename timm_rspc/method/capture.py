@@ -188,7 +188,9 @@ def find_patch_grid(
         size = _as_pair(input_size[-2:]) if input_size else None
     if size is None:
         raise ValueError(f'Cannot find the input size of {name}; pass img_size= explicitly.')
-    if patch_size < 1 or size[0] % patch_size or size[1] % patch_size:
+    if min(size) < 1 or patch_size < 1:
+        raise ValueError(f'Image and patch sizes must be positive, got image {size[0]}x{size[1]}, patch {patch_size}.')
+    if size[0] % patch_size or size[1] % patch_size:
         raise ValueError(
             f'Image size {size[0]}x{size[1]} is not divisible by the patch size {patch_size}: RSPC corrupts whole '
             f'patches. Use an image size that is a multiple of {patch_size}.')

@@ -158,7 +158,10 @@ class PatchCorruptionModel(nn.Module):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
         ratio = check_setting('ratio', ratio)
-        if patch_size < 1 or any(s % patch_size for s in img_size):
+        if min(img_size) < 1 or patch_size < 1:
+            raise ValueError(
+                f'Image and patch sizes must be positive, got image {img_size[0]}x{img_size[1]}, patch {patch_size}.')
+        if any(s % patch_size for s in img_size):
             raise ValueError(
                 f'Image size {img_size[0]}x{img_size[1]} is not divisible by the patch size {patch_size}: '
                 f'C corrupts whole patches. Use an image size that is a multiple of {patch_size}.')
