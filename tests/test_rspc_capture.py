@@ -118,13 +118,23 @@ def run_blocks(blocks):
     return forward
 
 
+def measured(alignment, forward, x):
+    """One paired forward pass measured as `RSPCTrainableModule` does it: ``(output, align_loss)``."""
+    recording = alignment.record()
+    try:
+        output = forward(x)
+    finally:
+        recording.close()
+    return output, recording.measure()
+
+
 def test_paired_distance_matches_explicit_forward():
     torch.manual_seed(0)
     model = RVTLike()
     blocks = [b for stage in model.transformers for b in stage.blocks]
     x = torch.randn(6, 5, 4)
     alignment = PairedBlockDistance(model, blocks=None)
-    output, ours = alignment(run_blocks(blocks), x)
+    output, ours = measured(alignment, run_blocks(blocks), x)
     # reference: run the blocks by hand, MSE of the halves, sum / (count + 1e-4) as the authors do
     h, distances = x, []
     for block in blocks:
@@ -138,16 +148,16 @@ def test_paired_distance_matches_explicit_forward():
 
     # a block skipped or run twice is an error, and the hooks come off all the same
     with pytest.raises(RuntimeError, match='of the 5 hooked blocks in this forward pass, recorded 1'):
-        alignment(blocks[0], x)
+        measured(alignment, blocks[0], x)
     with pytest.raises(RuntimeError, match='recorded 6'):
-        alignment(run_blocks(blocks + blocks[:1]), x)
+        measured(alignment, run_blocks(blocks + blocks[:1]), x)
 
     def failing_forward(batch):
         blocks[0](batch)
         raise RuntimeError('out of memory')
 
     with pytest.raises(RuntimeError, match='out of memory'):
-        alignment(failing_forward, x)
+        measured(alignment, failing_forward, x)
     assert all(not b._forward_hooks for b in blocks)
 
 
@@ -155,7 +165,7 @@ def test_odd_batch_is_an_error():
     model = RVTLike()
     alignment = PairedBlockDistance(model, blocks=[0])
     with pytest.raises(ValueError, match='need an even batch'):
-        alignment(model.transformers[0].blocks[0], torch.randn(3, 5, 4))
+        measured(alignment, model.transformers[0].blocks[0], torch.randn(3, 5, 4))
 
 
 def test_recording_for_an_outside_forward():
@@ -167,7 +177,7 @@ def test_recording_for_an_outside_forward():
     recording = alignment.record()
     assert len(blocks[1]._forward_hooks) == 1 and not blocks[0]._forward_hooks
     run_blocks(blocks)(x)
-    torch.testing.assert_close(recording.measure(), alignment(run_blocks(blocks), x)[1], rtol=0, atol=0)
+    torch.testing.assert_close(recording.measure(), measured(alignment, run_blocks(blocks), x)[1], rtol=0, atol=0)
     assert all(not b._forward_hooks for b in blocks)
     recording.close()  # idempotent
 
@@ -181,10 +191,11 @@ def test_reentrant_checkpointing_over_several_blocks_is_an_error():
     alignment = PairedBlockDistance(model, blocks='transformers.0.blocks.*')
     x = torch.randn(4, 5, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match='Block transformers.0.blocks.0 ran with autograd off.*TIMM_REENTRANT_CKPT'):
-        alignment(lambda batch: checkpoint_seq(stage, batch, every=3, use_reentrant=True), x)
+        measured(alignment, lambda batch: checkpoint_seq(stage, batch, every=3, use_reentrant=True), x)
     # the non-re-entrant kind (timm's default) measures the same loss and gradient as no checkpointing
-    _, plain = alignment(stage, x)
+    _, plain = measured(alignment, stage, x)
     grad, = torch.autograd.grad(plain, x)
-    _, checkpointed = alignment(lambda batch: checkpoint_seq(stage, batch, every=3, use_reentrant=False), x)
+    _, checkpointed = measured(
+        alignment, lambda batch: checkpoint_seq(stage, batch, every=3, use_reentrant=False), x)
     torch.testing.assert_close(checkpointed, plain, rtol=0, atol=0)
     torch.testing.assert_close(torch.autograd.grad(checkpointed, x)[0], grad, rtol=0, atol=0)

@@ -8,15 +8,15 @@ their RVT and FAN block classes; here forward hooks do it for any model from out
   patch embedding (FAN's hybrid ConvNeXt stem) and not nested in another block. FAN's ``cls_attn_blocks`` are not
   matched: they see the class token, not the patch tokens.
 * `select_blocks` narrows that list by index / slice, or picks modules by name pattern.
-* `PairedBlockDistance` runs one paired forward pass on ``cat([corrupted, clean])`` with hooks on the chosen blocks
-  for that pass only, and reduces each block's output to one distance after it; no block's features are kept beyond
-  what autograd keeps anyway.
+* `PairedBlockDistance` hooks the chosen blocks for one paired forward pass on ``cat([corrupted, clean])`` only, and
+  reduces each block's output to one distance after it; no block's features are kept beyond what autograd keeps
+  anyway.
 * `find_patch_grid` finds the input size and patch size a corruption model must match.
 """
 import fnmatch
 import re
 from functools import partial
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,7 @@ from .alignment import mean_over_blocks, paired_mse
 
 __all__ = [
     'BlockSpec', 'find_blocks', 'select_blocks', 'parse_block_spec', 'find_patch_grid', 'PairedBlockDistance',
-    'BlockOutputs',
+    'AlignmentRecording',
 ]
 
 BlockSpec = Union[None, int, str, slice, Sequence[Union[int, str, slice]]]
@@ -214,22 +214,16 @@ def _record_output(records: List[Tuple[torch.Tensor, bool]], module: nn.Module, 
     records.append((features.view_as(features), torch.is_grad_enabled()))
 
 
-@torch.compiler.disable
-def _hook_blocks(blocks: Sequence[nn.Module], records: List[Tuple[torch.Tensor, bool]]) -> List[RemovableHandle]:
-    """Forward hooks appending each block's output to ``records``; run eagerly (a deliberate graph break under
-    ``torch.compile``: the hooks are traced into the compiled forward that follows)."""
-    return [block.register_forward_hook(partial(_record_output, records)) for block in blocks]
-
-
 class PairedBlockDistance:
     """Feature alignment of chosen blocks, measured over one paired forward pass.
 
-    ``alignment(model, paired_batch)`` runs ``model`` on ``cat([corrupted, clean])`` and returns ``(output,
-    align_loss)``: ``distance`` (by default `paired_mse`, the MSE between the corrupted and the clean half) of every
-    chosen block's output, averaged by `mean_over_blocks`. Hooks on the blocks exist only while that forward runs,
-    so the model carries no hooks otherwise (validation, inference, EMA and other copies see a plain model), and the
-    hooks only keep references to the block outputs: the distances are computed after the forward, outside any
-    activation checkpoint, so the recomputation in backward does exactly what the forward did.
+    ``recording = alignment.record()`` hooks the chosen blocks; the model then runs once on ``cat([corrupted,
+    clean])``; ``recording.measure()`` takes the hooks off and returns ``align_loss``: ``distance`` (by default
+    `paired_mse`, the MSE between the corrupted and the clean half) of every chosen block's output, averaged by
+    `mean_over_blocks`. Hooks exist only during that forward, so the model carries none otherwise (validation,
+    inference, EMA and other copies see a plain model), and they only keep (a view of) each output: the distances are
+    computed after the forward, outside any activation checkpoint, so the recomputation in backward does exactly
+    what the forward did.
 
     Keeping the outputs costs no memory: autograd keeps each of them anyway (the next layer saves its input). A block
     output modified in place later in the forward would be measured after the change; models cannot do that to a
@@ -256,21 +250,15 @@ class PairedBlockDistance:
     def __repr__(self) -> str:
         return f'{type(self).__name__}(blocks=[{_preview(self.block_names)}] ({len(self.block_names)}))'
 
-    def __call__(self, model: nn.Module, paired_batch: torch.Tensor) -> Tuple[Any, torch.Tensor]:
-        """``(model(paired_batch), align_loss)`` with the alignment of the chosen blocks in that forward pass."""
-        records: List[Tuple[torch.Tensor, bool]] = []
-        handles = _hook_blocks(self.blocks, records)
-        try:
-            output = model(paired_batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return output, self.measure(records)
+    @torch.compiler.disable
+    def record(self) -> 'AlignmentRecording':
+        """Hook the chosen blocks until the recording's `measure` (or `close`).
 
-    def record(self) -> 'BlockOutputs':
-        """Hooks recording the chosen blocks' outputs until `BlockOutputs.measure`, for forward passes this object
-        does not run itself (`RSPCHook`)."""
-        return BlockOutputs(self)
+        Runs eagerly: under ``torch.compile`` a graph break, so call it before any tensor operation; the forward pass
+        then compiles as one graph, and the hooks' removal with the alignment loss as a second one."""
+        records: List[Tuple[torch.Tensor, bool]] = []
+        handles = [block.register_forward_hook(partial(_record_output, records)) for block in self.blocks]
+        return AlignmentRecording(self, records, handles)
 
     def measure(self, records: Sequence[Tuple[torch.Tensor, bool]]) -> torch.Tensor:
         """``L_align`` from what the hooks recorded in one paired forward pass: (block output, grad mode) per block."""
@@ -295,21 +283,19 @@ class PairedBlockDistance:
         written against earlier versions, which hooked the model for the object's lifetime)."""
 
 
-class BlockOutputs:
-    """The chosen blocks' outputs, recorded from construction until `measure` (which removes the hooks)."""
-
-    def __init__(self, alignment: PairedBlockDistance):
-        self.alignment = alignment
-        self.records: List[Tuple[torch.Tensor, bool]] = []
-        self._handles = _hook_blocks(alignment.blocks, self.records)
+class AlignmentRecording(NamedTuple):
+    """The chosen blocks' outputs in one forward pass, recorded from `PairedBlockDistance.record` until `measure` or
+    `close`."""
+    alignment: PairedBlockDistance
+    records: List[Tuple[torch.Tensor, bool]]
+    handles: List[RemovableHandle]
 
     def close(self) -> None:
-        """Remove the hooks (idempotent)."""
-        for handle in self._handles:
+        """Take the hooks off the model (idempotent); call it in a ``finally`` after the forward pass."""
+        for handle in self.handles:
             handle.remove()
-        self._handles = []
 
     def measure(self) -> torch.Tensor:
-        """Remove the hooks and return ``L_align`` over what they recorded."""
+        """Take the hooks off and return ``L_align`` over what they recorded."""
         self.close()
         return self.alignment.measure(self.records)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .adversary import create_adversary
-from .capture import BlockOutputs, PairedBlockDistance
+from .capture import AlignmentRecording, PairedBlockDistance
 from .corruption import PatchCorruptionModel
 from .settings import RSPCSettings
 
@@ -61,7 +61,7 @@ class RSPCHook:
             model, settings, mean=mean, std=std, img_size=img_size, patch_size=patch_size, device=device, dtype=dtype)
         self.alignment = PairedBlockDistance(model, settings.blocks)
         self.occluded_fraction: Optional[torch.Tensor] = None
-        self._recording: Optional[BlockOutputs] = None
+        self._recording: Optional[AlignmentRecording] = None
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(ratio={self.corruption_model.ratio}, align_weight={self.align_weight}, '

@@ -68,8 +68,12 @@ class RSPCTrainableModule(nn.Module):
         return lambda name: layer_map.get(name[len('model.'):], last_layer) if name.startswith('model.') else last_layer
 
     def forward(self, clean: torch.Tensor, corrupted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits, align_loss = self.alignment(self.model, torch.cat([corrupted, clean]))
-        return logits[clean.shape[0]:], align_loss
+        recording = self.alignment.record()  # before any tensor op: a graph break under torch.compile
+        try:
+            logits = self.model(torch.cat([corrupted, clean]))
+        finally:
+            recording.close()
+        return logits[clean.shape[0]:], recording.measure()
 
 
 class RSPCTask(TrainingTask):
