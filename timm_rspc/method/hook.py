@@ -56,7 +56,6 @@ class RSPCHook:
             device = device if device is not None else (first.device if first is not None else None)
             dtype = dtype if dtype is not None else (first.dtype if first is not None else None)
         self.settings = settings
-        self.align_weight = settings.align_weight
         self.corruption, self.corruption_optimizer = create_adversary(
             model, settings, mean=mean, std=std, img_size=img_size, patch_size=patch_size, device=device, dtype=dtype)
         self.alignment = PairedBlockDistance(model, settings.blocks)
@@ -66,6 +65,11 @@ class RSPCHook:
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(ratio={self.corruption_model.ratio}, align_weight={self.align_weight}, '
                 f'{self.alignment}, {self.corruption_optimizer})')
+
+    @property
+    def align_weight(self) -> float:
+        """lambda, the weight of the alignment loss in ``loss = task_loss + lambda * align_loss``."""
+        return self.settings.align_weight
 
     @property
     def corruption_model(self) -> PatchCorruptionModel:

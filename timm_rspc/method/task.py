@@ -116,7 +116,6 @@ class RSPCTask(TrainingTask):
         settings = RSPCSettings.resolve(settings, **setting_overrides)  # checked before anything is built
         super().__init__(device=device, dtype=dtype, verbose=verbose)
         self.settings = settings
-        self.align_weight = settings.align_weight
         self.generator = generator
         self.criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=criterion_kwargs)
 
@@ -132,6 +131,11 @@ class RSPCTask(TrainingTask):
                 f'RSPCTask: ratio={settings.ratio}, align_weight={settings.align_weight}, noise={settings.noise}, '
                 f'corruption grid {corruption_model.grid_size} of {corruption_model.patch_size}px patches, '
                 f'aligning {len(names)} blocks ({names[0]} ... {names[-1]}), C optimiser {self.corruption_optimizer}')
+
+    @property
+    def align_weight(self) -> float:
+        """lambda, the weight of the alignment loss in ``loss = task_loss + lambda * align_loss``."""
+        return self.settings.align_weight
 
     @property
     def corruption_model(self) -> PatchCorruptionModel:
