@@ -1,5 +1,4 @@
 """Finding and selecting blocks of any model, the patch grid, and the alignment hooks."""
-import copy
 from collections import OrderedDict
 
 import pytest
@@ -107,6 +106,26 @@ def test_find_patch_grid():
         find_patch_grid(RVTLike())
     with pytest.raises(ValueError, match='Image size 36x36 is not divisible by the patch size 8'):
         find_patch_grid(RVTLike(), img_size=36)
+    with pytest.raises(ValueError, match='sizes must be positive, got image -32x-32, patch 8'):
+        find_patch_grid(RVTLike(), img_size=-32)
+
+
+def run_blocks(blocks):
+    def forward(x):
+        for block in blocks:
+            x = block(x)
+        return x
+    return forward
+
+
+def measured(alignment, forward, x):
+    """One paired forward pass measured as `RSPCTrainableModule` does it: ``(output, align_loss)``."""
+    recording = alignment.record()
+    try:
+        output = forward(x)
+    finally:
+        recording.close()
+    return output, recording.measure()
 
 
 def test_paired_distance_matches_explicit_forward():
@@ -114,43 +133,69 @@ def test_paired_distance_matches_explicit_forward():
     model = RVTLike()
     blocks = [b for stage in model.transformers for b in stage.blocks]
     x = torch.randn(6, 5, 4)
-    capture = PairedBlockDistance(model, blocks=None)
-    capture.start()
-    h = x
-    for block in blocks:
-        h = block(h)
-    ours = capture.finish()
+    alignment = PairedBlockDistance(model, blocks=None)
+    output, ours = measured(alignment, run_blocks(blocks), x)
     # reference: run the blocks by hand, MSE of the halves, sum / (count + 1e-4) as the authors do
     h, distances = x, []
     for block in blocks:
         h = block(h)
         distances.append(F.mse_loss(h[:3], h[3:]))
+    torch.testing.assert_close(output, h, rtol=0, atol=0)
     torch.testing.assert_close(ours, sum(distances) / (len(distances) + 1e-4))
     torch.testing.assert_close(mean_over_blocks(distances, eps=0), torch.stack(distances).mean())
+    # the model carries hooks only during the measured forward
+    assert all(not b._forward_hooks for b in blocks)
 
-    # not recording: the hooks do nothing; a block skipped or run twice is an error
-    blocks[0](x)
-    assert capture._distances == []
-    capture.start()
-    blocks[0](x)
+    # a block skipped or run twice is an error, and the hooks come off all the same
     with pytest.raises(RuntimeError, match='of the 5 hooked blocks in this forward pass, recorded 1'):
-        capture.finish()
-    capture.remove()
+        measured(alignment, blocks[0], x)
+    with pytest.raises(RuntimeError, match='recorded 6'):
+        measured(alignment, run_blocks(blocks + blocks[:1]), x)
+
+    def failing_forward(batch):
+        blocks[0](batch)
+        raise RuntimeError('out of memory')
+
+    with pytest.raises(RuntimeError, match='out of memory'):
+        measured(alignment, failing_forward, x)
     assert all(not b._forward_hooks for b in blocks)
 
 
 def test_odd_batch_is_an_error():
     model = RVTLike()
-    with PairedBlockDistance(model, blocks=[0]) as capture:
-        capture.start()
-        with pytest.raises(ValueError, match='need an even batch'):
-            model.transformers[0].blocks[0](torch.randn(3, 5, 4))
+    alignment = PairedBlockDistance(model, blocks=[0])
+    with pytest.raises(ValueError, match='need an even batch'):
+        measured(alignment, model.transformers[0].blocks[0], torch.randn(3, 5, 4))
 
 
-def test_strip_from_copy_leaves_original_hooks():
+def test_recording_for_an_outside_forward():
+    torch.manual_seed(0)
     model = RVTLike()
-    capture = PairedBlockDistance(model)
-    clone = copy.deepcopy(model)
-    capture.strip_from_copy(clone)
-    assert all(not m._forward_hooks for m in clone.modules())
-    assert len(model.transformers[0].blocks[0]._forward_hooks) == 1
+    blocks = [b for stage in model.transformers for b in stage.blocks]
+    alignment = PairedBlockDistance(model, blocks=[1, -1])
+    x = torch.randn(4, 5, 4)
+    recording = alignment.record()
+    assert len(blocks[1]._forward_hooks) == 1 and not blocks[0]._forward_hooks
+    run_blocks(blocks)(x)
+    torch.testing.assert_close(recording.measure(), measured(alignment, run_blocks(blocks), x)[1], rtol=0, atol=0)
+    assert all(not b._forward_hooks for b in blocks)
+    recording.close()  # idempotent
+
+
+def test_reentrant_checkpointing_over_several_blocks_is_an_error():
+    """Re-entrant checkpointing runs the inner blocks without autograd: their alignment would get no gradient."""
+    from timm.models import checkpoint_seq
+    torch.manual_seed(0)
+    model = RVTLike()
+    stage = model.transformers[0].blocks
+    alignment = PairedBlockDistance(model, blocks='transformers.0.blocks.*')
+    x = torch.randn(4, 5, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match='Block transformers.0.blocks.0 ran with autograd off.*TIMM_REENTRANT_CKPT'):
+        measured(alignment, lambda batch: checkpoint_seq(stage, batch, every=3, use_reentrant=True), x)
+    # the non-re-entrant kind (timm's default) measures the same loss and gradient as no checkpointing
+    _, plain = measured(alignment, stage, x)
+    grad, = torch.autograd.grad(plain, x)
+    _, checkpointed = measured(
+        alignment, lambda batch: checkpoint_seq(stage, batch, every=3, use_reentrant=False), x)
+    torch.testing.assert_close(checkpointed, plain, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(checkpointed, x)[0], grad, rtol=0, atol=0)

@@ -81,8 +81,9 @@ def test_normalized_pixel_range_and_noise_modes():
     torch.testing.assert_close(pixel, lower + normalized * (upper - lower))
     with pytest.raises(ValueError, match='Unknown noise mode'):
         draw_noise(x, 'gaussian')
-    with pytest.raises(ValueError, match='std must be positive'):
-        normalized_pixel_range(MEAN, (0.2, 0.0, 0.2))
+    for mean, std in ((MEAN, (0.2, 0.0, 0.2)), ((0.5, float('nan'), 0.5), STD), (MEAN, (0.2, float('inf'), 0.2))):
+        with pytest.raises(ValueError, match=r'mean and std must be finite numbers, std positive, got mean=\['):
+            normalized_pixel_range(mean, std)
 
 
 def test_corruption_model_layout_and_errors():
@@ -91,12 +92,16 @@ def test_corruption_model_layout_and_errors():
     assert model.patch_embed.weight.shape == (1, 3, 16, 16) and model.patch_embed.bias is None
     assert model.fc.weight.shape == (6, 6) and model.fc.bias is None
     assert model(torch.randn(2, 3, 32, 48)).shape == (2, 6)
-    with pytest.raises(ValueError, match=r'rho must lie in \(0, 1\)'):
+    with pytest.raises(ValueError, match=r'ratio \(--rspc-ratio\) must be a finite number in \(0, 1\), got 1.0'):
         PatchCorruptionModel(32, 16, ratio=1.0)
-    with pytest.raises(ValueError, match=r'rho must lie in \(0, 1\)'):
+    with pytest.raises(ValueError, match=r'ratio \(--rspc-ratio\) must be a finite number in \(0, 1\), got 0.0'):
         PatchCorruptionModel(32, 16, ratio=0.0)
     with pytest.raises(ValueError, match='not divisible by the patch size 16'):
         PatchCorruptionModel(40, 16)
+    with pytest.raises(ValueError, match='sizes must be positive, got image -32x-32, patch 16'):
+        PatchCorruptionModel(-32, 16)
+    with pytest.raises(ValueError, match='sizes must be positive, got image 32x32, patch 0'):
+        PatchCorruptionModel(32, 0)
     with pytest.raises(ValueError, match='built for 32x48 inputs'):
         model(torch.randn(2, 3, 32, 32))
 
@@ -139,7 +144,7 @@ def test_noise_generator_and_explicit_noise_are_reproducible():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match='noise must be shaped like the images'):
         corruption(x, noise=torch.rand(2, 3, 16, 16))
-    with pytest.raises(ValueError, match='Unknown noise mode'):
+    with pytest.raises(ValueError, match=r"noise \(--rspc-noise\) must be one of normalized, pixel, got 'gaussian'"):
         AdversarialPatchCorruption(model, MEAN, STD, noise='gaussian')
 
 

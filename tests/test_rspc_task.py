@@ -11,7 +11,10 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.task import ClassificationTask
 from timm.utils import NativeScaler
 
-from timm_rspc.method import PlainClassificationTask, RSPCHook, RSPCTask, add_rspc_args, create_rspc_task
+from timm_rspc.method import (
+    PairedBlockDistance, PlainClassificationTask, RSPCHook, RSPCTask, RSPCTrainableModule, add_rspc_args,
+    create_rspc_task,
+)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # vit_tiny's normalisation: valid range [-1, 1]
 
@@ -100,10 +103,12 @@ def test_outputs_are_tensors_and_c_is_outside_trainable_module():
 
 def test_bad_configuration_fails_early():
     model = make_vit(depth=1)
-    with pytest.raises(ValueError, match=r'rho must lie in \(0, 1\), got 1.5'):
+    with pytest.raises(ValueError, match=r'ratio \(--rspc-ratio\) must be a finite number in \(0, 1\), got 1.5'):
         RSPCTask(model, ratio=1.5, verbose=False)
-    with pytest.raises(ValueError, match='lambda must be >= 0, got -1'):
+    with pytest.raises(ValueError, match=r'align_weight \(--rspc-lambda\) must be a finite number >= 0, got -1'):
         RSPCTask(model, align_weight=-1, verbose=False)
+    with pytest.raises(TypeError, match='Unknown RSPC setting.s. lamda; the settings are'):
+        RSPCTask(model, lamda=0.1, verbose=False)
     with pytest.raises(ValueError, match='Image size 72x72 is not divisible by the patch size 16'):
         RSPCTask(model, img_size=72, verbose=False)
     with pytest.raises(ValueError, match="pattern 'layer\\*' matches no module"):
@@ -209,9 +214,9 @@ def test_normalize_clip_mode_makes_the_authors_fp16_update():
     optimizer.step()
     for p, p_ref in zip(c.parameters(), reference.parameters()):
         torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-9)
-    with pytest.raises(ValueError, match='set clip_grad > 0'):
+    with pytest.raises(ValueError, match=r'set --rspc-clip-grad \(corruption_clip_grad\) > 0'):
         RSPCTask(make_vit(depth=2), corruption_clip_mode='normalize', corruption_clip_grad=0, verbose=False)
-    with pytest.raises(ValueError, match='Unknown corruption model clip mode'):
+    with pytest.raises(ValueError, match=r"corruption_clip_mode \(--rspc-clip-mode\) must be one of norm, normalize"):
         RSPCTask(make_vit(depth=2), corruption_clip_mode='value', verbose=False)
 
 
@@ -345,3 +350,18 @@ def test_hook_matches_task():
     assert all(p.grad is None for p in rspc.corruption_model.parameters())
     rspc.remove()
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_hook_hooks_the_model_only_between_call_and_split():
+    model = make_vit(depth=2)
+    rspc = RSPCHook(model)
+    x, target, noise = batch()
+    with pytest.raises(RuntimeError, match=r'split needs a paired forward pass: call rspc\(x, target\)'):
+        rspc.split(model(x))
+    rspc(x, target, noise=noise)  # abandoned (e.g. the forward raised): the next call replaces its hooks
+    paired, _ = rspc(x, target, noise=noise)
+    assert [len(block._forward_hooks) for block in model.blocks] == [1, 1]
+    output, align_loss = rspc.split(model(paired))
+    assert all(not m._forward_hooks for m in model.modules())
+    expected = RSPCTrainableModule(model, PairedBlockDistance(model))(x, rspc.corruption(x, noise=noise).images)
+    torch.testing.assert_close((output, align_loss), expected, rtol=0, atol=0)

@@ -9,6 +9,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from timm_rspc.method.args import setting_type
     parser.add_argument('--output', default=None, metavar='DIR',
                         help='new folder for this demo run (default: ./output/demo/<date-time>)')
     parser.add_argument('--data-dir', default=None, metavar='DIR',
@@ -16,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quick', action='store_true', help='a tiny version that runs in well under a minute')
     parser.add_argument('--epochs', type=int, default=None, help='training epochs of both models')
     parser.add_argument('--seed', type=int, default=None, help='training seed of both models (default: 42)')
-    parser.add_argument('--rspc-lambda', type=float, default=None, help='weight of the RSPC alignment loss')
+    parser.add_argument('--rspc-lambda', type=setting_type('align_weight'), default=None,
+                        help='weight of the RSPC alignment loss, >= 0')
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from timm_rspc.method import RSPCSettings
+
 from .patch_occlusion import evaluate_random_occlusion, evaluate_worst_case_occlusion, num_occluded, score
 from .shapes import CLASS_NAMES, write_image_folder
 
@@ -128,6 +130,8 @@ def evaluate_model(name: str, model, config: DemoConfig, val, fit_images) -> Dic
 
 def run_demo(config: DemoConfig, output_dir: str, data_dir: str) -> Dict:
     """Generate (or reuse) the data, train both models, evaluate them; returns the JSON-able report."""
+    # RSPC's values are checked before the baseline trains, not when the RSPC run starts
+    RSPCSettings(ratio=config.rspc_ratio, align_weight=config.rspc_lambda, corruption_lr=config.rspc_lr)
     started = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, 'getloadavg') else None
     write_image_folder(data_dir, config.train_per_class, config.val_per_class, config.img_size, config.data_seed)

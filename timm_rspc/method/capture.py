@@ -8,23 +8,26 @@ their RVT and FAN block classes; here forward hooks do it for any model from out
   patch embedding (FAN's hybrid ConvNeXt stem) and not nested in another block. FAN's ``cls_attn_blocks`` are not
   matched: they see the class token, not the patch tokens.
 * `select_blocks` narrows that list by index / slice, or picks modules by name pattern.
-* `PairedBlockDistance` hooks the chosen blocks; while recording, each block's output on the paired batch
-  ``cat([corrupted, clean])`` is reduced to one distance as soon as the block has run, so no block's features are kept
-  beyond what autograd needs anyway.
+* `PairedBlockDistance` hooks the chosen blocks for one paired forward pass on ``cat([corrupted, clean])`` only, and
+  reduces each block's output to one distance after it; no block's features are kept beyond what autograd keeps
+  anyway.
 * `find_patch_grid` finds the input size and patch size a corruption model must match.
 """
 import fnmatch
 import re
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
+from torch.utils.hooks import RemovableHandle
 
 from .alignment import mean_over_blocks, paired_mse
 
 __all__ = [
     'BlockSpec', 'find_blocks', 'select_blocks', 'parse_block_spec', 'find_patch_grid', 'PairedBlockDistance',
+    'AlignmentRecording',
 ]
 
 BlockSpec = Union[None, int, str, slice, Sequence[Union[int, str, slice]]]
@@ -185,7 +188,9 @@ def find_patch_grid(
         size = _as_pair(input_size[-2:]) if input_size else None
     if size is None:
         raise ValueError(f'Cannot find the input size of {name}; pass img_size= explicitly.')
-    if patch_size < 1 or size[0] % patch_size or size[1] % patch_size:
+    if min(size) < 1 or patch_size < 1:
+        raise ValueError(f'Image and patch sizes must be positive, got image {size[0]}x{size[1]}, patch {patch_size}.')
+    if size[0] % patch_size or size[1] % patch_size:
         raise ValueError(
             f'Image size {size[0]}x{size[1]} is not divisible by the patch size {patch_size}: RSPC corrupts whole '
             f'patches. Use an image size that is a multiple of {patch_size}.')
@@ -201,19 +206,33 @@ def _first_tensor(output) -> torch.Tensor:
     return output
 
 
-class PairedBlockDistance:
-    """Forward hooks on chosen blocks of a model that measure feature alignment on paired batches.
+def _record_output(records: List[Tuple[torch.Tensor, bool]], module: nn.Module, args, output) -> None:
+    # A view taken as the block runs puts the alignment's gradient path at this point of the graph, so autograd sums
+    # it into the block output in the same order as when the distance is computed right here (gradients bit-identical
+    # to that formulation). A view saves no tensors: an activation checkpoint recomputes without the hook just the same.
+    features = _first_tensor(output)
+    records.append((features.view_as(features), torch.is_grad_enabled()))
 
-    Between `start()` and `finish()`, every forward of a hooked block appends ``distance(output)`` (by default
-    `paired_mse`: MSE between the corrupted and the clean half of the batch); `finish()` returns their mean. Outside
-    that window the hooks do nothing, so validation and inference through the same model are unaffected.
+
+class PairedBlockDistance:
+    """Feature alignment of chosen blocks, measured over one paired forward pass.
+
+    ``recording = alignment.record()`` hooks the chosen blocks; the model then runs once on ``cat([corrupted,
+    clean])``; ``recording.measure()`` takes the hooks off and returns ``align_loss``: ``distance`` (by default
+    `paired_mse`, the MSE between the corrupted and the clean half) of every chosen block's output, averaged by
+    `mean_over_blocks`. Hooks exist only during that forward, so the model carries none otherwise (validation,
+    inference, EMA and other copies see a plain model), and they only keep (a view of) each output: the distances are
+    computed after the forward, outside any activation checkpoint, so the recomputation in backward does exactly
+    what the forward did.
+
+    Keeping the outputs costs no memory: autograd keeps each of them anyway (the next layer saves its input). A block
+    output modified in place later in the forward would be measured after the change; models cannot do that to a
+    tensor a following normalisation layer saved without autograd failing in backward.
 
     Args:
         model: any ``nn.Module`` (DDP / compiled wrappers are unwrapped to find names).
         blocks: the selection, see `select_blocks`.
         distance: maps one block's paired output to a 0-dim tensor.
-
-    Use as a context manager, or call `remove()`, to take the hooks off the model.
     """
 
     def __init__(
@@ -224,63 +243,59 @@ class PairedBlockDistance:
     ):
         inner = unwrap_model(model)
         self.block_names: Tuple[str, ...] = tuple(select_blocks(inner, blocks))
-        self.distance = distance
-        self._recording = False
-        self._distances: List[torch.Tensor] = []
         modules = dict(inner.named_modules())
-        self._handles = {name: modules[name].register_forward_hook(self._hook) for name in self.block_names}
+        self.blocks: Tuple[nn.Module, ...] = tuple(modules[name] for name in self.block_names)
+        self.distance = distance
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(blocks=[{_preview(self.block_names)}] ({len(self.block_names)}))'
 
-    def _hook(self, module: nn.Module, args, output) -> None:
-        if self._recording:
-            self._distances.append(self.distance(_first_tensor(output)))
+    @torch.compiler.disable
+    def record(self) -> 'AlignmentRecording':
+        """Hook the chosen blocks until the recording's `measure` (or `close`).
 
-    @property
-    def recording(self) -> bool:
-        return self._recording
+        Runs eagerly: under ``torch.compile`` a graph break, so call it before any tensor operation; the forward pass
+        then compiles as one graph, and the hooks' removal with the alignment loss as a second one."""
+        records: List[Tuple[torch.Tensor, bool]] = []
+        handles = [block.register_forward_hook(partial(_record_output, records)) for block in self.blocks]
+        return AlignmentRecording(self, records, handles)
 
-    def start(self) -> None:
-        """Begin recording one paired forward pass."""
-        self._distances = []
-        self._recording = True
-
-    def finish(self) -> torch.Tensor:
-        """Stop recording; return the mean distance over the blocks that ran (each block must run exactly once)."""
-        self._recording = False
-        distances, self._distances = self._distances, []
-        if len(distances) != len(self.block_names):
+    def measure(self, records: Sequence[Tuple[torch.Tensor, bool]]) -> torch.Tensor:
+        """``L_align`` from what the hooks recorded in one paired forward pass: (block output, grad mode) per block."""
+        if len(records) != len(self.blocks):
             raise RuntimeError(
-                f'Expected one output from each of the {len(self.block_names)} hooked blocks in this forward pass, '
-                f'recorded {len(distances)}. Were the hooked blocks skipped, or called more than once?')
-        return mean_over_blocks(distances)
-
-    def cancel(self) -> None:
-        """Stop recording and drop what was recorded (after an exception in the forward pass)."""
-        self._recording = False
-        self._distances = []
-
-    def strip_from_copy(self, model_copy: nn.Module) -> None:
-        """Remove these hooks from a deep copy of the hooked model (e.g. an EMA copy), where they would be stale."""
-        modules = dict(unwrap_model(model_copy).named_modules())
-        for name, handle in self._handles.items():
-            module = modules.get(name)
-            if module is None:
-                continue
-            for hooks in (module._forward_hooks, module._forward_hooks_with_kwargs,
-                          module._forward_hooks_always_called):
-                hooks.pop(handle.id, None)
-
-    def remove(self) -> None:
-        """Take the hooks off the model."""
-        for handle in self._handles.values():
-            handle.remove()
-        self._handles = {}
-        self.cancel()
+                f'Expected one output from each of the {len(self.blocks)} hooked blocks in this forward pass, '
+                f'recorded {len(records)}. Were the hooked blocks skipped, or called more than once?')
+        if torch.is_grad_enabled():
+            without_grad = [name for name, (_, grad) in zip(self.block_names, records) if not grad]
+            if without_grad:
+                raise RuntimeError(
+                    f'Block {without_grad[0]} ran with autograd off inside a forward pass that has it on (re-entrant '
+                    f'activation checkpointing?): its alignment would get no gradient. Use non-re-entrant '
+                    f"checkpointing, timm's default (unset TIMM_REENTRANT_CKPT).")
+        return mean_over_blocks([self.distance(features) for features, _ in records])
 
     def __enter__(self) -> 'PairedBlockDistance':
         return self
 
     def __exit__(self, *exc) -> None:
-        self.remove()
+        """Nothing to take off the model: hooks exist only during a measured forward pass (`with` is kept for code
+        written against earlier versions, which hooked the model for the object's lifetime)."""
+
+
+class AlignmentRecording(NamedTuple):
+    """The chosen blocks' outputs in one forward pass, recorded from `PairedBlockDistance.record` until `measure` or
+    `close`."""
+    alignment: PairedBlockDistance
+    records: List[Tuple[torch.Tensor, bool]]
+    handles: List[RemovableHandle]
+
+    def close(self) -> None:
+        """Take the hooks off the model (idempotent); call it in a ``finally`` after the forward pass."""
+        for handle in self.handles:
+            handle.remove()
+
+    def measure(self) -> torch.Tensor:
+        """Take the hooks off and return ``L_align`` over what they recorded."""
+        self.close()
+        return self.alignment.measure(self.records)

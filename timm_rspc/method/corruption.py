@@ -12,6 +12,7 @@ the clamp applies to the blended image, so it also clips clean pixels that augme
 C is trained adversarially (it ascends the feature alignment loss); `AdversarialPatchCorruption` bundles it with the
 noise draw, the blend and the gradient reversal so that one backward pass trains both C and the backbone.
 """
+import math
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -19,14 +20,13 @@ import torch
 import torch.nn as nn
 
 from .gradient_reversal import reverse_gradient
+from .settings import NOISE_MODES, RSPCSettings, check_setting
 
 __all__ = [
     'NOISE_MODES', 'PatchCorruptionModel', 'AdversarialPatchCorruption', 'CorruptedBatch',
     'top_rho_straight_through', 'quantile_rank', 'patch_mask_to_pixels', 'normalized_pixel_range', 'draw_noise',
     'blend_noise',
 ]
-
-NOISE_MODES = ('normalized', 'pixel')
 
 
 def quantile_rank(ratio: float, num_patches: int) -> Tuple[int, float]:
@@ -89,16 +89,17 @@ def normalized_pixel_range(
         dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Where pixel values 0 and 1 land after ``(x - mean) / std``: (lower, upper), each shaped (1, C, 1, 1)."""
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(f'mean and std must be finite numbers, std positive, got mean={mean}, std={std}.')
     mean_t = torch.as_tensor(mean, device=device, dtype=dtype).reshape(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=device, dtype=dtype).reshape(1, -1, 1, 1)
-    if torch.any(std_t <= 0):
-        raise ValueError(f'std must be positive, got {list(std)}.')
     return (0 - mean_t) / std_t, (1 - mean_t) / std_t
 
 
 def draw_noise(
         x: torch.Tensor,
-        mode: str = 'normalized',
+        mode: str = RSPCSettings.noise,
         lower: Optional[torch.Tensor] = None,
         upper: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
@@ -150,15 +151,17 @@ class PatchCorruptionModel(nn.Module):
             img_size: Union[int, Sequence[int]] = 224,
             patch_size: int = 16,
             in_chans: int = 3,
-            ratio: float = 0.1,
+            ratio: float = RSPCSettings.ratio,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-        if not 0. < ratio < 1.:
-            raise ValueError(f'The corruption ratio rho must lie in (0, 1), got {ratio}.')
-        if patch_size < 1 or any(s % patch_size for s in img_size):
+        ratio = check_setting('ratio', ratio)
+        if min(img_size) < 1 or patch_size < 1:
+            raise ValueError(
+                f'Image and patch sizes must be positive, got image {img_size[0]}x{img_size[1]}, patch {patch_size}.')
+        if any(s % patch_size for s in img_size):
             raise ValueError(
                 f'Image size {img_size[0]}x{img_size[1]} is not divisible by the patch size {patch_size}: '
                 f'C corrupts whole patches. Use an image size that is a multiple of {patch_size}.')
@@ -166,7 +169,7 @@ class PatchCorruptionModel(nn.Module):
         self.patch_size = patch_size
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.ratio = float(ratio)
+        self.ratio = ratio
         dd = dict(device=device, dtype=dtype)
         self.patch_embed = nn.Conv2d(in_chans, 1, kernel_size=patch_size, stride=patch_size, bias=False, **dd)
         self.act = nn.GELU()
@@ -215,11 +218,10 @@ class AdversarialPatchCorruption(nn.Module):
             corruption_model: PatchCorruptionModel,
             mean: Sequence[float],
             std: Sequence[float],
-            noise: str = 'normalized',
+            noise: str = RSPCSettings.noise,
     ):
         super().__init__()
-        if noise not in NOISE_MODES:
-            raise ValueError(f'Unknown noise mode {noise!r}; choose one of {NOISE_MODES}.')
+        check_setting('noise', noise)
         if len(mean) != len(std):
             raise ValueError(f'mean and std must have one value per channel, got {list(mean)} and {list(std)}.')
         self.corruption_model = corruption_model

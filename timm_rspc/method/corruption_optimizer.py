@@ -1,7 +1,7 @@
 """The corruption model's own optimiser, stepped in lockstep with the backbone's.
 
-C is trained with its own optimiser (the authors': SGD, lr 1e-4, momentum 0.9, Nesterov, weight decay 0.05, gradient
-norm clipped to 5), separate from the backbone's, so it is not among the parameters timm builds the main optimiser
+C is trained with its own optimiser (configured by the ``corruption_*`` fields of `RSPCSettings`; by default the
+authors' Nesterov SGD), separate from the backbone's, so it is not among the parameters timm builds the main optimiser
 from. `CorruptionOptimizer.attach` registers a step post-hook on the main optimiser: C steps exactly when the
 backbone does, so gradient accumulation (C's gradients add up over the micro-batches of one update) and AMP steps
 skipped for overflow (the hook does not run) are handled by the main training loop's own logic.
@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 
-__all__ = ['CLIP_MODES', 'CorruptionOptimizer', 'resolve_grad_scaler']
+from .settings import CLIP_MODES, RSPCSettings
 
-CLIP_MODES = ('norm', 'normalize')
+__all__ = ['CLIP_MODES', 'CorruptionOptimizer', 'resolve_grad_scaler']
 
 
 def resolve_grad_scaler(loss_scaler: Any) -> Optional[torch.amp.GradScaler]:
@@ -52,37 +52,23 @@ class CorruptionOptimizer:
 
     Args:
         module: the corruption model C.
-        opt: a timm optimiser name (``sgd`` is timm's Nesterov SGD, the authors' choice).
-        lr, momentum, weight_decay: its hyper-parameters (authors: 1e-4, 0.9, 0.05).
-        clip_grad: max L2 norm of C's (unscaled) gradient per step; None or 0 disables clipping (authors: 5).
-        clip_mode: ``norm`` clips the gradient norm to at most ``clip_grad``; ``normalize`` rescales it to exactly
-            ``clip_grad``, the update the authors' fp16 runs made (see the module docstring).
+        settings: the ``corruption_*`` fields of `RSPCSettings` configure it (default: the authors' Nesterov SGD,
+            lr 1e-4, momentum 0.9, weight decay 0.05, gradient norm clipped to 5); ``overrides`` replace fields by
+            name (e.g. ``corruption_lr=1e-3``). ``corruption_clip_mode='normalize'`` rescales the gradient to exactly
+            ``corruption_clip_grad``, the update the authors' fp16 runs made (see the module docstring).
     """
 
-    def __init__(
-            self,
-            module: nn.Module,
-            opt: str = 'sgd',
-            lr: float = 1e-4,
-            momentum: float = 0.9,
-            weight_decay: float = 0.05,
-            clip_grad: Optional[float] = 5.0,
-            clip_mode: str = 'norm',
-    ):
-        if lr <= 0:
-            raise ValueError(f'The corruption model learning rate must be positive, got {lr}.')
-        if clip_grad is not None and clip_grad < 0:
-            raise ValueError(f'clip_grad must be positive (or None / 0 to disable), got {clip_grad}.')
-        if clip_mode not in CLIP_MODES:
-            raise ValueError(f'Unknown corruption model clip mode {clip_mode!r}; choose one of {CLIP_MODES}.')
-        if clip_mode == 'normalize' and not clip_grad:
-            raise ValueError("clip_mode='normalize' rescales C's gradient to norm clip_grad: set clip_grad > 0.")
+    def __init__(self, module: nn.Module, settings: Optional[RSPCSettings] = None, **overrides):
+        settings = RSPCSettings.resolve(settings, **overrides)
         self.module = module
-        self.clip_grad = clip_grad or None
-        self.clip_mode = clip_mode
+        self.clip_grad = settings.corruption_clip_grad or None
+        self.clip_mode = settings.corruption_clip_mode
+        opt, momentum = settings.corruption_opt, settings.corruption_momentum
         if momentum == 0 and opt.lower() in ('sgd', 'nesterov'):
             opt = 'momentum'  # timm's plain (non-Nesterov) SGD: Nesterov needs a non-zero momentum
-        self.optimizer = create_optimizer_v2(module, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        self.optimizer = create_optimizer_v2(
+            module, opt=opt, lr=settings.corruption_lr, weight_decay=settings.corruption_weight_decay,
+            momentum=momentum)
         self.grad_scaler: Optional[torch.amp.GradScaler] = None
         self._hook_handle = None
 

@@ -1,11 +1,11 @@
 """RSPC for hand-written training loops, as a callable in the spirit of ``timm.data.Mixup``.
 
 ```python
-rspc = RSPCHook(model)                          # hooks the blocks, owns C and C's optimiser
+rspc = RSPCHook(model)                          # owns C and C's optimiser
 rspc.attach_optimizer(optimizer, loss_scaler)   # optional: step C whenever the optimiser steps
 for x, y in loader:
     x, y = mixup_fn(x, y)
-    x, y = rspc(x, y)                           # x: cat([corrupted, clean]); alignment recording started
+    x, y = rspc(x, y)                           # x: cat([corrupted, clean]); the blocks are hooked until split
     with autocast:
         output, align_loss = rspc.split(model(x))
         loss = criterion(output, y) + rspc.align_weight * align_loss
@@ -20,9 +20,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .capture import BlockSpec, PairedBlockDistance
+from .adversary import create_adversary
+from .capture import AlignmentRecording, PairedBlockDistance
 from .corruption import PatchCorruptionModel
-from .task import create_adversary
+from .settings import RSPCSettings
 
 __all__ = ['RSPCHook']
 
@@ -30,47 +31,45 @@ __all__ = ['RSPCHook']
 class RSPCHook:
     """Corrupts a batch for the paired forward pass and collects the alignment loss from it.
 
-    Arguments are those of `RSPCTask` (minus the criterion). ``device`` / ``dtype`` place C (default: where the
-    model's first parameter is). C's gradients are averaged over processes when it steps; in a distributed run,
-    call `broadcast_parameters()` once before training so that all ranks start from rank 0's C.
+    Arguments are those of `RSPCTask` (minus the criterion and the generator): ``settings`` and any `RSPCSettings`
+    field by name. ``device`` / ``dtype`` place C (default: where the model's first parameter is). The model is
+    hooked from ``rspc(x, target)`` to ``rspc.split(output)`` only. C's gradients are averaged over processes when it
+    steps; in a distributed run, call `broadcast_parameters()` once before training so that all ranks start from
+    rank 0's C.
     """
 
     def __init__(
             self,
             model: nn.Module,
-            ratio: float = 0.1,
-            align_weight: float = 0.005,
-            blocks: BlockSpec = None,
-            noise: str = 'normalized',
+            settings: Optional[RSPCSettings] = None,
             mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None,
             img_size: Union[None, int, Sequence[int]] = None,
             patch_size: Optional[int] = None,
-            corruption_opt: str = 'sgd',
-            corruption_lr: float = 1e-4,
-            corruption_momentum: float = 0.9,
-            corruption_weight_decay: float = 0.05,
-            corruption_clip_grad: Optional[float] = 5.0,
-            corruption_clip_mode: str = 'norm',
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
+            **setting_overrides,
     ):
-        if align_weight < 0:
-            raise ValueError(f'The alignment weight lambda must be >= 0, got {align_weight}.')
+        settings = RSPCSettings.resolve(settings, **setting_overrides)
         if device is None or dtype is None:
             first = next(model.parameters(), None)
             device = device if device is not None else (first.device if first is not None else None)
             dtype = dtype if dtype is not None else (first.dtype if first is not None else None)
-        self.align_weight = float(align_weight)
+        self.settings = settings
         self.corruption, self.corruption_optimizer = create_adversary(
-            model, ratio, noise, mean, std, img_size, patch_size, corruption_opt, corruption_lr, corruption_momentum,
-            corruption_weight_decay, corruption_clip_grad, device, dtype, corruption_clip_mode)
-        self.alignment = PairedBlockDistance(model, blocks)
+            model, settings, mean=mean, std=std, img_size=img_size, patch_size=patch_size, device=device, dtype=dtype)
+        self.alignment = PairedBlockDistance(model, settings.blocks)
         self.occluded_fraction: Optional[torch.Tensor] = None
+        self._recording: Optional[AlignmentRecording] = None
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(ratio={self.corruption_model.ratio}, align_weight={self.align_weight}, '
                 f'{self.alignment}, {self.corruption_optimizer})')
+
+    @property
+    def align_weight(self) -> float:
+        """lambda, the weight of the alignment loss in ``loss = task_loss + lambda * align_loss``."""
+        return self.settings.align_weight
 
     @property
     def corruption_model(self) -> PatchCorruptionModel:
@@ -83,19 +82,28 @@ class RSPCHook:
             noise: Optional[torch.Tensor] = None,
             generator: Optional[torch.Generator] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Like ``Mixup``: ``(x, target) -> (cat([corrupted x, x]), target)``; starts recording the alignment.
+        """Like ``Mixup``: ``(x, target) -> (cat([corrupted x, x]), target)``; hooks the blocks until `split`.
 
         The target is returned unchanged: the task loss is computed on the clean half only (see `split`).
         """
         corrupted = self.corruption(x, noise=noise, generator=generator)
         self.occluded_fraction = corrupted.occluded_fraction()
-        self.alignment.start()
+        self._stop_recording()  # a pass abandoned before split (an exception) must not leave its hooks behind
+        self._recording = self.alignment.record()
         return torch.cat([corrupted.images, x]), target
 
     def split(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """From the model's output on the paired batch: ``(clean half of output, align_loss)``; stops recording."""
-        align_loss = self.alignment.finish()
-        return output[output.shape[0] // 2:], align_loss
+        """From the model's output on the paired batch: ``(clean half of output, align_loss)``; unhooks the blocks."""
+        if self._recording is None:
+            raise RuntimeError('RSPCHook.split needs a paired forward pass: call rspc(x, target) and run the model on '
+                               'the paired batch it returns first.')
+        recording, self._recording = self._recording, None
+        return output[output.shape[0] // 2:], recording.measure()
+
+    def _stop_recording(self) -> None:
+        if self._recording is not None:
+            self._recording.close()
+            self._recording = None
 
     def loss(self, task_loss: torch.Tensor, align_loss: torch.Tensor) -> torch.Tensor:
         """``task_loss + align_weight * align_loss``."""
@@ -128,6 +136,6 @@ class RSPCHook:
         self.corruption_optimizer.load_state_dict(state['corruption_optimizer'])
 
     def remove(self) -> None:
-        """Take the alignment hooks off the model and detach from the optimiser."""
-        self.alignment.remove()
+        """Take any pending alignment hooks off the model and detach from the optimiser."""
+        self._stop_recording()
         self.corruption_optimizer.detach()

@@ -4,8 +4,9 @@ One step (``task(input, target)``):
 
 1. the corruption model C keeps all but the ``ratio`` lowest-scoring patches of each image and replaces the others
    with noise (`AdversarialPatchCorruption`);
-2. the backbone runs once on ``cat([corrupted, clean])``; hooks on the chosen blocks measure the feature distance
-   between the two halves as each block runs (`RSPCTrainableModule`, `PairedBlockDistance`);
+2. the backbone runs once on ``cat([corrupted, clean])``; hooks on the chosen blocks, present only during that
+   forward, hand their outputs to the feature distance between the two halves (`RSPCTrainableModule`,
+   `PairedBlockDistance`);
 3. ``loss = criterion(clean logits, target) + align_weight * align_loss``: any timm criterion (label smoothing,
    mixup soft targets, BCE) sees the clean half only.
 
@@ -22,71 +23,20 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import resolve_data_config
 from timm.models import group_parameters
 from timm.task import ClassificationTask, TrainingTask
 from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
-from .capture import BlockSpec, PairedBlockDistance, find_patch_grid
-from .corruption import AdversarialPatchCorruption, PatchCorruptionModel
-from .corruption_optimizer import CorruptionOptimizer
+from .adversary import create_adversary
+from .capture import PairedBlockDistance
+from .corruption import PatchCorruptionModel
+from .settings import RSPCSettings
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['RSPCTrainableModule', 'RSPCTask', 'PlainClassificationTask', 'resolve_mean_std']
-
-
-def resolve_mean_std(
-        model: nn.Module,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
-        data_config: Optional[Dict[str, Any]] = None,
-) -> Tuple[Tuple[float, ...], Tuple[float, ...], Dict[str, Any]]:
-    """The input normalisation (mean, std) of ``model``: explicit values, else timm's data config of the model."""
-    config = resolve_data_config(dict(data_config or {}), model=unwrap_model(model))
-    mean = tuple(float(v) for v in (mean if mean is not None else config['mean']))
-    std = tuple(float(v) for v in (std if std is not None else config['std']))
-    return mean, std, config
-
-
-def create_adversary(
-        model: nn.Module,
-        ratio: float,
-        noise: str,
-        mean: Optional[Sequence[float]],
-        std: Optional[Sequence[float]],
-        img_size: Union[None, int, Sequence[int]],
-        patch_size: Optional[int],
-        corruption_opt: str,
-        corruption_lr: float,
-        corruption_momentum: float,
-        corruption_weight_decay: float,
-        corruption_clip_grad: Optional[float],
-        device: Optional[torch.device],
-        dtype: Optional[torch.dtype],
-        corruption_clip_mode: str = 'norm',
-) -> Tuple[AdversarialPatchCorruption, CorruptionOptimizer]:
-    """C sized for ``model``'s patch grid and normalisation, with the noise blend and C's own optimiser.
-
-    Shared by `RSPCTask` and `RSPCHook`; the arguments are theirs (see `RSPCTask`).
-    """
-    mean, std, _ = resolve_mean_std(model, mean, std)
-    img_size, patch_size = find_patch_grid(model, img_size, patch_size)
-    corruption_model = PatchCorruptionModel(
-        img_size, patch_size, in_chans=len(mean), ratio=ratio, device=device, dtype=dtype)
-    corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=noise)
-    optimizer = CorruptionOptimizer(
-        corruption_model,
-        opt=corruption_opt,
-        lr=corruption_lr,
-        momentum=corruption_momentum,
-        weight_decay=corruption_weight_decay,
-        clip_grad=corruption_clip_grad,
-        clip_mode=corruption_clip_mode,
-    )
-    return corruption, optimizer
+__all__ = ['RSPCTrainableModule', 'RSPCTask', 'PlainClassificationTask']
 
 
 class RSPCTrainableModule(nn.Module):
@@ -94,7 +44,8 @@ class RSPCTrainableModule(nn.Module):
 
     ``forward(clean, corrupted)`` runs the backbone once on ``cat([corrupted, clean])`` (the authors' order) and
     returns ``(clean logits, align_loss)``. Keeping the paired forward and the alignment loss inside one module is
-    what lets DDP and ``torch.compile`` see the whole step (the pattern of timm's FeatureDistillationTask).
+    what lets DDP and ``torch.compile`` see the whole step (the pattern of timm's FeatureDistillationTask). The
+    alignment hooks live only inside this forward (`PairedBlockDistance`): the backbone carries none between steps.
     """
 
     def __init__(self, model: nn.Module, alignment: PairedBlockDistance):
@@ -117,14 +68,12 @@ class RSPCTrainableModule(nn.Module):
         return lambda name: layer_map.get(name[len('model.'):], last_layer) if name.startswith('model.') else last_layer
 
     def forward(self, clean: torch.Tensor, corrupted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        batch_size = clean.shape[0]
-        self.alignment.start()
+        recording = self.alignment.record()  # before any tensor op: a graph break under torch.compile
         try:
             logits = self.model(torch.cat([corrupted, clean]))
-        except BaseException:
-            self.alignment.cancel()
-            raise
-        return logits[batch_size:], self.alignment.finish()
+        finally:
+            recording.close()
+        return logits[clean.shape[0]:], recording.measure()
 
 
 class RSPCTask(TrainingTask):
@@ -135,17 +84,11 @@ class RSPCTask(TrainingTask):
         criterion: loss on the clean logits; created by timm's ``create_classification_loss(**criterion_kwargs)``
             when None.
         criterion_kwargs: see ``criterion``.
-        ratio: fraction rho of patches C corrupts, in (0, 1) (paper: 0.1).
-        align_weight: lambda, the weight of the feature alignment loss, >= 0 (paper: 0.005).
-        blocks: the blocks to align, see `select_blocks` (default: every transformer block).
-        noise: ``normalized`` (paper: U[0, 1) in normalised space) or ``pixel`` (U[0, 1) pixels, then normalised).
+        settings: RSPC's hyper-parameters (default: the authors', see `RSPCSettings`); ``setting_overrides``
+            replace fields by name, e.g. ``RSPCTask(model, ratio=0.2, align_weight=0.01, corruption_lr=1e-3)``.
         mean, std: the model's input normalisation, which sets the range corrupted images are clamped to (default:
             timm's data config of the model).
         img_size, patch_size: C's input size and patch size (default: from the model, see `find_patch_grid`).
-        corruption_opt, corruption_lr, corruption_momentum, corruption_weight_decay, corruption_clip_grad: C's
-            optimiser (default: the authors' Nesterov SGD, 1e-4, 0.9, 0.05, clip 5).
-        corruption_clip_mode: ``norm`` (clip C's unscaled gradient norm) or ``normalize`` (rescale it to exactly
-            ``corruption_clip_grad``, the update of the authors' fp16 runs); see `CorruptionOptimizer`.
         generator: a ``torch.Generator`` for the noise (default: the global RNG); ``forward`` can also take an
             explicit ``noise`` tensor or a per-call generator.
         device, dtype, verbose: as for timm's tasks; C is created on ``device`` with ``dtype``.
@@ -159,46 +102,40 @@ class RSPCTask(TrainingTask):
             model: nn.Module,
             criterion: Optional[Union[nn.Module, Callable]] = None,
             criterion_kwargs: Optional[Dict[str, Any]] = None,
-            ratio: float = 0.1,
-            align_weight: float = 0.005,
-            blocks: BlockSpec = None,
-            noise: str = 'normalized',
+            settings: Optional[RSPCSettings] = None,
             mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None,
             img_size: Union[None, int, Sequence[int]] = None,
             patch_size: Optional[int] = None,
-            corruption_opt: str = 'sgd',
-            corruption_lr: float = 1e-4,
-            corruption_momentum: float = 0.9,
-            corruption_weight_decay: float = 0.05,
-            corruption_clip_grad: Optional[float] = 5.0,
-            corruption_clip_mode: str = 'norm',
             generator: Optional[torch.Generator] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
+            **setting_overrides,
     ):
+        settings = RSPCSettings.resolve(settings, **setting_overrides)  # checked before anything is built
         super().__init__(device=device, dtype=dtype, verbose=verbose)
-        if not 0. < ratio < 1.:
-            raise ValueError(f'The corruption ratio rho must lie in (0, 1), got {ratio}.')
-        if align_weight < 0:
-            raise ValueError(f'The alignment weight lambda must be >= 0, got {align_weight}.')
-        self.align_weight = float(align_weight)
+        self.settings = settings
         self.generator = generator
         self.criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=criterion_kwargs)
 
         self.corruption, self.corruption_optimizer = create_adversary(
-            model, ratio, noise, mean, std, img_size, patch_size, corruption_opt, corruption_lr, corruption_momentum,
-            corruption_weight_decay, corruption_clip_grad, self.device, self.dtype, corruption_clip_mode)
+            model, settings, mean=mean, std=std, img_size=img_size, patch_size=patch_size, device=self.device,
+            dtype=self.dtype)
         corruption_model = self.corruption.corruption_model
-        self.trainable_module = RSPCTrainableModule(model, PairedBlockDistance(model, blocks))
+        self.trainable_module = RSPCTrainableModule(model, PairedBlockDistance(model, settings.blocks))
 
         if self.verbose:
             names = self.alignment.block_names
             _logger.info(
-                f'RSPCTask: ratio={ratio}, align_weight={align_weight}, noise={noise}, '
+                f'RSPCTask: ratio={settings.ratio}, align_weight={settings.align_weight}, noise={settings.noise}, '
                 f'corruption grid {corruption_model.grid_size} of {corruption_model.patch_size}px patches, '
                 f'aligning {len(names)} blocks ({names[0]} ... {names[-1]}), C optimiser {self.corruption_optimizer}')
+
+    @property
+    def align_weight(self) -> float:
+        """lambda, the weight of the alignment loss in ``loss = task_loss + lambda * align_loss``."""
+        return self.settings.align_weight
 
     @property
     def corruption_model(self) -> PatchCorruptionModel:
@@ -248,11 +185,9 @@ class RSPCTask(TrainingTask):
             device: Optional[torch.device] = None,
             **kwargs,
     ) -> nn.Module:
-        """EMA of the backbone only (C and the alignment hooks are training-time machinery)."""
-        trainable = self._unwrapped_trainable()
+        """EMA of the backbone only (C is training-time machinery; the backbone carries no hooks to copy)."""
         self.trainable_module_ema = ModelEmaV3(
-            trainable.model, decay=decay, use_warmup=use_warmup, device=device, **kwargs)
-        trainable.alignment.strip_from_copy(self.trainable_module_ema.module)
+            self._unwrapped_trainable().model, decay=decay, use_warmup=use_warmup, device=device, **kwargs)
         return self.trainable_module_ema
 
     def update_ema(self, step: Optional[int] = None) -> None:
