@@ -18,9 +18,7 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
 
-from .args import ConfigError
-
-METHOD_CHANGE_FLAG = '--allow-method-change'
+from .args import METHOD_CHANGE_FLAG, ConfigError
 
 
 def read_training_checkpoint(path: str, flag: str = '--resume') -> Dict[str, Any]:
@@ -108,8 +106,3 @@ def check_resume_file(path: str, model: nn.Module, rspc: bool, allow_method_chan
     check_same_method(checkpoint, rspc, allow_method_change, path)
     return checkpoint
 
-
-def add_method_change_arg(parser) -> None:
-    parser.add_argument(
-        METHOD_CHANGE_FLAG, action='store_true', default=False,
-        help='allow --resume of a checkpoint trained with the other method (with / without --rspc)')

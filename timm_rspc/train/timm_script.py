@@ -29,9 +29,9 @@ import torch
 
 from timm_rspc.method import add_rspc_args, create_rspc_task
 
-from .args import ConfigError
+from .args import ConfigError, add_method_change_arg
 from .loop import ScalarSums
-from .resume_check import add_method_change_arg, check_resume_file
+from .resume_check import check_resume_file
 
 SCRIPT_MODULE_NAME = '__timm_rspc_script__'
 # Names of timm's train.py that --rspc replaces; all of them must exist.

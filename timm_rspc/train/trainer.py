@@ -5,6 +5,7 @@ batch is read (pre-flight checks, the model, the task's block search, the output
 changes state on disk happens after.
 """
 import argparse
+import json
 import logging
 import os
 from contextlib import suppress
@@ -18,13 +19,12 @@ import torch.nn as nn
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.layers import convert_sync_batchnorm, set_fast_norm
-from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
-from timm.utils.checkpoint_saver import load_checkpoint_metadata
 from timm.utils.summary import trim_summary
 
 from timm_rspc.method import create_rspc_task
@@ -34,6 +34,7 @@ from .loop import LoopSettings, train_one_epoch, validate
 from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, choose_output_dir, \
     create_output_dir
 from .preflight import run_preflight
+from .resume_check import check_resume_file
 from .rng import gather_rng_states, restore_rank_rng_state
 
 _logger = logging.getLogger('timm_rspc.train')
@@ -112,6 +113,9 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
             device=device, dtype=model_dtype, verbose=is_primary)
     except (ValueError, TypeError, LookupError) as e:
         raise ConfigError(f"cannot set up the {'RSPC' if args.rspc else 'training'} task for '{args.model}': {e}")
+    resume_state = {}
+    if args.resume:
+        resume_state = check_resume_file(args.resume, task.get_eval_model(), args.rspc, args.allow_method_change)
 
     output_dir = _agree_on_primary(args, lambda: choose_output_dir(args, data_config['input_size'][-1]))
 
@@ -121,14 +125,13 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     task.attach_optimizer(optimizer, loss_scaler=loss_scaler)  # RSPC: C's optimiser steps with this one
 
-    resume_epoch, resume_state = None, {}
+    resume_epoch = None
     if args.resume:
         resume_epoch = resume_task_checkpoint(
             task, args.resume,
             optimizer=None if args.no_resume_opt else optimizer,
             loss_scaler=None if args.no_resume_opt else loss_scaler,
             log_info=is_primary)
-        resume_state = load_checkpoint_metadata(args.resume)
     if args.model_ema:
         task.setup_ema(
             decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
@@ -235,7 +238,15 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
         _logger.warning('Interrupted; the last completed epoch is in last.pth.tar.')
     if is_primary and result.best_metric is not None:
         _logger.info(f'Best {eval_metric}: {result.best_metric:.4f} (epoch {result.best_epoch}).')
+    if is_primary:
+        _print_results(result.epochs, eval_metric, decreasing)
     return result
+
+
+def _print_results(epochs: List[Dict[str, Any]], eval_metric: str, decreasing: bool) -> None:
+    """timm train.py's closing ``--result`` block: the ten best epochs by the eval metric, best last, as JSON."""
+    ranked = sorted(epochs, key=lambda e: e.get('validation', e['train']).get(eval_metric, 0), reverse=decreasing)
+    print(f'--result\n{json.dumps(ranked[-10:], indent=4)}')
 
 
 def _create_model(args: argparse.Namespace) -> nn.Module:
@@ -277,15 +288,12 @@ def _mixup_args(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 
 def _train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
-    """timm's loss choice: soft-target CE (or BCE) under mixup, label smoothing otherwise."""
-    bce_kwargs = dict(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
-    if mixup_active:  # mixup applies the smoothing to its soft targets
-        return BinaryCrossEntropy(**bce_kwargs) if args.bce_loss else SoftTargetCrossEntropy()
-    if args.smoothing:
-        if args.bce_loss:
-            return BinaryCrossEntropy(smoothing=args.smoothing, **bce_kwargs)
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return nn.CrossEntropyLoss()
+    """timm's loss choice (``create_classification_loss``): soft targets under mixup, label smoothing otherwise."""
+    bce_kwargs = {}
+    if args.bce_loss:
+        bce_kwargs = dict(bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+    return create_classification_loss(
+        loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing, soft_targets=mixup_active, **bce_kwargs)
 
 
 def _create_loaders(args, data_config, device, model_dtype, mixup_args):
