@@ -31,8 +31,7 @@ from timm_rspc.method import create_rspc_task
 
 from .args import ConfigError, args_to_yaml
 from .loop import LoopSettings, train_one_epoch, validate
-from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, choose_output_dir, \
-    create_output_dir
+from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, claim_output_dir
 from .preflight import run_preflight
 from .resume_check import check_resume_file
 from .rng import gather_rng_states, restore_rank_rng_state
@@ -117,9 +116,43 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
     if args.resume:
         resume_state = check_resume_file(args.resume, task.get_eval_model(), args.rspc, args.allow_method_change)
 
-    output_dir = _agree_on_primary(args, lambda: choose_output_dir(args, data_config['input_size'][-1]))
+    run_folder = None
 
-    loader_train, loader_eval, mixup_fn = _create_loaders(args, data_config, device, model_dtype, mixup_args)
+    def claim_folder() -> str:
+        nonlocal run_folder
+        run_folder = claim_output_dir(args, data_config['input_size'][-1])
+        return run_folder.path
+
+    output_dir = _agree_on_primary(args, claim_folder)
+    setup = _RunSetup(device, model_dtype, task, data_config, amp_autocast, loss_scaler, mixup_args, resume_state)
+    try:
+        return _train_in_folder(args, setup, output_dir, args_text)
+    finally:
+        if run_folder is not None:
+            run_folder.release(remove_if_unused=True)
+
+
+@dataclass
+class _RunSetup:
+    """What a run is built from, settled before its folder is claimed."""
+    device: torch.device
+    model_dtype: Optional[torch.dtype]
+    task: Any
+    data_config: Dict[str, Any]
+    amp_autocast: Any
+    loss_scaler: Any
+    mixup_args: Optional[Dict[str, Any]]
+    resume_state: Dict[str, Any]
+
+
+def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str, args_text: str) -> TrainResult:
+    """Everything after the run folder is claimed: data, optimiser, resume, the epochs."""
+    is_primary = utils.is_primary(args)
+    device, model_dtype, task, loss_scaler = setup.device, setup.model_dtype, setup.task, setup.loss_scaler
+    resume_state = setup.resume_state
+
+    loader_train, loader_eval, mixup_fn = _create_loaders(
+        args, setup.data_config, device, model_dtype, setup.mixup_args)
     _resolve_lr(args, is_primary)
 
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
@@ -163,7 +196,6 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
     saver = None
     rng_states: List = []
     if is_primary:
-        create_output_dir(output_dir)
         saver = AtomicCheckpointSaver(
             model=task.get_trainable_module(), optimizer=optimizer, args=args, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
@@ -182,7 +214,7 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
         restore_rank_rng_state(resume_state.get('rng_state'), args.rank, args.world_size)
 
     settings = LoopSettings(
-        device=device, amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
+        device=device, amp_autocast=setup.amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
         mixup_fn=mixup_fn, prefetcher=args.prefetcher, channels_last=args.channels_last,
         grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
         log_interval=args.log_interval, tta=args.tta, distributed=args.distributed, world_size=args.world_size,
