@@ -7,11 +7,12 @@ file is damaged, unsafe or of another model, and what to do. Used by ``timm-rspc
 under ``python -m timm_rspc.run_script``.
 """
 import argparse
+import io
 import os
 import pickle
-import re
+import pickletools
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
@@ -30,10 +31,10 @@ def read_training_checkpoint(path: str, flag: str = '--resume') -> Dict[str, Any
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        found = re.findall(r'GLOBAL ([\w.]+)', str(e))
-        if not found and 'Unsupported global' not in str(e):
+        found = _disallowed_globals(path)
+        if not found:
             raise _damaged(path, flag, e) from None
-        what = ', '.join(sorted(set(found))) or 'Python objects'
+        what = ', '.join(found)
         raise ConfigError(
             f"{flag} file '{path}' is unsafe: it would run code ({what}) when loaded, which no training checkpoint "
             "does, so it was not loaded. Use a checkpoint written by timm's train.py or timm-rspc train.") from None
@@ -44,6 +45,39 @@ def read_training_checkpoint(path: str, flag: str = '--resume') -> Dict[str, Any
             f"{flag} file '{path}' is not a training checkpoint (no 'state_dict' entry). To start from its weights, "
             "pass it as --initial-checkpoint instead.")
     return checkpoint
+
+
+def _disallowed_globals(path: str) -> List[str]:
+    """The Python objects (``module.name``) the file's pickle would import and torch's weights-only loader does not
+    allow, read with ``pickletools`` without executing anything; empty when the pickle cannot even be parsed."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    allowed = set(_get_allowed_globals()) | {'argparse.Namespace'}
+    found, strings = [], []
+    try:
+        with _open_pickle(path) as f:
+            while True:  # a legacy torch file holds several pickles in a row
+                if not f.peek(1)[:1]:
+                    break
+                for opcode, arg, _ in pickletools.genops(f):
+                    if opcode.name == 'GLOBAL':
+                        found.append(arg.replace(' ', '.'))
+                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                        found.append('.'.join(strings[-2:]))
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+                if zipfile.is_zipfile(path):
+                    break
+    except Exception:  # not parseable as a pickle: damaged, not unsafe
+        return []
+    return sorted(set(name for name in found if name not in allowed))
+
+
+def _open_pickle(path: str):
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        name = next(n for n in archive.namelist() if n.endswith('data.pkl'))
+        return io.BufferedReader(archive.open(name))
+    return open(path, 'rb')
 
 
 def _damaged(path: str, flag: str, error: BaseException) -> ConfigError:
