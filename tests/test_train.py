@@ -93,7 +93,8 @@ def test_cli_one_rspc_epoch_with_yaml_config(data_dir, tmp_path):
     assert 'Train: 0' in proc.stderr + proc.stdout and 'img/s' in proc.stderr + proc.stdout
     import json
     result = json.loads(proc.stdout.split('--result\n', 1)[1])  # timm train.py's closing block
-    assert result[0]['epoch'] == 0 and result[0]['train']['align_loss'] == pytest.approx(float(values['train_align_loss']))
+    assert result[0]['epoch'] == 0
+    assert result[0]['train']['align_loss'] == pytest.approx(float(values['train_align_loss']))
 
 
 def test_yaml_config_keys_are_checked(tmp_path, caplog):

@@ -5,6 +5,7 @@ import errno
 import io
 import os
 import pickle
+import re
 
 import pytest
 import timm
@@ -89,13 +90,13 @@ def _write(path, kind):
     ('other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\): its weights do not fit this one "
                     r"\(2 of other shape, e\.g\. head\.weight \(100, 32\) in the file, \(10, 32\) here\)"),
 ])
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')  # torch, about the legacy pickle
 def test_bad_resume_file_is_one_line_and_nothing_is_written(data_dir, tmp_path, capsys, kind, message):
     path = tmp_path / 'last.pth.tar'
     _write(path, kind)
     assert _train(data_dir, tmp_path, '--resume', str(path)) == 2
     line = _one_error_line(capsys)
     assert line.startswith(f"timm-rspc train: error: --resume file '{path}' ")
-    import re
     assert re.search(message, line), line
     assert not (tmp_path / 'out').exists()
 

@@ -141,4 +141,5 @@ def test_run_script_reports_config_errors_in_one_line(script, capsys):
     from timm_rspc.run_script import main
     assert main([script, '--rspc', '--rspc-blocks', '7']) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("train.py: error: cannot set up the RSPC task for 'vit_tiny_patch16_224'")
+    assert len(err) == 1
+    assert err[0].startswith("train.py: error: cannot set up the RSPC task for 'vit_tiny_patch16_224'")

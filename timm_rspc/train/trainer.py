@@ -323,7 +323,8 @@ def _train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     """timm's loss choice (``create_classification_loss``): soft targets under mixup, label smoothing otherwise."""
     bce_kwargs = {}
     if args.bce_loss:
-        bce_kwargs = dict(bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+        bce_kwargs = dict(
+            bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
     return create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing, soft_targets=mixup_active, **bce_kwargs)
 
