@@ -17,28 +17,23 @@ from timm_rspc.train.output import LOCK_NAME, AtomicCheckpointSaver, RunFolderBu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Claims run0..runN-1 under ROOT as a training run does, once GO exists; prints what happened to each.
+# Trains into OUT/run0 .. runN-1 (one tiny epoch each) with the trainer's entry point, once GO exists; prints the
+# exit status and the error output of each round.
 RACER = textwrap.dedent('''
-    import argparse, json, os, sys, time
-    from timm_rspc.train import ConfigError
-    from timm_rspc.train.output import append_summary_row, claim_output_dir
-    root, go, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    import contextlib, io, json, os, sys, time
+    from timm_rspc.train import main
+    data, out, go, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     print('ready', flush=True)
     while not os.path.exists(go):
         time.sleep(0.001)
     outcomes = []
     for i in range(rounds):
-        args = argparse.Namespace(output=root, experiment=f'run{i}', model='m', resume='', output_exists='error')
-        try:
-            folder = claim_output_dir(args, 32)
-        except ConfigError as e:
-            outcomes.append(str(e))
-            continue
-        for epoch in range(3):
-            append_summary_row(os.path.join(folder.path, 'summary.csv'), epoch, {'loss': float(os.getpid())}, None)
-            time.sleep(0.02)
-        folder.release()
-        outcomes.append('ran')
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(['--data-dir', data, '--model', 'vit_tiny_patch16_224', '--num-classes', '10', '--model-kwargs',
+                       'img_size=32', 'patch_size=8', 'depth=1', 'embed_dim=16', 'num_heads=2', '-b', '10', '-j', '0',
+                       '--epochs', '1', '--val-split', '', '--output', out, '--experiment', f'run{i}'])
+        outcomes.append([rc, err.getvalue()])
     print(json.dumps(outcomes), flush=True)
 ''')
 
@@ -52,27 +47,30 @@ def _args(root, experiment='run', **kwargs):
                                           output_exists='error'), **kwargs))
 
 
-def test_two_processes_racing_for_the_same_folders(tmp_path):
-    """Four folders, each contested by two live processes: each time one runs and the other is refused in one
-    line, and the winner's summary.csv holds only its own rows."""
+def test_two_trainings_racing_for_the_same_folders(tmp_path):
+    """Two trainer processes started together into the same three folders: each time one trains (exit 0) and the
+    other stops with one line (exit 2), and the folder holds one run."""
+    from timm_rspc.demo.shapes import write_image_folder
+    write_image_folder(str(tmp_path / 'data'), num_train=2, num_val=0, img_size=32, seed=0)
     script = tmp_path / 'racer.py'
     script.write_text(RACER)
-    go, rounds = tmp_path / 'go', 4
-    racers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / 'out'), str(go), str(rounds)],
-                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    go, rounds = tmp_path / 'go', 3
+    racers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / 'data'), str(tmp_path / 'out'), str(go),
+                                str(rounds)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
               for _ in range(2)]
     for racer in racers:
-        assert racer.stdout.readline().strip() == 'ready', racer.stderr.read()
+        assert racer.stdout.readline().strip() == 'ready'
     go.write_text('')
-    results = [json.loads(racer.communicate(timeout=120)[0]) for racer in racers]
-    for i, outcomes in enumerate(zip(*results)):
-        assert sorted(outcomes)[-1] == 'ran' and sorted(outcomes)[0] != 'ran', outcomes
-        refusal = min(outcomes)
-        assert ('is in use by another training run (PID ' in refusal or 'already holds a training run' in refusal)
-        assert '\n' not in refusal
+    results = [json.loads(racer.communicate(timeout=300)[0].strip().splitlines()[-1]) for racer in racers]
+    for i, ((rc_a, err_a), (rc_b, err_b)) in enumerate(zip(*results)):
+        assert sorted([rc_a, rc_b]) == [0, 2], (err_a, err_b)
+        errors = (err_a if rc_a == 2 else err_b).splitlines()  # log lines, then the error
+        assert errors[-1].startswith('python -m timm_rspc.train: error: output folder ')
+        assert not [line for line in errors[:-1] if 'error' in line.lower() or 'Traceback' in line]
+        refusal = errors[-1]
+        assert 'is in use by another training run (PID ' in refusal or 'already holds a training run' in refusal
         rows = (tmp_path / 'out' / f'run{i}' / 'summary.csv').read_text().strip().splitlines()
-        assert rows[0] == 'epoch,train_loss' and [r.split(',')[0] for r in rows[1:]] == ['0', '1', '2']
-        assert len({r.split(',')[1] for r in rows[1:]}) == 1  # one writer
+        assert [row.split(',')[0] for row in rows] == ['epoch', '0']
 
 
 # Holds a run folder's lock as RunFolder.claim does (flock, owner line), without importing torch: starts in a blink.
