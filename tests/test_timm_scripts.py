@@ -81,9 +81,11 @@ def _load(path):
 def test_rspc_flags_and_method_check_in_timm_train(data_dir, tmp_path, monkeypatch):
     """In process: the real train.py's --help lists the RSPC flags; resuming an RSPC checkpoint without --rspc is an
     error naming the flag, raised before timm touches the file."""
+    import timm.utils
     from timm_rspc.train import ConfigError
     from timm_rspc.train.timm_script import RSPCInjection, load_script, run_train_script
     scripts = _scripts_dir()
+    monkeypatch.setattr(timm.utils, 'setup_default_logging', lambda *args, **kwargs: None)  # no handler left behind
     namespace = load_script(os.path.join(scripts, 'train.py'))
     RSPCInjection(namespace).install()
     help_text = namespace['parser'].format_help()

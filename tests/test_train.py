@@ -90,6 +90,10 @@ def test_cli_one_rspc_epoch_with_yaml_config(data_dir, tmp_path):
     assert float(values['train_align_loss']) > 0
     checkpoint = _load(str(run / 'last.pth.tar'))
     assert checkpoint['epoch'] == 0 and 'task_state' in checkpoint and checkpoint['rng_state']
+    # timm's CheckpointSaver entries, plus what an exact resume needs
+    assert set(checkpoint) == {'epoch', 'arch', 'optimizer', 'version', 'args', 'state_dict', 'task_state', 'metric',
+                               'saver', 'rng_state', 'lr_scheduler'}
+    assert checkpoint['arch'] == 'vit_tiny_patch16_224' and checkpoint['version'] == 2
     assert 'Train: 0' in proc.stderr + proc.stdout and 'img/s' in proc.stderr + proc.stdout
     import json
     result = json.loads(proc.stdout.split('--result\n', 1)[1])  # timm train.py's closing block
@@ -198,8 +202,10 @@ def test_bad_input_fails_before_any_output(data_dir, tmp_path, flags, message):
     assert not (tmp_path / 'x').exists()
 
 
-def test_existing_run_is_refused_or_incremented(data_dir, tmp_path, capsys):
+def test_existing_run_is_refused_or_incremented(data_dir, tmp_path, capsys, monkeypatch):
     from timm_rspc.cli import main
+    import timm.utils
+    monkeypatch.setattr(timm.utils, 'setup_default_logging', lambda *args, **kwargs: None)  # no handler on capsys
     (tmp_path / 'x').mkdir()
     (tmp_path / 'x' / 'summary.csv').write_text('epoch\n0\n')
     argv = ['train', '--data-dir', data_dir, *TINY_MODEL, *FAST, '--output', str(tmp_path), '--experiment', 'x',

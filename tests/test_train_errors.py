@@ -3,6 +3,7 @@ traceback. Damaged, unsafe, foreign and other-method ``--resume`` files, a busy 
 import argparse
 import errno
 import io
+import logging
 import os
 import pickle
 import re
@@ -26,8 +27,10 @@ FAST = ['-b', '10', '-j', '0', '--opt', 'adamw', '--lr', '1e-3', '--warmup-epoch
 
 @pytest.fixture(autouse=True)
 def no_log_handlers(monkeypatch):
-    """main() adds a stderr log handler per call; in one process that would write into earlier tests' streams."""
+    """main() adds a stderr log handler per call, which in one process would write into other tests' closed capture
+    streams: none is added, and those already on the root logger are set aside during the test."""
     monkeypatch.setattr(timm.utils, 'setup_default_logging', lambda *args, **kwargs: None)
+    monkeypatch.setattr(logging.root, 'handlers', [])
 
 
 @pytest.fixture(scope='module')
