@@ -30,12 +30,16 @@ STAND_IN_TRAIN_PY = textwrap.dedent('''
     parser = argparse.ArgumentParser(description='stand-in for timm train.py')
     parser.add_argument('--resume', default='')
     parser.add_argument('--model', default='vit_tiny_patch16_224')
+    parser.add_argument('--amp', action='store_true')
 
 
-    def train_one_epoch(task, optimizer, input, target):
+    def train_one_epoch(task, optimizer, input, target, loss_scaler=None):
         result = task(input, target)
-        result['loss'].backward()
-        optimizer.step()
+        if loss_scaler is not None:
+            loss_scaler(result['loss'], optimizer)
+        else:
+            result['loss'].backward()
+            optimizer.step()
         optimizer.zero_grad()
         return OrderedDict([('loss', result['loss'].item())])
 
@@ -44,6 +48,7 @@ STAND_IN_TRAIN_PY = textwrap.dedent('''
         args = parser.parse_args()
         args.distributed = False
         torch.manual_seed(0)
+        loss_scaler = NativeScaler(device='cpu') if args.amp else None
         model = create_model(args.model, num_classes=10, img_size=32, patch_size=8, depth=2, embed_dim=32,
                              num_heads=2)
         task = ClassificationTask(model=model, criterion=torch.nn.CrossEntropyLoss(), device=torch.device('cpu'),
@@ -51,8 +56,8 @@ STAND_IN_TRAIN_PY = textwrap.dedent('''
         optimizer = create_optimizer_v2(task.get_trainable_module(), opt='sgd', lr=0.1)
         if args.resume:
             resume_task_checkpoint(task, args.resume, optimizer=optimizer)
-        metrics = train_one_epoch(task, optimizer, torch.rand(4, 3, 32, 32), torch.arange(4))
-        RESULT.update(task=task, metrics=metrics)
+        metrics = train_one_epoch(task, optimizer, torch.rand(4, 3, 32, 32), torch.arange(4), loss_scaler)
+        RESULT.update(task=task, metrics=metrics, loss_scaler=loss_scaler)
 
 
     if __name__ == '__main__':
@@ -94,7 +99,8 @@ def test_rspc_flags_appear_in_the_scripts_help(script, capsys):
 def test_rspc_task_with_attached_optimizer_and_epoch_scalars(script, monkeypatch):
     injection, result = _run(script, monkeypatch, '--rspc', '--rspc-lambda', '0.5')
     task = result['task']
-    assert isinstance(task, RSPCTask) and injection.task is task
+    assert isinstance(task, RSPCTask) and injection.rspc
+    assert injection.task is None and not task._forward_hooks  # released once main() returned
     # The corruption model stepped with the main optimiser: attach_optimizer ran on train.py's optimiser.
     assert task.corruption_optimizer.optimizer.state, 'the corruption model was never stepped'
     metrics = result['metrics']
@@ -103,9 +109,19 @@ def test_rspc_task_with_attached_optimizer_and_epoch_scalars(script, monkeypatch
     assert metrics['occluded_fraction'] == pytest.approx(2 / 16)  # 10% of a 4x4 grid, rounded to 2 patches
 
 
+def test_corruption_model_steps_through_train_pys_loss_scaler(script, monkeypatch):
+    """train.py creates its NativeScaler before the task: C's optimiser unscales its gradients with that scaler."""
+    _, result = _run(script, monkeypatch, '--rspc', '--amp')
+    task, scaler = result['task'], result['loss_scaler']
+    assert task.corruption_optimizer.grad_scaler is scaler._scaler
+    assert task.corruption_optimizer.optimizer.state, 'the corruption model was never stepped'
+    _, result = _run(script, monkeypatch, '--rspc')
+    assert result['task'].corruption_optimizer.grad_scaler is None
+
+
 def test_without_rspc_the_script_is_unchanged(script, monkeypatch):
     injection, result = _run(script, monkeypatch)
-    assert type(result['task']).__name__ == 'ClassificationTask' and injection.task is None
+    assert type(result['task']).__name__ == 'ClassificationTask' and not injection.rspc
     assert list(result['metrics']) == ['loss']
 
 

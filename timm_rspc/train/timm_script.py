@@ -20,6 +20,7 @@ DDP are timm's own task-based code paths. These names exist in the train.py of t
 1.0.23 - 1.0.26 builds its optimiser, EMA and checkpoints around the bare model, so ``--rspc`` is refused there.
 """
 import argparse
+import gc
 import os
 import sys
 import types
@@ -68,6 +69,7 @@ class RSPCInjection:
         self.task = None
         self.loss_scaler = None
         self.scalar_sums = ScalarSums()
+        self._hook_handle = None
 
     def install(self) -> 'RSPCInjection':
         ns = self.namespace
@@ -109,7 +111,7 @@ class RSPCInjection:
                 task = create_rspc_task(self.args, model, criterion, device=device, dtype=dtype, verbose=verbose)
             except (ValueError, TypeError, LookupError) as e:
                 raise ConfigError(f"cannot set up the RSPC task for '{self.args.model}': {e}") from None
-            task.register_forward_hook(self._record_scalars)
+            self._hook_handle = task.register_forward_hook(self._record_scalars)
             task.prepare_distributed = _cpu_ddp_without_device_ids(task.prepare_distributed)
             self.task = task
             return task
@@ -136,6 +138,23 @@ class RSPCInjection:
                                   getattr(self.args, 'allow_method_change', False))
             return resume_task_checkpoint(task, checkpoint_path, *args, **kwargs)
         return resume
+
+    def release(self) -> None:
+        """Let go of the run's task once ``main()`` has returned.
+
+        The wrapped names in the script's namespace keep this object alive until the interpreter exits, and the task
+        (its DDP module, its process group's work) must not live that long: freed during interpreter shutdown, gloo's
+        threads abort the process. So the task is dropped here and collected while everything still works, as
+        train.py's own locals are when its ``main()`` returns.
+        """
+        if self._hook_handle is not None:
+            self._hook_handle.remove()
+            self._hook_handle = None
+        if self.task is not None:
+            self.task.__dict__.pop('prepare_distributed', None)
+        self.task = self.loss_scaler = None
+        self.scalar_sums = ScalarSums()
+        gc.collect()
 
     def _record_scalars(self, task, inputs, result) -> None:
         self.scalar_sums.add(result, inputs[0].shape[0])
@@ -164,7 +183,10 @@ def _cpu_ddp_without_device_ids(prepare_distributed: Callable) -> Callable:
 def run_train_script(namespace: Dict[str, Any]) -> RSPCInjection:
     """Install the RSPC injection into a loaded train.py namespace and run its ``main()``."""
     injection = RSPCInjection(namespace).install()
-    namespace['main']()
+    try:
+        namespace['main']()
+    finally:
+        injection.release()
     return injection
 
 
