@@ -320,13 +320,14 @@ def _mixup_args(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 
 def _train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
-    """timm's loss choice (``create_classification_loss``): soft targets under mixup, label smoothing otherwise."""
-    bce_kwargs = {}
-    if args.bce_loss:
-        bce_kwargs = dict(
+    """timm train.py's loss choice, built by timm's ``create_classification_loss``: soft targets under mixup, label
+    smoothing otherwise. As in train.py, ``--bce-loss`` applies only with mixup or smoothing (plain cross-entropy
+    without either)."""
+    if args.bce_loss and (mixup_active or args.smoothing):
+        return create_classification_loss(
+            loss_type='bce', smoothing=args.smoothing, soft_targets=mixup_active,
             bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
-    return create_classification_loss(
-        loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing, soft_targets=mixup_active, **bce_kwargs)
+    return create_classification_loss(loss_type='ce', smoothing=args.smoothing, soft_targets=mixup_active)
 
 
 def _create_loaders(args, data_config, device, model_dtype, mixup_args):
