@@ -194,3 +194,16 @@ def test_full_disk_is_one_line_and_the_last_checkpoint_survives(data_dir, tmp_pa
 def _free_mib(folder):
     import shutil
     return f'{shutil.disk_usage(folder).free / 2 ** 20:.1f}'
+
+
+def test_method_of_a_checkpoint_comes_from_its_arguments_first():
+    from timm_rspc.train.resume_check import check_same_method
+    with_args = {'args': argparse.Namespace(rspc=True), 'task_state': {}}
+    with pytest.raises(ConfigError, match='was trained with --rspc'):
+        check_same_method(with_args, rspc=False, allow_method_change=False, path='x')
+    check_same_method(with_args, rspc=False, allow_method_change=True, path='x')
+    without_args = {'task_state': {'corruption_model': {}}}
+    with pytest.raises(ConfigError, match='was trained with --rspc'):
+        check_same_method(without_args, rspc=False, allow_method_change=False, path='x')
+    with pytest.raises(ConfigError, match='was trained without --rspc'):
+        check_same_method({'args': argparse.Namespace(rspc=False)}, rspc=True, allow_method_change=False, path='x')

@@ -89,7 +89,11 @@ def _damaged(path: str, flag: str, error: BaseException) -> ConfigError:
 
 
 def is_rspc_checkpoint(checkpoint: Dict[str, Any]) -> bool:
-    """Written by an RSPC run: its task state holds the corruption model."""
+    """Written by an RSPC run: its arguments say ``rspc``, or (without arguments) its task state holds the
+    corruption model."""
+    args = checkpoint.get('args')
+    if hasattr(args, 'rspc'):
+        return bool(args.rspc)
     task_state = checkpoint.get('task_state')
     return isinstance(task_state, dict) and 'corruption_model' in task_state
 
