@@ -3,13 +3,13 @@
 The scripts are not part of the package: set TIMM_SCRIPTS_DIR to a folder holding timm's train.py and validate.py
 (by default the test looks in a `timm` folder beside this repository); without one the tests skip.
 """
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from timm_rspc.demo.shapes import write_image_folder
 
@@ -63,38 +63,85 @@ def test_timm_train_and_validate_see_package_models(data_dir, tmp_path):
     assert re.search(r'"top1":\s*[0-9.]+', validate.stdout + validate.stderr)
 
 
-RECIPE_IMPORT = 'from timm_rspc.method import add_rspc_args, create_rspc_task\nadd_rspc_args(parser)\n'
+TINY_VIT = ['--model', 'vit_tiny_patch16_224', '--num-classes', '10', '--img-size', '32', '--model-kwargs',
+            'img_size=32', 'patch_size=8', 'depth=2', 'embed_dim=32', 'num_heads=2']
 
 
-def apply_rspc_recipe(source: str) -> str:
-    """The README's recipe applied to timm's train.py source: add the flags, build the task, attach the optimiser."""
-    source, n_parse = re.subn(r'\ndef _parse_args\(\):', '\n' + RECIPE_IMPORT + '\n\ndef _parse_args():', source)
-    source, n_task = re.subn(
-        r'task = ClassificationTask\(\n.*?\n(\s*)\)\n',
-        'task = create_rspc_task(args, model, train_loss_fn, device=device, dtype=model_dtype, '
-        'verbose=utils.is_primary(args))\n', source, count=1, flags=re.S)
-    source, n_opt = re.subn(
-        r'\n(\s*)# optionally resume from a checkpoint',
-        r'\n\1task.attach_optimizer(optimizer, loss_scaler)\n\n\1# optionally resume from a checkpoint', source, count=1)
-    if (n_parse, n_task, n_opt) != (1, 1, 1):
-        pytest.skip('this timm train.py does not have the lines the recipe edits')
-    return source
+def _timm_train(scripts, data_dir, out, experiment, *flags, launcher=()):
+    return _run([sys.executable, *launcher, '-m', 'timm_rspc.run_script', os.path.join(scripts, 'train.py'),
+                 '--device', 'cpu', '--data-dir', data_dir, *TINY_VIT, '-j', '0', '--output', str(out),
+                 '--experiment', experiment, *flags], cwd=str(out))
 
 
-def test_rspc_recipe_in_timm_train(data_dir, tmp_path):
-    if importlib.util.find_spec('timm_rspc.method') is None:
-        pytest.skip('timm_rspc.method is not available yet')
-    scripts = _scripts_dir()
-    with open(os.path.join(scripts, 'train.py')) as f:
-        patched = apply_rspc_recipe(f.read())
-    script = tmp_path / 'train_rspc.py'
-    script.write_text(patched)
-    model_flags = ['--model', 'vit_tiny_patch16_224', '--num-classes', '10', '--img-size', '32', '--model-kwargs',
-                   'img_size=32', 'patch_size=8', 'depth=2', 'embed_dim=32', 'num_heads=2']
-    proc = _run([sys.executable, str(script), '--device', 'cpu', '--data-dir', data_dir, *model_flags, '-b', '10',
-                 '-j', '0', '--epochs', '1', '--rspc', '--output', str(tmp_path), '--experiment', 'rspc'],
-                cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _load(path):
     from timm.models._helpers import _torch_load
-    checkpoint = _torch_load(str(tmp_path / 'rspc' / 'last.pth.tar'))
-    assert checkpoint.get('task_state'), 'the RSPC task state (corruption model) is not in the checkpoint'
+    return _torch_load(str(path), weights_only=True)
+
+
+def test_rspc_flags_and_method_check_in_timm_train(data_dir, tmp_path, monkeypatch):
+    """In process: the real train.py's --help lists the RSPC flags; resuming an RSPC checkpoint without --rspc is an
+    error naming the flag, raised before timm touches the file."""
+    import timm.utils
+    from timm_rspc.train import ConfigError
+    from timm_rspc.train.timm_script import RSPCInjection, load_script, run_train_script
+    scripts = _scripts_dir()
+    monkeypatch.setattr(timm.utils, 'setup_default_logging', lambda *args, **kwargs: None)  # no handler left behind
+    namespace = load_script(os.path.join(scripts, 'train.py'))
+    RSPCInjection(namespace).install()
+    help_text = namespace['parser'].format_help()
+    assert '--rspc-ratio' in help_text and '--allow-method-change' in help_text and '--kd-model-name' in help_text
+
+    checkpoint = tmp_path / 'rspc.pth.tar'
+    import timm
+    model = timm.create_model('vit_tiny_patch16_224', num_classes=10, img_size=32, patch_size=8, depth=2,
+                              embed_dim=32, num_heads=2)
+    torch.save({'state_dict': model.state_dict(), 'task_state': {'corruption_model': {}}, 'epoch': 0}, checkpoint)
+    monkeypatch.setattr(sys, 'argv', ['train.py', '--device', 'cpu', '--data-dir', data_dir, *TINY_VIT, '-j', '0',
+                                      '--output', str(tmp_path), '--resume', str(checkpoint)])
+    with pytest.raises(ConfigError, match=f"--resume file '{checkpoint}' was trained with --rspc"):
+        run_train_script(load_script(os.path.join(scripts, 'train.py')))
+
+
+def test_rspc_on_unmodified_timm_train_checkpoint_resume_ema(data_dir, tmp_path):
+    """timm's train.py as it is, run through timm_rspc.run_script: summary columns, --result, the corruption model
+    in the checkpoint and back on resume, EMA."""
+    scripts = _scripts_dir()
+    first = _timm_train(scripts, data_dir, tmp_path, 'rspc', '-b', '10', '--epochs', '1', '--rspc', '--model-ema',
+                        '--model-ema-decay', '0.5')
+    assert first.returncode == 0, first.stderr[-3000:]
+    header, *rows = (tmp_path / 'rspc' / 'summary.csv').read_text().strip().splitlines()
+    assert header.split(',')[:5] == ['epoch', 'train_loss', 'train_task_loss', 'train_align_loss',
+                                     'train_occluded_fraction']
+    values = dict(zip(header.split(','), rows[0].split(',')))
+    assert float(values['train_occluded_fraction']) == 0.125  # 10% of a 4x4 grid, rounded to 2 patches
+    assert float(values['train_loss']) == pytest.approx(
+        float(values['train_task_loss']) + 0.005 * float(values['train_align_loss']), rel=1e-6)
+    assert '"align_loss"' in first.stdout  # train.py's --result JSON
+    checkpoint = _load(tmp_path / 'rspc' / 'last.pth.tar')
+    assert {'corruption_model', 'corruption_optimizer'} <= set(checkpoint['task_state'])
+    assert checkpoint['state_dict_ema'].keys() == checkpoint['state_dict'].keys()
+
+    resumed = _timm_train(scripts, data_dir, tmp_path, 'resumed', '-b', '10', '--epochs', '2', '--rspc',
+                          '--seed', '7', '--model-ema', '--model-ema-decay', '0.5',
+                          '--resume', str(tmp_path / 'rspc' / 'last.pth.tar'))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'no corruption model state' not in resumed.stderr
+    # The resumed run (another seed) continues the saved corruption model: one epoch of steps of norm <= lr * clip
+    # (1 x 1e-4 x 5) away from it, where a new one would differ by its random initialisation.
+    saved = checkpoint['task_state']['corruption_model']
+    after = _load(tmp_path / 'resumed' / 'last.pth.tar')
+    assert after['epoch'] == 1
+    distance = sum((after['task_state']['corruption_model'][k] - v).norm() ** 2 for k, v in saved.items()) ** 0.5
+    assert distance <= 1e-4 * 5 + 1e-6
+
+
+def test_rspc_on_unmodified_timm_train_under_torchrun(data_dir, tmp_path):
+    """Two CPU processes (gloo) through torchrun: one summary row averaged over both ranks, one checkpoint."""
+    scripts = _scripts_dir()
+    proc = _timm_train(scripts, data_dir, tmp_path, 'ddp', '-b', '5', '--epochs', '1', '--rspc',
+                       launcher=('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, row = (tmp_path / 'ddp' / 'summary.csv').read_text().strip().splitlines()
+    assert 'train_align_loss' in header.split(',')
+    assert float(dict(zip(header.split(','), row.split(',')))['train_occluded_fraction']) == 0.125
+    assert 'corruption_model' in _load(tmp_path / 'ddp' / 'last.pth.tar')['task_state']

@@ -90,14 +90,23 @@ def test_cli_one_rspc_epoch_with_yaml_config(data_dir, tmp_path):
     assert float(values['train_align_loss']) > 0
     checkpoint = _load(str(run / 'last.pth.tar'))
     assert checkpoint['epoch'] == 0 and 'task_state' in checkpoint and checkpoint['rng_state']
+    # timm's CheckpointSaver entries, plus what an exact resume needs
+    assert set(checkpoint) == {'epoch', 'arch', 'optimizer', 'version', 'args', 'state_dict', 'task_state', 'metric',
+                               'saver', 'rng_state', 'lr_scheduler'}
+    assert checkpoint['arch'] == 'vit_tiny_patch16_224' and checkpoint['version'] == 2
     assert 'Train: 0' in proc.stderr + proc.stdout and 'img/s' in proc.stderr + proc.stdout
+    import json
+    result = json.loads(proc.stdout.split('--result\n', 1)[1])  # timm train.py's closing block
+    assert result[0]['epoch'] == 0
+    assert result[0]['train']['align_loss'] == pytest.approx(float(values['train_align_loss']))
 
 
-def test_yaml_config_keys_are_checked(tmp_path):
+def test_yaml_config_keys_are_checked(tmp_path, caplog):
     config = tmp_path / 'cfg.yaml'
     config.write_text('model: resnet18\nbatch-size: 4\nlearning_rate: 0.1\n')
-    with pytest.raises(ConfigError, match='learning_rate'):
-        parse_args(['-c', str(config)])
+    args, _ = parse_args(['-c', str(config)])
+    assert 'ignoring keys that are not flags of this trainer: learning_rate' in caplog.text
+    assert not hasattr(args, 'learning_rate') and args.batch_size == 4
     config.write_text('model: resnet18\nbatch-size: 4\n')
     args, _ = parse_args(['-c', str(config), '-b', '6'])
     assert args.model == 'resnet18' and args.batch_size == 6
@@ -193,8 +202,10 @@ def test_bad_input_fails_before_any_output(data_dir, tmp_path, flags, message):
     assert not (tmp_path / 'x').exists()
 
 
-def test_existing_run_is_refused_or_incremented(data_dir, tmp_path, capsys):
+def test_existing_run_is_refused_or_incremented(data_dir, tmp_path, capsys, monkeypatch):
     from timm_rspc.cli import main
+    import timm.utils
+    monkeypatch.setattr(timm.utils, 'setup_default_logging', lambda *args, **kwargs: None)  # no handler on capsys
     (tmp_path / 'x').mkdir()
     (tmp_path / 'x' / 'summary.csv').write_text('epoch\n0\n')
     argv = ['train', '--data-dir', data_dir, *TINY_MODEL, *FAST, '--output', str(tmp_path), '--experiment', 'x',

@@ -12,14 +12,19 @@ from .trainer import TrainResult, train
 
 
 def main(argv=None, prog: str = 'python -m timm_rspc.train') -> int:
-    """Command-line entry point: parse, train, and turn configuration mistakes into one clear error line."""
+    """Command-line entry point: parse, train, and report the foreseeable errors (a flag, file or folder that cannot
+    work, a full disk) in one line with exit status 2; ``--verbose`` shows their traceback too."""
     import sys
     from timm.utils import setup_default_logging
+    from .output import DiskFullError
+    argv = sys.argv[1:] if argv is None else list(argv)
     setup_default_logging()
     try:
         args, _ = parse_args(argv, prog=prog)
         train(args)
-    except ConfigError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
+    except (ConfigError, DiskFullError) as e:
+        if '--verbose' in argv:
+            raise
+        print(f'{prog}: error: {e.strerror if isinstance(e, OSError) else e}', file=sys.stderr)
         return 2
     return 0

@@ -1,19 +1,25 @@
 """Command-line flags of ``timm-rspc train``: timm's ``train.py`` flags (same names, defaults, meaning) plus RSPC's.
 
-A timm user's command line or YAML config works unchanged; ``--rspc`` switches the RSPC task on. The RSPC flags come
-from :func:`timm_rspc.method.add_rspc_args`, the same function a user adds to timm's own ``train.py``.
+A timm user's command line, YAML config or ``args.yaml`` works unchanged; ``--rspc`` switches the RSPC task on. The
+RSPC flags come from :func:`timm_rspc.method.add_rspc_args`. The flag list follows the train.py of timm main
+1.0.29.dev0, recorded in ``tests/data/timm_train_py_flags.json`` (see :mod:`timm_rspc.train.timm_flags`).
 
-Flags of timm's script that this trainer does not support (NaFlex and scheduled-resolution loaders, distillation,
-augmentation splits / JSD, split BN, TorchScript, wandb) are not defined, so argparse rejects them by name instead of
-silently ignoring them.
+Flags of timm's script that this trainer does not implement (:data:`UNSUPPORTED`) are defined with timm's defaults, so
+that every ``args.yaml`` timm writes is read, and are refused by name when set to anything else.
 """
 import argparse
+import logging
 from typing import Optional, Sequence, Tuple
 
 import yaml
 from timm.utils import ParseKwargs
 
 from timm_rspc.method import add_rspc_args
+
+
+_logger = logging.getLogger(__name__)
+
+METHOD_CHANGE_FLAG = '--allow-method-change'
 
 
 class ConfigError(ValueError):
@@ -224,12 +230,106 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--tta', type=int, default=0, metavar='N', help='test-time augmentation factor (0)')
     g.add_argument('--use-multi-epochs-loader', action='store_true', default=False,
                    help='keep loader workers alive across epochs')
+    g.add_argument('--verbose', action='store_true', default=False,
+                   help='print the traceback of errors that are otherwise reported in one line')
+
+
+# Flags of timm's train.py this trainer does not implement: (feature, ((flags, argparse kwargs with timm's default),
+# ...)). For those, python -m timm_rspc.run_script train.py runs timm's own script, with --rspc.
+UNSUPPORTED = (
+    ('TorchScript', (
+        (('--torchscript',), dict(action='store_true', default=False)),
+        (('--fuser',), dict(default='', type=str)),
+    )),
+    ('augmentation splits, JSD loss, split BN', (
+        (('--aug-splits',), dict(type=int, default=0)),
+        (('--jsd-loss',), dict(action='store_true', default=False)),
+        (('--resplit',), dict(action='store_true', default=False)),
+        (('--split-bn',), dict(action='store_true', default=False)),
+    )),
+    ('saving training batches as images', (
+        (('--save-images',), dict(action='store_true', default=False)),
+    )),
+    ('Weights & Biases logging', (
+        (('--log-wandb',), dict(action='store_true', default=False)),
+        (('--wandb-project',), dict(default=None, type=str)),
+        (('--wandb-tags',), dict(default=[], type=str, nargs='+')),
+        (('--wandb-resume-id',), dict(default='', type=str)),
+    )),
+    ('scheduled image / batch sizes', (
+        (('--train-img-sizes',), dict(type=int, nargs='+', default=None)),
+        (('--train-batch-sizes',), dict(type=int, nargs='+', default=None)),
+        (('--train-size-probs',), dict(type=float, nargs='+', default=None)),
+        (('--train-size-schedule',), dict(type=str, default='constant', choices=('constant', 'progressive'))),
+        (('--train-size-schedule-spread',), dict(type=float, default=0.65)),
+        (('--train-size-random-mix',), dict(type=float, default=0.1)),
+        (('--train-batches-per-epoch', '--train-steps-per-epoch'), dict(type=int, default=None)),
+        (('--variable-batch-loss-scale',), dict(default='none', type=str, choices=('none', 'sqrt', 'linear'))),
+    )),
+    ('the NaFlex loader', (
+        (('--naflex-loader',), dict(action='store_true', default=False)),
+        (('--naflex-train-seq-lens',), dict(type=int, nargs='+', default=[128, 256, 576, 784, 1024])),
+        (('--naflex-max-seq-len',), dict(type=int, default=576)),
+        (('--naflex-patch-sizes',), dict(type=int, nargs='+', default=None)),
+        (('--naflex-patch-size-probs',), dict(type=float, nargs='+', default=None)),
+        (('--naflex-loss-scale',), dict(default='linear', type=str, choices=('none', 'sqrt', 'linear'))),
+        (('--naflex-patchify-channels-first',), dict(action='store_true', default=False)),
+    )),
+    ('knowledge distillation', (
+        (('--kd-model-name',), dict(default=None, type=str)),
+        (('--kd-distill-type',), dict(default='logit', type=str, choices=['logit', 'feature', 'token'])),
+        (('--kd-loss-type',), dict(default='kl', type=str)),
+        (('--distill-loss-weight',), dict(default=None, type=float)),
+        (('--task-loss-weight',), dict(default=None, type=float)),
+        (('--kd-temperature',), dict(default=4.0, type=float)),
+        (('--kd-student-feature-dim',), dict(default=None, type=int)),
+        (('--kd-teacher-feature-dim',), dict(default=None, type=int)),
+        (('--kd-token-distill-type',), dict(default='soft', type=str, choices=['soft', 'hard'])),
+    )),
+)
+
+# Where this trainer deliberately differs from timm's train.py defaults, and why.
+DEFAULT_DIFFERENCES = {
+    'device': 'default: cuda when available, else cpu (timm: cuda, which fails on a machine without a GPU)',
+}
+
+
+def _add_unsupported_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        'Not supported by this trainer',
+        "Accepted at timm's defaults only (so that timm's args.yaml files load). For these, run timm's own\n"
+        'train.py: python -m timm_rspc.run_script path/to/train.py [--rspc] ...\n' + '\n'.join(
+            f"  {feature}: {' '.join(flags[0] for flags, _ in entries)}" for feature, entries in UNSUPPORTED))
+    for _, entries in UNSUPPORTED:
+        for flags, kwargs in entries:
+            g.add_argument(*flags, **kwargs, help=argparse.SUPPRESS)
+
+
+def check_unsupported(args: argparse.Namespace) -> None:
+    """Refuse, by name, a flag of timm's train.py that this trainer would otherwise silently ignore."""
+    for feature, entries in UNSUPPORTED:
+        for flags, kwargs in entries:
+            dest = flags[0][2:].replace('-', '_')
+            if getattr(args, dest) != kwargs['default']:
+                raise ConfigError(
+                    f"{flags[0]} ({feature}) is not supported by this trainer; run timm's own train.py for it: "
+                    "python -m timm_rspc.run_script path/to/train.py --rspc ...")
+
+
+def add_method_change_arg(parser) -> None:
+    parser.add_argument(
+        METHOD_CHANGE_FLAG, action='store_true', default=False,
+        help='allow --resume of a checkpoint trained with the other method (with / without --rspc)')
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The full parser: timm's training flags followed by the RSPC flags."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Train a timm model, with RSPC when --rspc is given. Accepts timm train.py's flags.")
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a timm model, with RSPC when --rspc is given. Accepts timm train.py's flags.",
+        epilog="Differences from timm's train.py:\n" + '\n'.join(
+            f'  --{dest.replace("_", "-")} {why}' for dest, why in DEFAULT_DIFFERENCES.items()) +
+        '\n  new flags: --output-exists, --allow-method-change, --verbose and the RSPC flags')
     add_config_arg(parser)
     _add_dataset_args(parser)
     _add_model_args(parser)
@@ -238,7 +338,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     _add_schedule_args(parser)
     _add_augmentation_args(parser)
     _add_misc_args(parser)
-    add_rspc_args(parser)
+    _add_unsupported_args(parser)
+    add_method_change_arg(add_rspc_args(parser))
     return parser
 
 
@@ -248,9 +349,10 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
-    """Make the YAML file's values the parser's defaults, rejecting keys that are not flags of this parser.
+    """Make the YAML file's values the parser's defaults; keys that are not flags are named in a warning.
 
-    timm's train.py accepts unknown keys silently; here a typo in a config is an error naming the key.
+    timm's train.py takes unknown keys silently; here a typo in a config is at least seen. Keys of run-time state
+    (``prefetcher``, ``distributed``, ...) that an ``args.yaml`` may hold are skipped without a warning.
     """
     try:
         with open(path, 'r') as f:
@@ -266,8 +368,8 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
     config = {k.replace('-', '_'): v for k, v in config.items() if k not in _DERIVED_KEYS}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ConfigError(f"config file '{path}' has keys that are not flags of this trainer: {', '.join(unknown)}")
-    parser.set_defaults(**config)
+        _logger.warning(f"Config file '{path}': ignoring keys that are not flags of this trainer: {', '.join(unknown)}")
+    parser.set_defaults(**{k: v for k, v in config.items() if k in known})
 
 
 # Keys written into args.yaml that are state of a run, not flags.
@@ -283,6 +385,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
     if config_args.config:
         apply_config_file(parser, config_args.config)
     args = parser.parse_args(argv)
+    check_unsupported(args)
     return args, args_to_yaml(args)
 
 

@@ -1,17 +1,29 @@
-"""The run folder: choosing it without clobbering an earlier run, and writing into it atomically.
+"""The run folder: claimed by one process, never clobbering an earlier run, written into atomically.
 
 A timm user recognises the layout (``args.yaml``, ``summary.csv``, ``last.pth.tar``, ``checkpoint-N.pth.tar``,
-``model_best.pth.tar``). Every file is written to a temporary name in the same folder, flushed to disk and renamed
-over its target, so a kill at any moment leaves either the previous complete file or the new complete file.
+``model_best.pth.tar``). Every file is written to a temporary name unique to the process (``NAME.partial-PID``),
+flushed to disk and renamed over its target, so a kill at any moment leaves either the previous complete file or the
+new complete file. A run holds an exclusive lock on its folder (``flock`` on ``.timm-rspc.lock``) from before its
+first write to its end; the kernel drops the lock when the process dies, however it dies, so a second run into the
+same folder is refused while the first lives and a crashed run never leaves a stale lock.
 """
 import argparse
 import csv
+import errno
+import glob
 import io
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 from typing import Callable, Dict, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: no advisory locks; the folder check alone remains)
+    fcntl = None
 
 import torch
 from timm.models import safe_model_name
@@ -34,36 +46,122 @@ def default_experiment_name(model_name: str, img_size: int) -> str:
     return '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(model_name), str(img_size)])
 
 
-def choose_output_dir(args: argparse.Namespace, img_size: int) -> str:
-    """The run folder ``<output>/<experiment>``, refusing to reuse a folder that holds a run unless told how.
+LOCK_NAME = '.timm-rspc.lock'
+PARTIAL_PATTERN = re.compile(r'\.partial-\d+$')
+# What a run writes; --output-exists overwrite removes these (and nothing else) from the folder it reuses.
+RUN_FILE_PATTERNS = ('args.yaml', 'args-resume-*.yaml', 'summary.csv', 'last' + CHECKPOINT_EXTENSION,
+                     'model_best' + CHECKPOINT_EXTENSION, 'checkpoint-*' + CHECKPOINT_EXTENSION,
+                     'recovery-*' + CHECKPOINT_EXTENSION)
+
+
+class RunFolderBusy(ConfigError):
+    """Another live process holds the run folder."""
+
+
+class RunFolder:
+    """A run folder this process holds exclusively until :meth:`release` (or its death)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.created = False
+        self._lock_fd: Optional[int] = None
+
+    def claim(self) -> 'RunFolder':
+        """Create the folder if needed and take its lock; :class:`RunFolderBusy` if a live process holds it."""
+        try:
+            os.makedirs(self.path)
+            self.created = True
+        except FileExistsError:
+            if not os.path.isdir(self.path):
+                raise ConfigError(f"output path '{self.path}' exists and is not a folder.") from None
+        except PermissionError:
+            raise ConfigError(f"cannot create the output folder '{self.path}': permission denied; choose another "
+                              "--output.") from None
+        try:
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise ConfigError(f"cannot write into the output folder '{self.path}': permission denied; choose "
+                              "another --output.") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.read(fd, 200).decode(errors='replace').strip() or 'unknown process'
+                os.close(fd)
+                raise RunFolderBusy(
+                    f"output folder '{self.path}' is in use by another training run ({owner}); wait for it to "
+                    "finish, or choose another --output / --experiment.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f'PID {os.getpid()} on {socket.gethostname()}'.encode())
+        self._lock_fd = fd
+        return self
+
+    def release(self, remove_if_unused: bool = False) -> None:
+        """Drop the lock; with ``remove_if_unused``, also remove a folder this run created but wrote nothing into."""
+        if self._lock_fd is None:
+            return
+        lock_path = os.path.join(self.path, LOCK_NAME)
+        if remove_if_unused and self.created and os.listdir(self.path) == [LOCK_NAME]:
+            os.remove(lock_path)
+            os.rmdir(self.path)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def remove_stale_partials(self) -> None:
+        """Temp files (``*.partial-PID``) of earlier processes, killed mid-write: with the lock held, none is live."""
+        for name in os.listdir(self.path):
+            if PARTIAL_PATTERN.search(name):
+                os.remove(os.path.join(self.path, name))
+                _logger.info(f"Removed '{name}', a temporary file of an interrupted write.")
+
+    def remove_run_files(self) -> None:
+        removed = []
+        for pattern in RUN_FILE_PATTERNS:
+            for path in glob.glob(os.path.join(glob.escape(self.path), pattern)):
+                os.remove(path)
+                removed.append(os.path.basename(path))
+        _logger.warning(f"--output-exists overwrite: removed the previous run's files from '{self.path}': "
+                        f"{', '.join(sorted(removed))}.")
+
+
+def claim_output_dir(args: argparse.Namespace, img_size: int) -> RunFolder:
+    """Choose the run folder ``<output>/<experiment>`` and claim it, refusing to reuse a folder holding a run.
 
     Resuming (``--resume``) continues into the folder. Otherwise ``--output-exists`` decides: ``error`` (default),
-    ``increment`` (first free ``NAME-1``, ``NAME-2``, ...) or ``overwrite`` (explicit, logged).
-    Does not create the folder; :func:`create_output_dir` does, once every check has passed.
+    ``increment`` (first free ``NAME-1``, ``NAME-2``, ...) or ``overwrite`` (the previous run's files are removed).
+    The folder is claimed before it is inspected, so two runs started together cannot both pass the check.
     """
     root = args.output or os.path.join('.', 'output', 'train')
     folder = os.path.join(root, args.experiment or default_experiment_name(args.model, img_size))
-    if not holds_run(folder) or args.resume:
-        return folder
     policy = getattr(args, 'output_exists', 'error')
-    if policy == 'increment':
-        for count in range(1, 10000):
-            candidate = f'{folder}-{count}'
-            if not holds_run(candidate):
-                return candidate
-    if policy == 'overwrite':
-        _logger.warning(f"Output folder '{folder}' holds a run; overwriting it as asked by --output-exists overwrite.")
-        return folder
-    present = ', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(folder, n)))
-    raise ConfigError(
-        f"output folder '{folder}' already holds a training run ({present}). "
-        f"Resume it with --resume {os.path.join(folder, 'last' + CHECKPOINT_EXTENSION)}, choose another --experiment, "
-        "or pass --output-exists increment / overwrite.")
-
-
-def create_output_dir(folder: str) -> str:
-    os.makedirs(folder, exist_ok=True)
-    return folder
+    candidates = [folder]
+    if policy == 'increment' and not args.resume:
+        candidates += [f'{folder}-{count}' for count in range(1, 10000)]
+    for candidate in candidates:
+        if len(candidates) > 1 and holds_run(candidate):
+            continue
+        run_folder = RunFolder(candidate)
+        try:
+            run_folder.claim()
+        except RunFolderBusy:
+            if len(candidates) > 1:
+                continue
+            raise
+        run_folder.remove_stale_partials()
+        if args.resume or not holds_run(candidate):
+            return run_folder
+        if policy == 'overwrite':
+            run_folder.remove_run_files()
+            return run_folder
+        run_folder.release()
+        if policy == 'increment':
+            continue  # filled by a run that finished between the check and the claim
+        present = ', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(candidate, n)))
+        raise ConfigError(
+            f"output folder '{candidate}' already holds a training run ({present}). Resume it with --resume "
+            f"{os.path.join(candidate, 'last' + CHECKPOINT_EXTENSION)}, choose another --experiment, "
+            "or pass --output-exists increment / overwrite.")
+    raise ConfigError(f"no free run folder '{folder}-N' for --output-exists increment.")
 
 
 def _fsync_dir(folder: str) -> None:
@@ -84,27 +182,68 @@ def _partial_path(path: str) -> str:
     return f'{path}.partial-{os.getpid()}'
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    partial = _partial_path(path)
-    with open(partial, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-    _fsync_dir(os.path.dirname(path))
+class DiskFullError(OSError):
+    """The disk filled during a write; the file being replaced is untouched."""
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    partial = _partial_path(path)
+class _CountingWriter:
+    """The file object torch.save writes through: counts bytes, and keeps the OSError of a failed write, which
+    torch otherwise reports as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``."""
+
+    def __init__(self, file):
+        self.file = file
+        self.written = 0
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            count = self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        self.written += len(data)
+        return count
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _open_for_writing(path: str):
+    return open(path, 'wb')
+
+
+def _write_file(path: str, write: Callable[[object], None], what: Optional[str] = None) -> None:
+    """``write(file)`` into ``path``, flushed to disk; on failure ``path`` is removed, and a full disk raises
+    :class:`DiskFullError` naming ``what`` was written (default: the file name), whatever form the writer's error
+    took."""
+    writer = None
     try:
-        with open(partial, 'wb') as f:
-            torch.save(obj, f)
+        with _open_for_writing(path) as f:
+            writer = _CountingWriter(f)
+            write(writer)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    except BaseException as e:
+        if os.path.exists(path):
+            os.remove(path)
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            target = PARTIAL_PATTERN.sub('', path)
+            folder = os.path.dirname(os.path.abspath(target))
+            free = shutil.disk_usage(folder).free
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on the disk of '{folder}' while writing {what or repr(os.path.basename(target))} "
+                f"({writer.written / 2 ** 20 if writer else 0:.1f} MiB written, {free / 2 ** 20:.1f} MiB free); "
+                "the previous files are intact, nothing was lost: free some space, then resume from the run's "
+                "last.pth.tar with --resume", target) from None
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    partial = _partial_path(path)
+    _write_file(partial, lambda f: f.write(text.encode()))
+    os.replace(partial, path)
     _fsync_dir(os.path.dirname(path))
 
 
@@ -120,6 +259,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, *args, extra_state: Optional[Callable[[], Dict]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_state = extra_state
+        self._written: Dict[str, str] = {}  # timm's temp name -> the per-process file actually written
 
     def _save(self, save_path, epoch, metric=None):
         state = {
@@ -139,10 +279,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
         state['saver'] = self.state_dict(epoch, metric)
         if self.extra_state is not None:
             state.update(self.extra_state())
-        atomic_torch_save(state, save_path)
+        # timm writes to one fixed temp name (tmp.pth.tar) and renames it with _replace: write a name of this
+        # process instead, which _replace renames straight onto the target.
+        partial = _partial_path(save_path)
+        _write_file(partial, lambda f: torch.save(state, f), what=f'the checkpoint of epoch {epoch}')
+        self._written[save_path] = partial
 
     def _replace(self, src, dst):
-        os.replace(src, dst)
+        os.replace(self._written.pop(src, src), dst)
         _fsync_dir(os.path.dirname(dst))
 
     def _duplicate(self, src, dst):

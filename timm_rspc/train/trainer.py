@@ -5,6 +5,7 @@ batch is read (pre-flight checks, the model, the task's block search, the output
 changes state on disk happens after.
 """
 import argparse
+import json
 import logging
 import os
 from contextlib import suppress
@@ -18,22 +19,21 @@ import torch.nn as nn
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.layers import convert_sync_batchnorm, set_fast_norm
-from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import create_classification_loss
 from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
-from timm.utils.checkpoint_saver import load_checkpoint_metadata
 from timm.utils.summary import trim_summary
 
 from timm_rspc.method import create_rspc_task
 
 from .args import ConfigError, args_to_yaml
 from .loop import LoopSettings, train_one_epoch, validate
-from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, choose_output_dir, \
-    create_output_dir
+from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, claim_output_dir
 from .preflight import run_preflight
+from .resume_check import check_resume_file
 from .rng import gather_rng_states, restore_rank_rng_state
 
 _logger = logging.getLogger('timm_rspc.train')
@@ -112,23 +112,59 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
             device=device, dtype=model_dtype, verbose=is_primary)
     except (ValueError, TypeError, LookupError) as e:
         raise ConfigError(f"cannot set up the {'RSPC' if args.rspc else 'training'} task for '{args.model}': {e}")
+    resume_state = {}
+    if args.resume:
+        resume_state = check_resume_file(args.resume, task.get_eval_model(), args.rspc, args.allow_method_change)
 
-    output_dir = _agree_on_primary(args, lambda: choose_output_dir(args, data_config['input_size'][-1]))
+    run_folder = None
 
-    loader_train, loader_eval, mixup_fn = _create_loaders(args, data_config, device, model_dtype, mixup_args)
+    def claim_folder() -> str:
+        nonlocal run_folder
+        run_folder = claim_output_dir(args, data_config['input_size'][-1])
+        return run_folder.path
+
+    output_dir = _agree_on_primary(args, claim_folder)
+    setup = _RunSetup(device, model_dtype, task, data_config, amp_autocast, loss_scaler, mixup_args, resume_state)
+    try:
+        return _train_in_folder(args, setup, output_dir, args_text)
+    finally:
+        if run_folder is not None:
+            run_folder.release(remove_if_unused=True)
+
+
+@dataclass
+class _RunSetup:
+    """What a run is built from, settled before its folder is claimed."""
+    device: torch.device
+    model_dtype: Optional[torch.dtype]
+    task: Any
+    data_config: Dict[str, Any]
+    amp_autocast: Any
+    loss_scaler: Any
+    mixup_args: Optional[Dict[str, Any]]
+    resume_state: Dict[str, Any]
+
+
+def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str, args_text: str) -> TrainResult:
+    """Everything after the run folder is claimed: data, optimiser, resume, the epochs."""
+    is_primary = utils.is_primary(args)
+    device, model_dtype, task, loss_scaler = setup.device, setup.model_dtype, setup.task, setup.loss_scaler
+    resume_state = setup.resume_state
+
+    loader_train, loader_eval, mixup_fn = _create_loaders(
+        args, setup.data_config, device, model_dtype, setup.mixup_args)
     _resolve_lr(args, is_primary)
 
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     task.attach_optimizer(optimizer, loss_scaler=loss_scaler)  # RSPC: C's optimiser steps with this one
 
-    resume_epoch, resume_state = None, {}
+    resume_epoch = None
     if args.resume:
         resume_epoch = resume_task_checkpoint(
             task, args.resume,
             optimizer=None if args.no_resume_opt else optimizer,
             loss_scaler=None if args.no_resume_opt else loss_scaler,
             log_info=is_primary)
-        resume_state = load_checkpoint_metadata(args.resume)
     if args.model_ema:
         task.setup_ema(
             decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
@@ -160,7 +196,6 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
     saver = None
     rng_states: List = []
     if is_primary:
-        create_output_dir(output_dir)
         saver = AtomicCheckpointSaver(
             model=task.get_trainable_module(), optimizer=optimizer, args=args, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
@@ -179,7 +214,7 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
         restore_rank_rng_state(resume_state.get('rng_state'), args.rank, args.world_size)
 
     settings = LoopSettings(
-        device=device, amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
+        device=device, amp_autocast=setup.amp_autocast, loss_scaler=loss_scaler, model_dtype=model_dtype,
         mixup_fn=mixup_fn, prefetcher=args.prefetcher, channels_last=args.channels_last,
         grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
         log_interval=args.log_interval, tta=args.tta, distributed=args.distributed, world_size=args.world_size,
@@ -235,7 +270,15 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
         _logger.warning('Interrupted; the last completed epoch is in last.pth.tar.')
     if is_primary and result.best_metric is not None:
         _logger.info(f'Best {eval_metric}: {result.best_metric:.4f} (epoch {result.best_epoch}).')
+    if is_primary:
+        _print_results(result.epochs, eval_metric, decreasing)
     return result
+
+
+def _print_results(epochs: List[Dict[str, Any]], eval_metric: str, decreasing: bool) -> None:
+    """timm train.py's closing ``--result`` block: the ten best epochs by the eval metric, best last, as JSON."""
+    ranked = sorted(epochs, key=lambda e: e.get('validation', e['train']).get(eval_metric, 0), reverse=decreasing)
+    print(f'--result\n{json.dumps(ranked[-10:], indent=4)}')
 
 
 def _create_model(args: argparse.Namespace) -> nn.Module:
@@ -277,15 +320,14 @@ def _mixup_args(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 
 def _train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
-    """timm's loss choice: soft-target CE (or BCE) under mixup, label smoothing otherwise."""
-    bce_kwargs = dict(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum, pos_weight=args.bce_pos_weight)
-    if mixup_active:  # mixup applies the smoothing to its soft targets
-        return BinaryCrossEntropy(**bce_kwargs) if args.bce_loss else SoftTargetCrossEntropy()
-    if args.smoothing:
-        if args.bce_loss:
-            return BinaryCrossEntropy(smoothing=args.smoothing, **bce_kwargs)
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return nn.CrossEntropyLoss()
+    """timm train.py's loss choice, built by timm's ``create_classification_loss``: soft targets under mixup, label
+    smoothing otherwise. As in train.py, ``--bce-loss`` applies only with mixup or smoothing (plain cross-entropy
+    without either)."""
+    if args.bce_loss and (mixup_active or args.smoothing):
+        return create_classification_loss(
+            loss_type='bce', smoothing=args.smoothing, soft_targets=mixup_active,
+            bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+    return create_classification_loss(loss_type='ce', smoothing=args.smoothing, soft_targets=mixup_active)
 
 
 def _create_loaders(args, data_config, device, model_dtype, mixup_args):
