@@ -358,3 +358,34 @@ def test_bad_checkpoints_give_clear_errors(hub_dir, tmp_path):
 
 def test_is_a_timm_model_class():
     assert isinstance(_tiny('fan_t_rspc'), Fan)
+
+
+@pytest.mark.parametrize('method', ['fx', 'hook'])
+def test_token_attention_maps_are_extractable_with_timm(monkeypatch, method):
+    from timm.layers import config, set_fused_attn
+    from timm.utils import AttentionExtract
+    monkeypatch.setattr(config, '_USE_FUSED_ATTN', config._USE_FUSED_ATTN)  # restored after the test
+    set_fused_attn(False)
+    explicit = Fan(img_size=64, num_classes=5, **TINY_HYBRID).eval()
+    assert explicit.blocks[0].attn.fused_attn is False
+    fused = Fan(img_size=64, num_classes=5, **TINY_HYBRID).eval()
+    fused.load_state_dict(explicit.state_dict())
+    for blk in fused.blocks:
+        blk.attn.fused_attn = True
+    x = torch.randn(2, 3, 64, 64)
+    names = ['blocks.*.attn.softmax'] if method == 'fx' else ['blocks.*.attn.attn_drop']  # token attention only
+    with torch.no_grad():
+        torch.testing.assert_close(explicit(x), fused(x), atol=1e-5, rtol=1e-5)
+        maps = AttentionExtract(explicit, names=names, method=method)(x)
+    assert list(maps) == [names[0].replace('*', str(i)) for i in range(2)]
+    for m in maps.values():
+        assert m.shape == (2, 2, 16, 16)  # (batch, heads, queries, keys): a 4x4 token grid at 64 px
+        assert (m >= 0).all()
+        torch.testing.assert_close(m.sum(-1), torch.ones(2, 2, 16))
+    # block 0's map is softmax(q k^T / sqrt(d)) of its normalised input tokens
+    block = explicit.blocks[0]
+    with torch.no_grad():
+        tokens = block.norm1(explicit._embed(x)[0])
+        q = block.attn.q(tokens).reshape(2, 16, 2, 8).transpose(1, 2)
+        k = block.attn.kv(tokens).reshape(2, 16, 2, 2, 8).permute(2, 0, 3, 1, 4)[0]
+    torch.testing.assert_close(maps[names[0].replace('*', '0')], (q @ k.transpose(-2, -1) * 8 ** -0.5).softmax(-1))

@@ -181,7 +181,10 @@ def load_checkpoint(
     if filter_fn is None:
         filter_fn = family_filter_fn(model)
     if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except CheckpointMismatchError as e:  # the family's check knows the weights, not the file
+            raise CheckpointMismatchError(f'{source}: {e}') from None
     if adapt_classifier:
         expected = model.state_dict()
         for name in _classifier_names(model):
