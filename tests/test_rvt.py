@@ -445,3 +445,20 @@ def test_attention_maps_are_extractable_with_timm(unfused_attention, method):
         q, k, _ = attn.qkv(tokens, (4, 4)).reshape(2, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
         expected = ((q @ k.transpose(-2, -1)) * 16 ** -0.5 * attn.attn_scale.sigmoid()).softmax(-1)
     torch.testing.assert_close(maps[f'blocks.0.attn.{suffix}'], expected)
+
+
+def test_offline_with_an_empty_cache_says_where_to_put_the_release_file(hub_dir, monkeypatch):
+    import urllib.error
+    from timm_rspc.models.checkpoint_loading import WeightsDownloadError
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(torch.hub, 'urlopen', offline)
+    with pytest.raises(WeightsDownloadError) as info:
+        timm.create_model('rvt_s_rspc', pretrained=True)
+    assert str(info.value) == (
+        "Could not download the weights of 'rvt_s_rspc' from "
+        "https://github.com/guoyongcs/RSPC/releases/download/v1.0/rspc_rvt_small.pth.tar ([Errno -3] Temporary "
+        f"failure in name resolution). Without network, put the release file at '{hub_dir / 'rspc_rvt_small.pth.tar'}'"
+        " (timm's download cache) and try again.")
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # one error, not a chain of 69 lines

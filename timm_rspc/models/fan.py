@@ -33,12 +33,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, get_device_dtype, register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn,
 )
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint, generate_default_cfgs, named_apply, register_model
 from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed as XcitConvPatchEmbed, PositionalEncodingFourier
 
-from .checkpoint_loading import load_pretrained_into
+from .checkpoint_loading import build_model_with_package_loader, load_pretrained_into
 from .hub_ids import with_hub_ids
 from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
 from .release_info import (
@@ -536,7 +536,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Fan) -> Dic
 
 
 def _create_fan(variant: str, pretrained: bool = False, **kwargs) -> Fan:
-    return build_model_with_cfg(
+    return build_model_with_package_loader(
         Fan, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'),

@@ -37,11 +37,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, Mlp, get_device_dtype, register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
-from .checkpoint_loading import CheckpointError, CheckpointMismatchError, load_pretrained_into
+from .checkpoint_loading import (
+    CheckpointError, CheckpointMismatchError, build_model_with_package_loader, load_pretrained_into,
+)
 from .hub_ids import with_hub_ids
 from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
 from .release_info import (
@@ -635,18 +637,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RVT) -> Dic
 
 
 def _create_rvt(variant: str, pretrained: bool = False, **kwargs) -> RVT:
-    out_indices = kwargs.pop('out_indices', 3)
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
-        # timm resets custom_load for a user-given file / url, and its generic loader would pick the EMA weights
-        # of a training checkpoint (and unpickle it fully). Our loader reads every format, non-EMA, weights-only.
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
-    return build_model_with_cfg(
-        RVT,
-        variant,
-        pretrained,
+    return build_model_with_package_loader(
+        RVT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'),
         **kwargs,
     )
 
