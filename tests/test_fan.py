@@ -419,3 +419,20 @@ def test_user_file_overlay_loads_the_non_ema_weights(tmp_path):
                               **TINY_HYBRID)
     for k, v in model.state_dict().items():
         assert torch.equal(v, sd[k]), k
+
+
+def test_device_dtype_torchscript_and_fx_like_timm():
+    from timm.models import create_feature_extractor
+    model = timm.create_model('fan_large_16_p4_hybrid', device='meta', dtype=torch.bfloat16)  # allocates nothing
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert {t.device.type for t in tensors} == {'meta'}
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.bfloat16}
+    model = _tiny().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for memory_format in (torch.contiguous_format, torch.channels_last):  # both LayerNorm2d branches
+            xm = x.contiguous(memory_format=memory_format)
+            expected = model(xm)
+            torch.testing.assert_close(torch.jit.script(model)(xm), expected, rtol=0, atol=0)
+            traced = create_feature_extractor(model, return_nodes=['head'])
+            torch.testing.assert_close(traced(xm)['head'], expected, rtol=0, atol=0)

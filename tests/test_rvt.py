@@ -462,3 +462,29 @@ def test_offline_with_an_empty_cache_says_where_to_put_the_release_file(hub_dir,
         f"failure in name resolution). Without network, put the release file at '{hub_dir / 'rspc_rvt_small.pth.tar'}'"
         " (timm's download cache) and try again.")
     assert info.value.__cause__ is None and info.value.__suppress_context__  # one error, not a chain of 69 lines
+
+
+# --- timm model contract (the full contract: tests/test_timm_model_suite.py) ---
+
+def test_device_and_dtype_like_timm():
+    model = timm.create_model('rvt_b_rspc', device='meta', dtype=torch.bfloat16)  # allocates nothing
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert {t.device.type for t in tensors} == {'meta'}
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.bfloat16}
+    model.reset_classifier(3)
+    assert model.head.weight.device.type == 'meta' and model.head.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('dynamic_img_size', [False, True])
+def test_torchscript_and_fx_give_the_eager_logits(dynamic_img_size):
+    from timm.models import create_feature_extractor
+    model = _randomize(_small_rvt(dynamic_img_size=dynamic_img_size), seed=6)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=0, atol=0)
+        traced = create_feature_extractor(model, return_nodes=['head'])
+        torch.testing.assert_close(traced(x)['head'], expected, rtol=0, atol=0)
+        if not dynamic_img_size:  # the traced model keeps the input-size check
+            with pytest.raises(ValueError, match='needs 64x64 input'):
+                traced(torch.randn(1, 3, 96, 96))

@@ -87,7 +87,11 @@ def resample_attn_scale(attn_scale: torch.Tensor, old_grid: GridSize, new_grid: 
 
 
 @register_notrace_function  # fx: a leaf (public name: fx wraps no _private function), run on real sizes
-def check_token_grid(grid_size: GridSize, expected: GridSize, img_size: GridSize, expected_img_size: GridSize):
+def check_token_grid(grid_size: GridSize, expected: GridSize, img_size: GridSize,
+                     expected_img_size: GridSize) -> GridSize:
+    """Refuse an input whose token grid the fixed-size scaling maps of an RVT* do not cover (they would broadcast
+    wrongly or fail deep inside attention), saying which sizes work. Returns ``grid_size``, so that an fx graph uses
+    the check's output and keeps it."""
     if grid_size[0] != expected[0] or grid_size[1] != expected[1]:
         h, w = expected_img_size[0], expected_img_size[1]
         raise ValueError(
@@ -97,6 +101,7 @@ def check_token_grid(grid_size: GridSize, expected: GridSize, img_size: GridSize
             f'img_size=({img_size[0]}, {img_size[1]}) (maps are resampled when weights load) or with '
             f'dynamic_img_size=True (maps are resampled at every forward).'
         )
+    return grid_size
 
 
 class ConvStem(nn.Module):
@@ -459,7 +464,7 @@ class RVT(nn.Module):
         x = self.patch_embed(x)
         grid_size = (x.shape[-2], x.shape[-1])
         if self.fixed_input_size:
-            check_token_grid(grid_size, self.patch_embed.grid_size, img_size, self.patch_embed.img_size)
+            grid_size = check_token_grid(grid_size, self.patch_embed.grid_size, img_size, self.patch_embed.img_size)
         return self.pos_drop(_nchw_to_tokens(x)), grid_size
 
     def _pool_before(self, i: int, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, GridSize]:
