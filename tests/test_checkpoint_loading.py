@@ -1,6 +1,7 @@
 """Reading every container format safely and loading strictly (model-agnostic part of checkpoint loading)."""
 import argparse
 import os
+import re
 
 import pytest
 import torch
@@ -125,3 +126,56 @@ def test_loads_exactly_and_adapts_classifier_on_request(tmp_path, weights):
     assert torch.equal(model.body.weight, weights['plain']['body.weight']) and model.head.out_features == 10
     model = load_checkpoint(Tiny(num_classes=0), path, adapt_classifier=True)
     assert torch.equal(model.body.bias, weights['plain']['body.bias'])
+
+
+def test_classifier_of_another_size_names_the_file_and_both_shapes(tmp_path, weights):
+    path = tmp_path / 'ten_classes.pth'
+    torch.save({'state_dict': Tiny(num_classes=10).state_dict()}, path)
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            f"'{path}' has a classifier for 10 classes (head.weight (10, 5)), the model one for 3 (head.weight "
+            "(3, 5)): these are not the weights the model was built for. Build the model with num_classes=10")):
+        load_checkpoint(Tiny(), path)
+
+
+@pytest.fixture
+def download_cache(tmp_path, monkeypatch):
+    """timm's download cache (``<torch hub dir>/checkpoints``) in a temporary folder."""
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    (tmp_path / 'hub' / 'checkpoints').mkdir(parents=True)
+    return tmp_path / 'hub' / 'checkpoints'
+
+
+def _damage(path, how, weights):
+    if how == 'empty':
+        path.write_bytes(b'')
+    elif how == 'truncated':
+        torch.save({'state_dict': weights['plain']}, path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    else:  # random bytes
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+
+
+@pytest.mark.parametrize('how', ['empty', 'truncated', 'random'])
+def test_damaged_cached_download_says_delete_and_download_again(download_cache, tmp_path, weights, how):
+    cached = download_cache / 'rspc_rvt_tiny.pth.tar'
+    _damage(cached, how, weights)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(cached)
+    message = str(info.value)
+    assert message.startswith('This cached download is damaged (') and message.endswith(
+        f"): delete '{cached}' and download again.")
+    assert 'weights_only' not in message and 'Python objects' not in message
+    elsewhere = tmp_path / 'mine.pth'  # the user's own file: damaged, nothing to download
+    _damage(elsewhere, how, weights)
+    with pytest.raises(CheckpointError, match=re.escape(f"'{elsewhere}' is damaged (")) as info:
+        read_state_dict(elsewhere)
+    assert 'weights_only' not in str(info.value)
+
+
+def test_unsafe_file_is_refused_without_advice_to_unpickle_it(tmp_path, weights):
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': weights['plain'], 'hook': os.getpid}, path)
+    with pytest.raises(CheckpointError, match=r"is unsafe to read: .*GLOBAL posix\.getpid") as info:
+        read_state_dict(path)
+    assert 'weights_only' not in str(info.value)

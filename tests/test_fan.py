@@ -5,6 +5,7 @@ architectures (`TINY_*`), small images and a temporary torch hub cache.
 """
 import argparse
 import os
+import re
 
 import pytest
 import torch
@@ -343,7 +344,7 @@ def test_bad_checkpoints_give_clear_errors(hub_dir, tmp_path):
         timm.create_model('fan_tiny_8_p4_hybrid.in1k', pretrained=True, **TINY_HYBRID)
     # not a checkpoint / pickled objects are never unpickled
     _release_path(hub_dir, 'fan_base_16_p4_hybrid.in1k').write_bytes(b'not a checkpoint')
-    with pytest.raises(CheckpointError, match='weights-only'):
+    with pytest.raises(CheckpointError, match='This cached download is damaged .*: delete .* and download again'):
         timm.create_model('fan_base_16_p4_hybrid.in1k', pretrained=True, **TINY_HYBRID)
     torch.save({'model': _official_like_state_dict('fan_tiny_12_p16_224'), 'hook': F.relu},
                _release_path(hub_dir, 'fan_base_18_p16_224.in1k'))
@@ -358,3 +359,80 @@ def test_bad_checkpoints_give_clear_errors(hub_dir, tmp_path):
 
 def test_is_a_timm_model_class():
     assert isinstance(_tiny('fan_t_rspc'), Fan)
+
+
+@pytest.mark.parametrize('method', ['fx', 'hook'])
+def test_token_attention_maps_are_extractable_with_timm(monkeypatch, method):
+    from timm.layers import config, set_fused_attn
+    from timm.utils import AttentionExtract
+    monkeypatch.setattr(config, '_USE_FUSED_ATTN', config._USE_FUSED_ATTN)  # restored after the test
+    set_fused_attn(False)
+    explicit = Fan(img_size=64, num_classes=5, **TINY_HYBRID).eval()
+    assert explicit.blocks[0].attn.fused_attn is False
+    fused = Fan(img_size=64, num_classes=5, **TINY_HYBRID).eval()
+    fused.load_state_dict(explicit.state_dict())
+    for blk in fused.blocks:
+        blk.attn.fused_attn = True
+    x = torch.randn(2, 3, 64, 64)
+    names = ['blocks.*.attn.softmax'] if method == 'fx' else ['blocks.*.attn.attn_drop']  # token attention only
+    with torch.no_grad():
+        torch.testing.assert_close(explicit(x), fused(x), atol=1e-5, rtol=1e-5)
+        maps = AttentionExtract(explicit, names=names, method=method)(x)
+    assert list(maps) == [names[0].replace('*', str(i)) for i in range(2)]
+    for m in maps.values():
+        assert m.shape == (2, 2, 16, 16)  # (batch, heads, queries, keys): a 4x4 token grid at 64 px
+        assert (m >= 0).all()
+        torch.testing.assert_close(m.sum(-1), torch.ones(2, 2, 16))
+    # block 0's map is softmax(q k^T / sqrt(d)) of its normalised input tokens
+    block = explicit.blocks[0]
+    with torch.no_grad():
+        tokens = block.norm1(explicit._embed(x)[0])
+        q = block.attn.q(tokens).reshape(2, 16, 2, 8).transpose(1, 2)
+        k = block.attn.kv(tokens).reshape(2, 16, 2, 2, 8).permute(2, 0, 3, 1, 4)[0]
+    torch.testing.assert_close(maps[names[0].replace('*', '0')], (q @ k.transpose(-2, -1) * 8 ** -0.5).softmax(-1))
+
+
+@pytest.mark.parametrize('tag, file_classes, tag_classes', [
+    ('fan_small_12_p4_hybrid.rspc_in1k', 10, 1000),   # a CIFAR-10 file under an ImageNet release name
+    ('fan_small_12_p4_hybrid.rspc_cifar10', 1000, 10),  # and the reverse
+])
+def test_release_file_with_another_classifier_is_an_error(hub_dir, tag, file_classes, tag_classes):
+    sd = _official_like_state_dict('fan_small_12_p4_hybrid', num_classes=file_classes)
+    path = _release_path(hub_dir, tag)
+    torch.save({'state_dict': sd}, path)
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            f"'{path}' has a classifier for {file_classes} classes (head.weight ({file_classes}, 16)), the model "
+            f"one for {tag_classes} (head.weight ({tag_classes}, 16))")):
+        timm.create_model(tag, pretrained=True, **TINY_HYBRID)
+    # asked for explicitly: the file's own classifier, or a new one of another size
+    model = timm.create_model(tag, pretrained=True, num_classes=file_classes, **TINY_HYBRID)
+    assert torch.equal(model.head.weight, sd['head.weight'])
+    model = timm.create_model(tag, pretrained=True, num_classes=7, **TINY_HYBRID)
+    assert model.head.out_features == 7 and torch.equal(model.blocks[1].gamma1, sd['blocks.1.gamma1'])
+
+
+def test_user_file_overlay_loads_the_non_ema_weights(tmp_path):
+    sd = _official_like_state_dict('fan_tiny_8_p4_hybrid', num_classes=1000)
+    path = tmp_path / 'my_run.pth.tar'
+    torch.save(_containers(sd)['timm'], path)  # EMA weights differ from the non-EMA ones by 1
+    model = timm.create_model('fan_tiny_8_p4_hybrid', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **TINY_HYBRID)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_device_dtype_torchscript_and_fx_like_timm():
+    from timm.models import create_feature_extractor
+    model = timm.create_model('fan_large_16_p4_hybrid', device='meta', dtype=torch.bfloat16)  # allocates nothing
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert {t.device.type for t in tensors} == {'meta'}
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.bfloat16}
+    model = _tiny().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for memory_format in (torch.contiguous_format, torch.channels_last):  # both LayerNorm2d branches
+            xm = x.contiguous(memory_format=memory_format)
+            expected = model(xm)
+            torch.testing.assert_close(torch.jit.script(model)(xm), expected, rtol=0, atol=0)
+            traced = create_feature_extractor(model, return_nodes=['head'])
+            torch.testing.assert_close(traced(xm)['head'], expected, rtol=0, atol=0)

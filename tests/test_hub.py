@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ import timm
 from timm_rspc.cli import main as cli_main
 from timm_rspc.hub import (
     CardExistsError, ReleasedWeight, convert_checkpoint, export_all_released, export_model, push_folder,
-    read_results, results_table,
+    read_results, results_table, sha256_file,
 )
 from timm_rspc.hub.model_card import training_recipe
 from timm_rspc.hub.released import select_released
@@ -118,7 +119,8 @@ def test_convert_chooses_ema_only_when_asked(tmp_path, weights, run_checkpoint):
 
 def test_convert_loads_strictly_and_writes_nothing_on_mismatch(tmp_path, run_checkpoint):
     out = tmp_path / 'bad.safetensors'
-    with pytest.raises(CheckpointMismatchError, match=r'head\.weight \(10, 64\) vs model \(5, 64\)'):
+    with pytest.raises(CheckpointMismatchError, match=r"\(non-EMA\) has a classifier for 10 classes \(head\.weight "
+                                                      r"\(10, 64\)\), the model one for 5 \(head\.weight \(5, 64\)\)"):
         convert_checkpoint(run_checkpoint, out, num_classes=5)
     assert not out.exists() and not (tmp_path / 'bad.json').exists()
 
@@ -540,9 +542,10 @@ def test_export_all_released_reports_missing_files_and_skips_finished_ones(tmp_p
     assert again['exported'] == [] and [row['name'] for row in again['skipped']] == [present.name]
 
 
-def test_released_rvt_weight_exports_with_paper_card(tmp_path):
+def test_released_rvt_weight_exports_with_paper_card(tmp_path, monkeypatch):
     """The registry's own entry for RSPC-RVT-Ti: a release-format file in the authors' container -> Hub folder."""
     from timm_rspc.hub import released_weights
+    from timm_rspc.models import release_info
     (weight,) = [w for w in released_weights('rvt_tiny_plus.rspc_in1k')]
     assert weight.url == RSPC_RELEASES + 'v1.0/rspc_rvt_tiny.pth.tar' and weight.is_rspc
     torch.manual_seed(0)
@@ -551,6 +554,8 @@ def test_released_rvt_weight_exports_with_paper_card(tmp_path):
     downloads.mkdir()
     torch.save({'state_dict': source.state_dict(), 'state_dict_ema': {}, 'epoch': 299,
                 'args': argparse.Namespace(model='rvt_tiny_plus', rspc=True)}, downloads / weight.filename)
+    # the registry knows the release file's SHA-256 (here: of the stand-in), so the paper's results apply
+    monkeypatch.setitem(release_info.RELEASE_SHA256, weight.filename, sha256_file(downloads / weight.filename))
 
     index = export_all_released(downloads, tmp_path / 'out', pattern='rvt_tiny_plus.rspc_in1k')
     assert [row['name'] for row in index['exported']] == ['rvt_tiny_plus.rspc_in1k'] and index['missing'] == []
@@ -564,3 +569,28 @@ def test_released_rvt_weight_exports_with_paper_card(tmp_path):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source.eval()(x), rtol=0, atol=0)
+
+
+def test_export_puts_paper_results_only_on_the_released_file(tmp_path, monkeypatch):
+    """A file under a release name whose SHA-256 is not the release's (or not recorded) gets no paper results."""
+    from timm_rspc.hub.export import UnverifiedReleaseError
+    from timm_rspc.models import release_info
+    torch.manual_seed(0)
+    downloads = tmp_path / 'downloads'
+    downloads.mkdir()
+    path = downloads / 'rspc_rvt_tiny.pth.tar'
+    torch.save({'state_dict': timm.create_model('rvt_tiny_plus').state_dict()}, path)
+    with pytest.raises(UnverifiedReleaseError, match=re.escape(
+            "Not putting the paper's results in the card of 'rvt_tiny_plus.rspc_in1k': these weights are not "
+            "confirmed to be the released file (no SHA-256 of the release file rspc_rvt_tiny.pth.tar is recorded")):
+        export_model(tmp_path / 'a', 'rvt_tiny_plus.rspc_in1k', checkpoint=path)
+    monkeypatch.setitem(release_info.RELEASE_SHA256, path.name, '0' * 64)  # the release is another file
+    with pytest.raises(UnverifiedReleaseError, match=r'its SHA-256 [0-9a-f]{12}\.\.\. is not the release file'):
+        export_model(tmp_path / 'b', 'rvt_tiny_plus.rspc_in1k', checkpoint=path)
+    index = export_all_released(downloads, tmp_path / 'out', pattern='rvt_tiny_plus.rspc_in1k')
+    assert index['exported'] == [] and [row['name'] for row in index['unverified']] == ['rvt_tiny_plus.rspc_in1k']
+    results = tmp_path / 'bench.json'
+    results.write_text(json.dumps({'results': {'imagenet_top1': 12.5}}))
+    export_model(tmp_path / 'c', 'rvt_tiny_plus.rspc_in1k', checkpoint=path, results=str(results))
+    card = (tmp_path / 'c' / 'README.md').read_text()
+    assert '12.5' in card and '55.7' not in card  # own result; not the paper's ImageNet-C mCE of RSPC-RVT-Ti

@@ -17,7 +17,7 @@ from timm.models import group_parameters
 
 import timm_rspc  # noqa: F401
 from timm_rspc.models import CheckpointError, CheckpointMismatchError, load_checkpoint
-from timm_rspc.models.rvt import RVT, resample_attn_scale
+from timm_rspc.models.rvt import RVT, RvtAttention, resample_attn_scale
 
 OFFICIAL_PARAM_COUNTS = {
     'rvt_tiny': 8_646_376,
@@ -173,12 +173,12 @@ def test_attention_scaling_multiplies_the_logits_by_the_sigmoid_of_the_map():
     with torch.no_grad():
         scaled = attn(tokens, (4, 4))
         # reference: softmax(q k^T / sqrt(d) * sigmoid(map)) v, written out
-        q, k, v = attn.qkv(tokens).reshape(2, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        q, k, v = attn.qkv(tokens, (4, 4)).reshape(2, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
         weights = ((q @ k.transpose(-2, -1)) * 16 ** -0.5 * attn.attn_scale.sigmoid()).softmax(-1)
         expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 16, 32))
         torch.testing.assert_close(scaled, expected, atol=1e-6, rtol=1e-5)
         attn.attn_scale.fill_(40.)  # sigmoid == 1: plain attention
-        plain = model.blocks[1].attn.with_layout(None, conv_qkv=False)
+        plain = RvtAttention(32, 2)
         plain.load_state_dict({k: v for k, v in attn.state_dict().items() if k != 'attn_scale'})
         torch.testing.assert_close(attn(tokens, (4, 4)), plain(tokens, (4, 4)), atol=1e-6, rtol=1e-5)
         assert not torch.allclose(scaled, plain(tokens, (4, 4)), atol=1e-3)
@@ -201,8 +201,11 @@ def test_forward_intermediates_and_pruning():
         assert [tuple(t.shape) for t in intermediates] == [(2, 32, 4, 4), (2, 32, 4, 4), (2, 64, 2, 2)]
         nlc = model.forward_intermediates(x, indices=[1], output_fmt='NLC', intermediates_only=True)
         torch.testing.assert_close(nlc[0], intermediates[1].flatten(2).transpose(1, 2))
-        with pytest.raises(ValueError, match='32 channels'):
-            model.forward_intermediates(x, indices=[0], norm=True)
+        # norm=True normalises where the final norm fits: the last stage's 64 channels, not the first stage's 32
+        first, last = model.forward_intermediates(x, indices=[0, 2], norm=True, intermediates_only=True)
+        torch.testing.assert_close(first, intermediates[0])
+        expected = model.norm(intermediates[2].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(2, 64, 2, 2)
+        torch.testing.assert_close(last, expected)
         kept = model.prune_intermediate_layers(indices=[1])
         assert kept == [1] and len(model.blocks) == 2 and len(model.pools) == 0
         assert isinstance(model.head, torch.nn.Identity)
@@ -331,26 +334,38 @@ def test_official_key_names(tiny_plus_pair):
     assert not any('att_mask' in k for k in names if k.startswith('transformers.1.'))
 
 
-def test_afat_checkpoint_and_scaled_block_count_are_read_from_the_weights(tmp_path):
+def test_afat_checkpoint_loads_into_the_model_built_with_its_layout(tmp_path):
     # An *_afat checkpoint (conv q/k/v in every block) whose scaling maps sit in 3 blocks, not the published 10.
     source = _randomize(timm.create_model('rvt_tiny', num_scaled_blocks=3, conv_qkv=True), seed=3)
     path = tmp_path / 'rvt_tiny_plus_afat.pth.tar'
     torch.save({'state_dict': _to_official(source.state_dict(), (10, 2))}, path)
     assert 'transformers.1.blocks.1.attn.patch_reasoning.2.weight' in torch.load(path)['state_dict']
-    model = timm.create_model('rvt_tiny_plus', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    overlay = dict(file=str(path))
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            f"'{path}': the weights have another attention layout than the model: num_scaled_blocks=3, "
+            "conv_qkv=True in the weights, num_scaled_blocks=10, conv_qkv=False in the model. Build the matching "
+            "model: timm.create_model('rvt_tiny_plus', num_scaled_blocks=3, conv_qkv=True)")):
+        timm.create_model('rvt_tiny_plus', pretrained=True, pretrained_cfg_overlay=overlay)
+    model = timm.create_model('rvt_tiny_plus', pretrained=True, pretrained_cfg_overlay=overlay,
+                              num_scaled_blocks=3, conv_qkv=True).eval()
     assert model.scaled_blocks == (0, 1, 2) and model.conv_qkv
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in source.parameters())
     _assert_same_weights(model, source)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), atol=1e-5, rtol=1e-5)
 
 
-def test_load_checkpoint_adds_scaling_maps_a_model_was_built_without(tmp_path):
-    source = _randomize(_small_rvt(num_scaled_blocks=2), seed=4)
+def test_loading_never_changes_the_model_it_loads_into(tmp_path):
+    source = _randomize(_small_rvt(num_scaled_blocks=0, scaled_blocks=(1,)), seed=4)  # a map in block 1 only
     torch.save({'model': _to_official(source.state_dict(), (2, 1))}, tmp_path / 'official.pth')
-    model = load_checkpoint(_small_rvt(num_scaled_blocks=0), tmp_path / 'official.pth').eval()
-    assert model.scaled_blocks == (0, 1)
+    model = _small_rvt(num_scaled_blocks=2)
+    modules = list(model.modules())
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            'scaled_blocks=(1,), conv_qkv=False in the weights, num_scaled_blocks=2, conv_qkv=False in the model. '
+            'Build the matching model: RVT(..., scaled_blocks=(1,), conv_qkv=False)')):
+        load_checkpoint(model, tmp_path / 'official.pth')
+    assert list(model.modules()) == modules and model.scaled_blocks == (0, 1)
+    model = load_checkpoint(_small_rvt(num_scaled_blocks=0, scaled_blocks=(1,)), tmp_path / 'official.pth').eval()
     _assert_same_weights(model, source)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -390,3 +405,86 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path, tiny_plus_pair):
 
     with pytest.raises(FileNotFoundError, match='No checkpoint file'):
         create(tmp_path / 'nowhere.pth.tar')
+
+
+# --- attention maps ---
+
+@pytest.fixture
+def unfused_attention(monkeypatch):
+    """timm's fused-attention switch off for the models built in the test (restored afterwards)."""
+    from timm.layers import config, set_fused_attn
+    monkeypatch.setattr(config, '_USE_FUSED_ATTN', config._USE_FUSED_ATTN)
+    set_fused_attn(False)
+
+
+@pytest.mark.parametrize('method', ['fx', 'hook'])
+def test_attention_maps_are_extractable_with_timm(unfused_attention, method):
+    from timm.utils import AttentionExtract
+    fused = _randomize(_small_rvt(), seed=5)  # block 0 with a scaling map, blocks 1-2 plain, a pool before block 2
+    assert fused.blocks[1].attn.fused_attn is False  # built with the switch off
+    for blk in fused.blocks:
+        blk.attn.fused_attn = True
+    explicit = _small_rvt()
+    explicit.load_state_dict(fused.state_dict())
+    explicit.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(explicit(x), fused(x), atol=1e-5, rtol=1e-5)
+        maps = AttentionExtract(explicit, method=method)(x)  # timm's default names: *attn.softmax / *attn_drop
+    suffix = 'softmax' if method == 'fx' else 'attn_drop'
+    assert list(maps) == [f'blocks.{i}.attn.{suffix}' for i in range(3)]
+    shapes = [tuple(m.shape) for m in maps.values()]
+    assert shapes == [(2, 2, 16, 16), (2, 2, 16, 16), (2, 4, 4, 4)]  # (batch, heads, queries, keys)
+    for m in maps.values():
+        assert (m >= 0).all()
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+    # block 0's map is softmax(q k^T / sqrt(d) * sigmoid(scaling map)), from the block's own input
+    attn = explicit.blocks[0].attn
+    with torch.no_grad():
+        tokens = explicit.blocks[0].norm1(explicit._embed(x)[0])
+        q, k, _ = attn.qkv(tokens, (4, 4)).reshape(2, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        expected = ((q @ k.transpose(-2, -1)) * 16 ** -0.5 * attn.attn_scale.sigmoid()).softmax(-1)
+    torch.testing.assert_close(maps[f'blocks.0.attn.{suffix}'], expected)
+
+
+def test_offline_with_an_empty_cache_says_where_to_put_the_release_file(hub_dir, monkeypatch):
+    import urllib.error
+    from timm_rspc.models.checkpoint_loading import WeightsDownloadError
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(torch.hub, 'urlopen', offline)
+    with pytest.raises(WeightsDownloadError) as info:
+        timm.create_model('rvt_s_rspc', pretrained=True)
+    assert str(info.value) == (
+        "Could not download the weights of 'rvt_s_rspc' from "
+        "https://github.com/guoyongcs/RSPC/releases/download/v1.0/rspc_rvt_small.pth.tar ([Errno -3] Temporary "
+        f"failure in name resolution). Without network, put the release file at '{hub_dir / 'rspc_rvt_small.pth.tar'}'"
+        " (timm's download cache) and try again.")
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # one error, not a chain of 69 lines
+
+
+# --- timm model contract (the full contract: tests/test_timm_model_suite.py) ---
+
+def test_device_and_dtype_like_timm():
+    model = timm.create_model('rvt_b_rspc', device='meta', dtype=torch.bfloat16)  # allocates nothing
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert {t.device.type for t in tensors} == {'meta'}
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.bfloat16}
+    model.reset_classifier(3)
+    assert model.head.weight.device.type == 'meta' and model.head.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('dynamic_img_size', [False, True])
+def test_torchscript_and_fx_give_the_eager_logits(dynamic_img_size):
+    from timm.models import create_feature_extractor
+    model = _randomize(_small_rvt(dynamic_img_size=dynamic_img_size), seed=6)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=0, atol=0)
+        traced = create_feature_extractor(model, return_nodes=['head'])
+        torch.testing.assert_close(traced(x)['head'], expected, rtol=0, atol=0)
+        if not dynamic_img_size:  # the traced model keeps the input-size check
+            with pytest.raises(ValueError, match='needs 64x64 input'):
+                traced(torch.randn(1, 3, 96, 96))

@@ -38,9 +38,11 @@ def _run_all_released(args: argparse.Namespace) -> int:
             print(f"unchanged {row['name']:<40} {row['folder']} (already exported from {row['source']})")
         for row in index['missing']:
             print(f"MISSING   {row['name']:<40} {row['filename']} not in {args.all_released}; download {row['url']}")
-        print(f"{len(index['exported'])} exported, {len(index['skipped'])} unchanged, {len(index['missing'])} missing;"
-              f" index: {args.output}/released_index.json")
-    return 1 if index['missing'] else 0
+        for row in index['unverified']:
+            print(f"UNVERIFIED {row['name']:<39} {row['reason']}")
+        print(f"{len(index['exported'])} exported, {len(index['skipped'])} unchanged, {len(index['missing'])} missing,"
+              f" {len(index['unverified'])} unverified; index: {args.output}/released_index.json")
+    return 1 if index['missing'] or index['unverified'] else 0
 
 
 def run(args: argparse.Namespace) -> int:

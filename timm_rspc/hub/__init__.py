@@ -10,6 +10,7 @@ Not imported by ``import timm_rspc``; the ``convert`` / ``export`` / ``push`` co
 """
 from .convert import convert_checkpoint, model_from_checkpoint, sha256_file
 from .export import EXPORT_FILES, MANIFEST_NAME, export_model, prepare_model, read_manifest
+from .export_released import export_all_released
 from .model_card import build_model_card, model_stats, published_results, read_results, results_table
 from .push import CardExistsError, push_folder, push_model, upload_plan
-from .released import ReleasedWeight, export_all_released, release_of, released_weights
+from .released import ReleasedWeight, release_of, released_weights

@@ -17,7 +17,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
-from timm_rspc.models.checkpoint_loading import load_state_dict_strict, read_checkpoint, select_state_dict
+from timm_rspc.models.checkpoint_loading import (
+    check_classifier, load_state_dict_strict, read_checkpoint, select_state_dict,
+)
 # The family's checkpoint_filter_fn lookup is shared with `load_checkpoint`, so both paths map keys identically.
 from timm_rspc.models.checkpoint_loading import family_filter_fn
 
@@ -125,7 +127,9 @@ def model_from_checkpoint(
     filter_fn = family_filter_fn(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
-    load_state_dict_strict(model, state_dict, source=f"'{os.fspath(path)}' ({'EMA' if use_ema else 'non-EMA'})")
+    source = f"'{os.fspath(path)}' ({'EMA' if use_ema else 'non-EMA'})"
+    check_classifier(model, state_dict, source)  # a head of another size: the file and both shapes, not a key list
+    load_state_dict_strict(model, state_dict, source=source)
     return model.eval(), args
 
 

@@ -19,14 +19,34 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
+from timm_rspc.models.release_info import RELEASE_SHA256
+
 from .convert import build_model, model_from_checkpoint, refuse_existing, sha256_file
 from .model_card import build_model_card, model_stats, read_args_yaml, read_results
 from .released import ReleasedWeight, release_of
 
-__all__ = ['MANIFEST_NAME', 'EXPORT_FILES', 'prepare_model', 'export_model', 'write_export', 'read_manifest']
+__all__ = ['MANIFEST_NAME', 'EXPORT_FILES', 'UnverifiedReleaseError', 'prepare_model', 'export_model', 'write_export',
+           'read_manifest']
 
 MANIFEST_NAME = 'timm_rspc_export.json'
 EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md', MANIFEST_NAME)
+
+class UnverifiedReleaseError(ValueError):
+    """Weights that claim to be a release file (by name or tag) but whose SHA-256 does not confirm it."""
+
+
+def _unconfirmed(release: ReleasedWeight, sha256: Optional[str]) -> Optional[str]:
+    """Why the weights of ``sha256`` are not confirmed to be ``release``'s file (None when they are)."""
+    known = RELEASE_SHA256.get(release.filename)
+    if known is None:
+        return (f'no SHA-256 of the release file {release.filename} is recorded '
+                '(timm_rspc.models.release_info.RELEASE_SHA256)')
+    if sha256 is None:
+        return 'the downloaded file is not in the cache to hash'
+    if sha256 != known:
+        return f'its SHA-256 {sha256[:12]}... is not the release file\'s {known[:12]}...'
+    return None
+
 
 # pretrained_cfg fields that describe a registered release; wrong for weights of one's own run.
 _RELEASE_ONLY_FIELDS = ('tag', 'notes', 'origin_url', 'paper_ids', 'paper_name', 'license')
@@ -44,7 +64,8 @@ def prepare_model(
 
     Returns ``(model, info)``; ``info`` has ``source`` (file name / URL and SHA-256), ``weights`` ('ema' or
     'non-ema'), ``release`` (the `ReleasedWeight` when the weights are an unmodified release file, else None) and
-    ``train_args`` (the arguments stored in the checkpoint, {} if none).
+    ``train_args`` (the arguments stored in the checkpoint, {} if none) and ``unconfirmed`` (why weights that
+    claim to be a release file are not confirmed to be it by its recorded SHA-256; then ``release`` is None).
     """
     if (checkpoint is None) == (not pretrained):
         raise ValueError('Give exactly one source of weights: a checkpoint file or pretrained=True.')
@@ -57,7 +78,9 @@ def prepare_model(
         if release is None or source['file'] != release.filename or use_ema or (
                 num_classes is not None and num_classes != model.pretrained_cfg.get('num_classes')):
             release = None
-        return model, {'source': source, 'weights': 'ema' if use_ema else 'non-ema', 'release': release,
+        unconfirmed = _unconfirmed(release, source['sha256']) if release is not None else None
+        return model, {'source': source, 'weights': 'ema' if use_ema else 'non-ema',
+                       'release': None if unconfirmed else release, 'unconfirmed': unconfirmed,
                        'train_args': train_args}
     if use_ema:
         raise ValueError('EMA weights can only be chosen from a checkpoint file (--checkpoint PATH --ema).')
@@ -70,7 +93,9 @@ def prepare_model(
             source['sha256'] = sha256_file(download_cached_file(source['url'], check_hash=False))
     if num_classes is not None and num_classes != cfg.get('num_classes'):
         release = None  # the classifier is new, the paper's numbers do not apply
-    return model, {'source': source, 'weights': 'non-ema', 'release': release, 'train_args': {}}
+    unconfirmed = _unconfirmed(release, source.get('sha256')) if release is not None else None
+    return model, {'source': source, 'weights': 'non-ema', 'release': None if unconfirmed else release,
+                   'unconfirmed': unconfirmed, 'train_args': {}}
 
 
 def read_manifest(folder: str) -> Dict[str, Any]:
@@ -170,6 +195,12 @@ def export_model(
     model, info = prepare_model(model_name, checkpoint=checkpoint, pretrained=pretrained, use_ema=use_ema,
                                 num_classes=num_classes, model_kwargs=model_kwargs)
     release: Optional[ReleasedWeight] = info['release']
+    if info['unconfirmed'] and checked_results is None:
+        raise UnverifiedReleaseError(
+            f"Not putting the paper's results in the card of '{model_name}': these weights are not confirmed to be "
+            f"the released file ({info['unconfirmed']}). Pass --results with the results measured for these "
+            "weights (the card then describes them as your own)."
+        )
     if train_args is None:
         train_args, args_source = info['train_args'], 'stored in the checkpoint'
     else:

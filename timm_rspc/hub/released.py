@@ -2,13 +2,12 @@
 
 The table is not written down here: the model files' pretrained cfgs are the single source. A tag is "released"
 when its cfg ``url`` starts with the RSPC release prefix (RSPC weights) or the FAN release prefix (the FAN baselines
-the paper compares against). `export_all_released` turns a folder of downloaded release files into one export folder
-per tag, ready for ``timm-rspc push``.
+the paper compares against). This module only answers questions about the registry; exporting the release files is
+`export_released`'s job.
 """
 import fnmatch
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import urlparse
 
@@ -16,7 +15,7 @@ from timm_rspc.models.paper_results import PAPER_RESULTS
 from timm_rspc.models.release_info import FAN_RELEASES, RELEASE_PREFIXES, RSPC_RELEASES
 
 __all__ = ['FAN_RELEASES', 'RELEASE_PREFIXES', 'ReleasedWeight', 'released_weights', 'select_released', 'release_of',
-           'find_release_file', 'export_all_released']
+           'find_release_file']
 
 
 @dataclass(frozen=True)
@@ -86,61 +85,3 @@ def find_release_file(folder: str, weight: ReleasedWeight) -> Optional[str]:
         if os.path.isfile(candidate):
             return candidate
     return None
-
-
-def export_all_released(
-        source_dir: str,
-        output_dir: str,
-        pattern: str = '*',
-        hub_org: Optional[str] = None,
-        overwrite: bool = False,
-        weights: Optional[List[ReleasedWeight]] = None,
-) -> Dict[str, Any]:
-    """Export every released weight found in ``source_dir`` into ``output_dir/<arch.tag>/``.
-
-    Files that are not there are listed under ``missing`` with the URL to download them from; the others are
-    exported (non-EMA weights, strictly validated, with a model card). Tags already exported from the same source
-    file (same SHA-256) are skipped, so the command can be re-run as downloads complete; other existing export files
-    are never replaced unless ``overwrite``. ``output_dir/released_index.json`` records the outcome of the last run.
-    ``weights`` defaults to the registry's `released_weights` (``pattern`` filters it).
-    """
-    from .export import export_model
-    if not os.path.isdir(source_dir):
-        raise NotADirectoryError(f"No folder of downloaded release files at '{source_dir}'.")
-    weights = released_weights(pattern) if weights is None else weights
-    if not weights:
-        raise ValueError(f"No released weights are registered for '{pattern}'; list them with "
-                         "`timm-rspc models --pretrained`.")
-    exported, skipped, missing = [], [], []
-    for weight in weights:
-        path = find_release_file(source_dir, weight)
-        if path is None:
-            missing.append({**asdict(weight), 'filename': weight.filename})
-            continue
-        folder = os.path.join(output_dir, weight.name)
-        if not overwrite and _already_exported(folder, path):
-            skipped.append({'name': weight.name, 'folder': folder, 'source': weight.filename})
-            continue
-        repo_id = f'{hub_org}/{weight.name}' if hub_org else None
-        manifest = export_model(
-            folder, weight.name, checkpoint=path, repo_id=repo_id,
-            overwrite=overwrite)
-        exported.append({'name': weight.name, 'folder': folder,
-                         'source': weight.filename, 'source_sha256': manifest['source']['sha256']})
-    index = {'source_dir': os.path.abspath(source_dir), 'exported': exported, 'skipped': skipped, 'missing': missing}
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, 'released_index.json'), 'w') as f:
-        json.dump(index, f, indent=2)
-        f.write('\n')
-    return index
-
-
-def _already_exported(folder: str, source_path: str) -> bool:
-    """Whether ``folder`` holds a complete export of ``source_path`` (its manifest records the same SHA-256)."""
-    from .convert import sha256_file
-    from .export import MANIFEST_NAME, read_manifest
-    if not os.path.isfile(os.path.join(folder, MANIFEST_NAME)):
-        return False
-    manifest = read_manifest(folder)
-    complete = all(os.path.isfile(os.path.join(folder, f)) for f in manifest.get('files', {}))
-    return complete and manifest.get('source', {}).get('sha256') == sha256_file(source_path)

@@ -11,13 +11,22 @@ few plain record types allow-listed below are ever reconstructed, never arbitrar
 chosen unless ``use_ema=True``: the numbers the authors report come from the non-EMA ``state_dict``.
 
 `load_checkpoint` then applies a model family's ``checkpoint_filter_fn`` and loads strictly: a missing, unexpected or
-mis-shaped key raises `CheckpointMismatchError` naming the keys. Models hook this into timm's ``pretrained=True`` path
-through ``custom_load=True`` in their pretrained cfgs, which makes timm download the release file into its cache
-(``~/.cache/torch/hub/checkpoints/<release filename>``, reused offline) and call ``model.load_pretrained(path)``.
+mis-shaped key raises `CheckpointMismatchError` naming the keys, and a classifier of another size says so (the file's
+and the model's head shapes), unless the caller asked for a new classifier.
+
+`build_model_with_package_loader` is how every model family builds its models: timm's ``build_model_with_cfg``, with
+every weight file (the release files of the pretrained cfgs, and any file or URL a user gives in
+``pretrained_cfg_overlay``) loaded by ``model.load_pretrained(path)`` (``custom_load=True``), i.e. by this module,
+never by timm's generic loader (which picks EMA weights first and unpickles fully). timm downloads release files into
+its cache (``~/.cache/torch/hub/checkpoints/<release filename>``, reused offline); without network and without the
+file there, the error says where to put it.
 """
 import argparse
 import logging
 import os
+import pickle
+import urllib.error
+import urllib.parse
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
@@ -26,8 +35,9 @@ import torch.nn as nn
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    'CheckpointError', 'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict', 'select_state_dict',
-    'load_state_dict_strict', 'load_checkpoint', 'load_pretrained_into', 'family_filter_fn',
+    'CheckpointError', 'CheckpointMismatchError', 'ClassifierMismatchError', 'WeightsDownloadError', 'read_checkpoint',
+    'read_state_dict', 'select_state_dict', 'load_state_dict_strict', 'check_classifier', 'load_checkpoint',
+    'load_pretrained_into', 'family_filter_fn', 'build_model_with_package_loader',
 ]
 
 # Containers seen in released files, in order of preference for non-EMA and EMA weights.
@@ -41,6 +51,14 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or shapes do not match the model; the message names the keys."""
+
+
+class ClassifierMismatchError(CheckpointMismatchError):
+    """A checkpoint whose classifier is for another number of classes than the model's (all else matching)."""
+
+
+class WeightsDownloadError(CheckpointError):
+    """A release file that is neither in timm's download cache nor downloadable; the message says where to put it."""
 
 
 def _safe_globals() -> list:
@@ -63,23 +81,64 @@ def _looks_like_safetensors(path: str) -> bool:
     return len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < os.path.getsize(path)
 
 
+def _download_cache_dir() -> str:
+    """Where timm keeps downloaded weight files (``<torch hub dir>/checkpoints``)."""
+    from timm.models._hub import get_cache_dir
+    return get_cache_dir()
+
+
+def _in_download_cache(path: str) -> bool:
+    cache = os.path.realpath(_download_cache_dir())
+    return os.path.commonpath([cache, os.path.realpath(path)]) == cache
+
+
+def _damaged(path: str, what: str) -> CheckpointError:
+    if _in_download_cache(path):
+        return CheckpointError(f"This cached download is damaged ({what}): delete '{path}' and download again.")
+    return CheckpointError(f"'{path}' is damaged ({what}): it is not a complete PyTorch or safetensors checkpoint.")
+
+
+def _unpickling_reason(message: str) -> str:
+    """The reason in torch's weights-only error, without its advice to unpickle fully (``weights_only=False``)."""
+    advice = ('Weights only load failed', 'Check the documentation', 'Please file an issue')
+    lines = [line.rpartition('WeightsUnpickler error:')[2].strip() for line in message.splitlines()]
+    return ' '.join(line for line in lines if line and not line.startswith(advice))
+
+
 def read_checkpoint(path: str, map_location: str = 'cpu') -> Any:
-    """Read a checkpoint file without unpickling arbitrary objects; returns what the file holds."""
+    """Read a checkpoint file without unpickling arbitrary objects; returns what the file holds.
+
+    A file that cannot be read is reported as damaged (empty, truncated, not a checkpoint; for a file in timm's
+    download cache: delete it and download again) or as unsafe (it names Python objects other than tensors), never
+    with advice to unpickle it fully.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at '{path}'.")
+    if os.path.getsize(path) == 0:
+        raise _damaged(path, 'empty file')
     if path.endswith('.safetensors') or _looks_like_safetensors(path):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(path, device=str(map_location))
+        try:
+            return load_file(path, device=str(map_location))
+        except SafetensorError as e:
+            raise _damaged(path, f'unreadable safetensors file: {e}') from None
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError (or RuntimeError for corrupt zip files)
-        raise CheckpointError(
-            f"Could not read '{path}' as a weights-only checkpoint: {e}\n"
-            "timm-rspc never unpickles arbitrary objects. If this file holds other Python objects, load it once in "
-            "a trusted environment and re-save only its tensors (torch.save(state_dict) or safetensors)."
-        ) from e
+    except pickle.UnpicklingError as e:
+        reason = _unpickling_reason(str(e))
+        if 'GLOBAL' in reason or 'global' in reason:
+            raise CheckpointError(
+                f"'{path}' is unsafe to read: it holds Python objects other than weights ({reason}). timm-rspc never "
+                "unpickles arbitrary objects. If you trust the file, load it once in a trusted environment and "
+                "re-save only its tensors (torch.save(state_dict) or safetensors)."
+            ) from None
+        raise _damaged(path, f'not a checkpoint: {reason or type(e).__name__}') from None
+    except (RuntimeError, EOFError, ValueError) as e:  # a truncated or corrupt zip archive
+        raise _damaged(path, f'truncated or corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
+            from None
 
 
 def select_state_dict(checkpoint: Any, use_ema: bool = False, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
@@ -153,8 +212,35 @@ def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor]
 
 
 def _classifier_names(model: nn.Module) -> Tuple[str, ...]:
+    """Module names of the classifier: the pretrained cfg's, else the module ``get_classifier()`` returns."""
     classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or ()
-    return (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    if classifier:
+        return (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    head = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    return tuple(name for name, module in model.named_modules() if head is not None and module is head)
+
+
+def check_classifier(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> None:
+    """Raise `CheckpointMismatchError` if the checkpoint's classifier has another shape than the model's.
+
+    A head of another size means the weights are not the ones the model was built for (e.g. a CIFAR-10 file cached
+    under an ImageNet release name); it is never silently replaced by a random one.
+    """
+    expected = model.state_dict()
+    names = _classifier_names(model)
+    head_keys = {f'{name}.{p}' for name in names for p in ('weight', 'bias')}
+    if set(state_dict) != set(expected) or any(
+            state_dict[k].shape != v.shape for k, v in expected.items() if k not in head_keys):
+        return  # not (only) the classifier: the strict load names every offending key
+    for name in names:
+        key = f'{name}.weight'
+        if key in state_dict and state_dict[key].shape != expected[key].shape:
+            found, wanted = tuple(state_dict[key].shape), tuple(expected[key].shape)
+            raise ClassifierMismatchError(
+                f"{source} has a classifier for {found[0]} classes ({key} {found}), the model one for {wanted[0]} "
+                f"({key} {wanted}): these are not the weights the model was built for. Build the model with "
+                f"num_classes={found[0]} to load them."
+            )
 
 
 def load_checkpoint(
@@ -174,15 +260,21 @@ def load_checkpoint(
         use_ema: Load the EMA weights instead of the (default) non-EMA ones.
         adapt_classifier: If the model has a different number of classes than the checkpoint, keep the model's
             freshly initialised classifier instead of raising (timm's behaviour for ``pretrained=True,
-            num_classes=N``). Only the classifier named in the model's pretrained cfg may differ.
+            num_classes=N``: only when the caller asked for another classifier). Only the classifier named in
+            the model's pretrained cfg may differ.
     """
     source = f"'{os.fspath(path)}'"
     state_dict = read_state_dict(path, use_ema=use_ema)
     if filter_fn is None:
         filter_fn = family_filter_fn(model)
     if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
-    if adapt_classifier:
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except CheckpointMismatchError as e:  # the family's check knows the weights, not the file
+            raise CheckpointMismatchError(f'{source}: {e}') from None
+    if not adapt_classifier:
+        check_classifier(model, state_dict, source)
+    else:
         expected = model.state_dict()
         for name in _classifier_names(model):
             for suffix in ('.weight', '.bias'):
@@ -206,5 +298,48 @@ def family_filter_fn(model: nn.Module) -> Optional[Callable]:
 
 
 def load_pretrained_into(model: nn.Module, path: str, filter_fn: Callable) -> None:
-    """Body of a model's ``load_pretrained(path)``, which timm calls for cfgs with ``custom_load=True``."""
-    load_checkpoint(model, path, filter_fn=filter_fn, use_ema=False, adapt_classifier=True)
+    """Body of a model's ``load_pretrained(path)``, which timm calls for cfgs with ``custom_load=True``.
+
+    The classifier is replaced by the model's new one only if the model was built with another ``num_classes``
+    than its pretrained cfg's, i.e. the user asked for another classifier; otherwise it must match the file's.
+    """
+    cfg_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
+    new_head = cfg_classes is not None and getattr(model, 'num_classes', cfg_classes) != cfg_classes
+    try:
+        load_checkpoint(model, path, filter_fn=filter_fn, use_ema=False, adapt_classifier=new_head)
+    except ClassifierMismatchError as e:
+        raise ClassifierMismatchError(
+            f'{e} To train a new classifier instead, give timm.create_model another num_classes explicitly.'
+        ) from None
+
+
+def _with_package_loader(overlay: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """timm resets ``custom_load`` when a user gives a file or URL; keep it, so that file loads through this module."""
+    if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
+        return dict(overlay, custom_load=True)
+    return overlay
+
+
+def build_model_with_package_loader(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False,
+                                    **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with every weight file loaded by ``model.load_pretrained`` (this module).
+
+    Release files missing offline raise `WeightsDownloadError` naming the file and the cache folder to put it in.
+    """
+    from timm.models import build_model_with_cfg
+    if 'pretrained_cfg_overlay' in kwargs:
+        kwargs['pretrained_cfg_overlay'] = _with_package_loader(kwargs['pretrained_cfg_overlay'])
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    except urllib.error.URLError as e:  # also HTTPError
+        if not pretrained:
+            raise
+        from timm.models._builder import resolve_pretrained_cfg
+        url = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).url or ''
+        filename = os.path.basename(urllib.parse.urlparse(url).path) or '<release file>'
+        raise WeightsDownloadError(
+            f"Could not download the weights of '{variant}' from {url} ({getattr(e, 'reason', e)}). Without "
+            f"network, put the release file at '{os.path.join(_download_cache_dir(), filename)}' (timm's download "
+            "cache) and try again."
+        ) from None

@@ -30,13 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, to_2tuple, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, named_apply, register_model
+from timm.layers import (
+    DropPath, get_device_dtype, register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn,
+)
+from timm.models import checkpoint, generate_default_cfgs, named_apply, register_model
 from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed as XcitConvPatchEmbed, PositionalEncodingFourier
 
-from .checkpoint_loading import load_pretrained_into
+from .checkpoint_loading import build_model_with_package_loader, load_pretrained_into
 from .hub_ids import with_hub_ids
 from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
 from .release_info import (
@@ -49,6 +51,7 @@ __all__ = ['Fan', 'checkpoint_filter_fn']
 # Normalisation of the RSPC CIFAR training code (EXP_CIFAR/datasets.py).
 
 
+@register_notrace_module  # fx: a leaf, its branch depends on the input's memory layout
 class ConvNeXtLayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW tensor, with the numerics the FAN-Hybrid weights were trained with.
 
@@ -63,7 +66,7 @@ class ConvNeXtLayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or x.is_contiguous(memory_format=torch.contiguous_format):
+        if x.is_contiguous(memory_format=torch.contiguous_format):
             x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
             return x.permute(0, 3, 1, 2)
         var, mean = torch.var_mean(x, dim=1, keepdim=True)  # unbiased, as in the official code
@@ -87,9 +90,9 @@ class ConvPatchEmbed(_TokenGrid, XcitConvPatchEmbed):
     """FAN-ViT patch embedding: four stride-2 3x3 conv-BN layers with GELU between (XCiT's, same keys)."""
 
     def __init__(self, img_size=224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
-                 act_layer: Type[nn.Module] = nn.GELU):
+                 act_layer: Type[nn.Module] = nn.GELU, device=None, dtype=None):
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                         act_layer=act_layer)
+                         act_layer=act_layer, device=device, dtype=dtype)
         self._set_grid(img_size, patch_size)
 
     def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -100,15 +103,18 @@ class ConvPatchEmbed(_TokenGrid, XcitConvPatchEmbed):
 class HybridBackbone(nn.Module):
     """The first two stages of a ConvNeXt (4x4 stem, no head): FAN-Hybrid's convolutional stem, stride 8."""
 
-    def __init__(self, in_chans: int = 3, depths: Sequence[int] = (3, 3), dims: Sequence[int] = (128, 256)):
+    def __init__(self, in_chans: int = 3, depths: Sequence[int] = (3, 3), dims: Sequence[int] = (128, 256),
+                 device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         norm_layer = partial(ConvNeXtLayerNorm2d, eps=1e-6)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), norm_layer(dims[0]))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd), norm_layer(dims[0], **dd))
         stages, prev_dim = [], dims[0]
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             stages.append(ConvNeXtStage(
                 prev_dim, dim, stride=1 if i == 0 else 2, depth=depth, ls_init_value=1e-6, conv_mlp=True,
-                norm_layer=norm_layer,
+                norm_layer=norm_layer, **dd,
             ))
             prev_dim = dim
         self.stages = nn.Sequential(*stages)
@@ -122,10 +128,11 @@ class HybridPatchEmbed(_TokenGrid, nn.Module):
     """FAN-Hybrid patch embedding: ConvNeXt stem (stride 8), then a 2x2 stride-2 projection to ``embed_dim``."""
 
     def __init__(self, img_size=224, in_chans: int = 3, embed_dim: int = 384,
-                 depths: Sequence[int] = (3, 3), dims: Sequence[int] = (128, 256)):
+                 depths: Sequence[int] = (3, 3), dims: Sequence[int] = (128, 256), device=None, dtype=None):
         super().__init__()
-        self.backbone = HybridBackbone(in_chans, depths, dims)
-        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, kernel_size=2, stride=2)
+        self.backbone = HybridBackbone(in_chans, depths, dims, device=device, dtype=dtype)
+        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, kernel_size=2, stride=2, device=device,
+                              dtype=dtype)
         self._set_grid(img_size, 16)
 
     def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -139,20 +146,25 @@ class HybridPatchEmbed(_TokenGrid, nn.Module):
 
 
 class TokenMixing(nn.Module):
-    """Multi-head self-attention over tokens, with separate q and kv projections (official key names)."""
+    """Multi-head self-attention over tokens, with separate q and kv projections (official key names).
+
+    Fused (``F.scaled_dot_product_attention``) unless timm's fused attention is off, as in timm's ViT.
+    """
+    fused_attn: torch.jit.Final[bool]
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.,
-                 proj_drop: float = 0.):
+                 proj_drop: float = 0., device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.fused_attn = use_fused_attn()
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,9 +173,11 @@ class TokenMixing(nn.Module):
         k, v = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
-        else:
+        else:  # by name, where timm.utils.AttentionExtract finds the map
             attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+            attn = attn.softmax(dim=-1)
+            attn = self.attn_drop(attn)
+            x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -176,18 +190,19 @@ class DepthwiseConvMlp(nn.Module):
     """
 
     def __init__(self, in_features: int, hidden_features: int, act_layer: Type[nn.Module] = nn.GELU,
-                 drop: float = 0.):
+                 drop: float = 0., device=None, dtype=None):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        dd = {'device': device, 'dtype': dtype}
+        self.fc1 = nn.Linear(in_features, hidden_features, **dd)
         self.dwconv = nn.Sequential(OrderedDict([
-            ('conv1', nn.Conv2d(hidden_features, hidden_features, 3, padding=1, groups=hidden_features)),
+            ('conv1', nn.Conv2d(hidden_features, hidden_features, 3, padding=1, groups=hidden_features, **dd)),
             ('act', act_layer()),
-            ('bn', nn.BatchNorm2d(hidden_features)),
-            ('conv2', nn.Conv2d(hidden_features, hidden_features, 3, padding=1, groups=hidden_features)),
+            ('bn', nn.BatchNorm2d(hidden_features, **dd)),
+            ('conv2', nn.Conv2d(hidden_features, hidden_features, 3, padding=1, groups=hidden_features, **dd)),
         ]))
-        self.gamma = nn.Parameter(torch.ones(hidden_features))
+        self.gamma = nn.Parameter(torch.ones(hidden_features, **dd))
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = nn.Linear(hidden_features, in_features, **dd)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
@@ -205,15 +220,17 @@ class ChannelProcessing(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, mlp_ratio: float = 4.,
-                 attn_drop: float = 0., proj_drop: float = 0., act_layer: Type[nn.Module] = nn.GELU):
+                 attn_drop: float = 0., proj_drop: float = 0., act_layer: Type[nn.Module] = nn.GELU,
+                 device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
         self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1, **dd))
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.mlp_v = DepthwiseConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        self.norm_v = nn.LayerNorm(dim)
+        self.mlp_v = DepthwiseConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.norm_v = nn.LayerNorm(dim, **dd)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
@@ -230,17 +247,19 @@ class FanBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = False,
                  proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
-                 act_layer: Type[nn.Module] = nn.GELU, norm_layer: Type[nn.Module] = nn.LayerNorm, eta: float = 1.):
+                 act_layer: Type[nn.Module] = nn.GELU, norm_layer: Type[nn.Module] = nn.LayerNorm, eta: float = 1.,
+                 device=None, dtype=None):
         super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = TokenMixing(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = TokenMixing(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim)
+        self.norm2 = norm_layer(dim, **dd)
         self.mlp = ChannelProcessing(dim, num_heads, qkv_bias=qkv_bias, mlp_ratio=mlp_ratio, attn_drop=attn_drop,
-                                     proj_drop=proj_drop, act_layer=act_layer)
+                                     proj_drop=proj_drop, act_layer=act_layer, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.gamma1 = nn.Parameter(eta * torch.ones(dim))
-        self.gamma2 = nn.Parameter(eta * torch.ones(dim))
+        self.gamma1 = nn.Parameter(eta * torch.ones(dim, **dd))
+        self.gamma2 = nn.Parameter(eta * torch.ones(dim, **dd))
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         x = x + self.drop_path1(self.gamma1 * self.attn(self.norm1(x)))
@@ -277,6 +296,8 @@ class Fan(nn.Module):
             eta: float = 1.,
             tokens_norm: bool = True,
             head_init_scale: float = 1.,
+            device=None,
+            dtype=None,
     ):
         """
         Args:
@@ -293,44 +314,48 @@ class Fan(nn.Module):
             tokens_norm: Class-attention blocks normalise all tokens (True in every FAN model), not only the class
                 token.
             head_init_scale: Scale of the initial classifier weights (0.001 for fan_large_16_p4_hybrid).
+            device: Device of the parameters and buffers (as timm's models: ``create_model(..., device='meta')``).
+            dtype: Their dtype.
         """
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         assert global_pool in ('', 'avg', 'token')
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         act_layer = act_layer or nn.GELU
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 0  # FAN blocks see patch tokens only; the class token joins for class attention
         self.grad_checkpointing = False
 
         if hybrid_depths is None:
-            self.patch_embed = ConvPatchEmbed(img_size, patch_size, in_chans, embed_dim, act_layer=act_layer)
+            self.patch_embed = ConvPatchEmbed(img_size, patch_size, in_chans, embed_dim, act_layer=act_layer, **dd)
         else:
-            self.patch_embed = HybridPatchEmbed(img_size, in_chans, embed_dim, hybrid_depths, hybrid_dims)
-        self.pos_embed = PositionalEncodingFourier(hidden_dim=32, dim=embed_dim, temperature=10000) \
+            self.patch_embed = HybridPatchEmbed(img_size, in_chans, embed_dim, hybrid_depths, hybrid_dims, **dd)
+        self.pos_embed = PositionalEncodingFourier(hidden_dim=32, dim=embed_dim, temperature=10000, **dd) \
             if use_pos_embed else None
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
         self.blocks = nn.ModuleList([
             FanBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                      attn_drop=attn_drop_rate, drop_path=drop_path_rate, act_layer=act_layer,
-                     norm_layer=norm_layer, eta=eta)
+                     norm_layer=norm_layer, eta=eta, **dd)
             for _ in range(depth)
         ])
         reduction = self.patch_embed.patch_size[0]
         self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
 
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
         self.cls_attn_blocks = nn.ModuleList([
             ClassAttentionBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                                 proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, act_layer=act_layer,
-                                norm_layer=norm_layer, eta=eta, tokens_norm=tokens_norm)
+                                norm_layer=norm_layer, eta=eta, tokens_norm=tokens_norm, **dd)
             for _ in range(cls_attn_layers)
         ])
-        self.norm = norm_layer(embed_dim)
+        self.norm = norm_layer(embed_dim, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         trunc_normal_(self.cls_token, std=.02)
         named_apply(_init_weights, self)
@@ -338,6 +363,7 @@ class Fan(nn.Module):
             self.head.weight.data.mul_(head_init_scale)
             self.head.bias.data.mul_(head_init_scale)
 
+    @torch.jit.ignore
     def load_pretrained(self, path: str) -> None:
         """Load a released checkpoint (timm calls this for ``pretrained=True``); non-EMA weights, strict keys."""
         load_pretrained_into(self, path, checkpoint_filter_fn)
@@ -368,23 +394,20 @@ class Fan(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is not None:
             assert global_pool in ('', 'avg', 'token')
             assert global_pool != 'token' or self.cls_token is not None, 'Token pooling needs the class token.'
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         x, (H, W) = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed(1, H, W).flatten(2).transpose(1, 2)
         return self.pos_drop(x), H, W
-
-    def _run_block(self, block: nn.Module, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x, H, W)
-        return block(x, H, W)
 
     def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
         """Prepend the class token and run the class-attention blocks."""
@@ -397,7 +420,10 @@ class Fan(nn.Module):
         """Normalised tokens ``(B, 1 + N, C)``, class token first (``(B, N, C)`` once the head is pruned)."""
         x, H, W = self._embed(x)
         for block in self.blocks:
-            x = self._run_block(block, x, H, W)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, H, W)
+            else:
+                x = block(x, H, W)
         if self.cls_attn_blocks is not None:
             x = self.forward_cls(x)
         return self.norm(x)
@@ -435,7 +461,10 @@ class Fan(nn.Module):
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
-            x = self._run_block(block, x, H, W)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, H, W)
+            else:
+                x = block(x, H, W)
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
         if output_fmt == 'NCHW':
@@ -507,7 +536,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Fan) -> Dic
 
 
 def _create_fan(variant: str, pretrained: bool = False, **kwargs) -> Fan:
-    return build_model_with_cfg(
+    return build_model_with_package_loader(
         Fan, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'),

@@ -15,6 +15,11 @@ FAN_LICENSE = 'nvidia-source-code-license-nc'
 
 RELEASE_PREFIXES = (RSPC_RELEASES, FAN_RELEASES)
 
+# SHA-256 of the release files as published, by file name. Only a file whose hash is recorded here counts as the
+# released weights (and gets the paper's results in an exported card). None is recorded yet: the release files were
+# not reachable where this table was written; add a file's hash once it is checked against the authors' release.
+RELEASE_SHA256 = {}
+
 # Per-channel statistics of the CIFAR training sets, used by the authors' CIFAR pipelines.
 CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
 CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)

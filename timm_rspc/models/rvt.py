@@ -18,25 +18,32 @@ across stages. Each block is called as ``block(tokens, grid_size)`` and returns 
 its ``grid_size=(H, W)`` grid. ``model.pools['i']`` downsamples the tokens right before block ``i`` (RVT-Ti: ``'10'``).
 ``model.patch_embed`` has timm's ``patch_size`` / ``grid_size`` / ``dynamic_feat_size()`` attributes.
 
-Checkpoint layouts differ from the model names: the training script's ``*_plus_afat`` variants compute q/k/v with a
-small conv, and the released RSPC files need not have scaling maps in exactly the published number of blocks. The
-attention layout is therefore a property of the weights, not of the model name: `checkpoint_filter_fn` reads it from
-the keys and rebuilds the attention of the affected blocks (`RVT.set_attention_layout`) before the strict load.
+The attention layout (which blocks carry a scaling map, Linear or conv q/k/v) is a construction argument
+(``scaled_blocks``, ``conv_qkv``): the training script's ``*_plus_afat`` variants compute q/k/v with a small conv, and
+a checkpoint may have scaling maps in other blocks than the published ones. `checkpoint_filter_fn` reads the layout of
+the weights and refuses a model built with another one, saying how to build the matching model; it never changes the
+model it loads into.
+
+The forward is TorchScript- and fx-traceable. With timm's fused attention off (``timm.layers.set_fused_attn(False)``)
+every block computes ``softmax`` and ``attn_drop`` explicitly, so `timm.utils.AttentionExtract` finds the maps.
 """
-import logging
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import (
+    DropPath, Mlp, get_device_dtype, register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
+)
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
-from .checkpoint_loading import CheckpointError, load_pretrained_into
+from .checkpoint_loading import (
+    CheckpointError, CheckpointMismatchError, build_model_with_package_loader, load_pretrained_into,
+)
 from .hub_ids import with_hub_ids
 from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes
 from .release_info import (
@@ -44,8 +51,6 @@ from .release_info import (
 )
 
 __all__ = ['RVT', 'checkpoint_filter_fn', 'resample_attn_scale']
-
-_logger = logging.getLogger(__name__)
 
 GridSize = Tuple[int, int]
 
@@ -59,24 +64,44 @@ def _nchw_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+@register_notrace_function  # fx: a leaf (it branches on the grid), TorchScript: compiled as is
 def resample_attn_scale(attn_scale: torch.Tensor, old_grid: GridSize, new_grid: GridSize) -> torch.Tensor:
     """Resample a ``(heads, N, N)`` position-aware attention scaling map to another token grid.
 
     Both the query and the key axis are 2-D token grids, so the map is resampled (bicubic, on its pre-sigmoid
     values) along the key grid, then along the query grid, like timm resamples position embeddings.
     """
-    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
-    if old_grid == new_grid:
+    old_h, old_w = old_grid[0], old_grid[1]
+    new_h, new_w = new_grid[0], new_grid[1]
+    if old_h == new_h and old_w == new_w:
         return attn_scale
-    heads, n_old = attn_scale.shape[0], old_grid[0] * old_grid[1]
-    n_new = new_grid[0] * new_grid[1]
-    if attn_scale.shape[1:] != (n_old, n_old):
-        raise ValueError(f'Attention scaling map of shape {tuple(attn_scale.shape)} does not match grid {old_grid}.')
-    x = attn_scale.float().reshape(heads * n_old, 1, *old_grid)
-    x = F.interpolate(x, size=new_grid, mode='bicubic', align_corners=False)  # keys resampled
-    x = x.reshape(heads, n_old, n_new).transpose(1, 2).reshape(heads * n_new, 1, *old_grid)
-    x = F.interpolate(x, size=new_grid, mode='bicubic', align_corners=False)  # queries resampled
+    heads, n_old, n_new = attn_scale.shape[0], old_h * old_w, new_h * new_w
+    if attn_scale.shape[1] != n_old or attn_scale.shape[2] != n_old:
+        raise ValueError(
+            f'Attention scaling map of shape {list(attn_scale.shape)} does not match grid ({old_h}, {old_w}).')
+    x = attn_scale.float().reshape(heads * n_old, 1, old_h, old_w)
+    x = F.interpolate(x, size=(new_h, new_w), mode='bicubic', align_corners=False)  # keys resampled
+    x = x.reshape(heads, n_old, n_new).transpose(1, 2).reshape(heads * n_new, 1, old_h, old_w)
+    x = F.interpolate(x, size=(new_h, new_w), mode='bicubic', align_corners=False)  # queries resampled
     return x.reshape(heads, n_new, n_new).transpose(1, 2).to(attn_scale.dtype)
+
+
+@register_notrace_function  # fx: a leaf (public name: fx wraps no _private function), run on real sizes
+def check_token_grid(grid_size: GridSize, expected: GridSize, img_size: GridSize,
+                     expected_img_size: GridSize) -> GridSize:
+    """Refuse an input whose token grid the fixed-size scaling maps of an RVT* do not cover (they would broadcast
+    wrongly or fail deep inside attention), saying which sizes work. Returns ``grid_size``, so that an fx graph uses
+    the check's output and keeps it."""
+    if grid_size[0] != expected[0] or grid_size[1] != expected[1]:
+        h, w = expected_img_size[0], expected_img_size[1]
+        raise ValueError(
+            f'This RVT* model needs {h}x{w} input: its position-aware attention scaling maps cover a '
+            f'{expected[0]}x{expected[1]} token grid. Got {img_size[0]}x{img_size[1]} input ({grid_size[0]}x'
+            f'{grid_size[1]} tokens). Resize the input to {h}x{w}, or create the model with '
+            f'img_size=({img_size[0]}, {img_size[1]}) (maps are resampled when weights load) or with '
+            f'dynamic_img_size=True (maps are resampled at every forward).'
+        )
+    return grid_size
 
 
 class ConvStem(nn.Module):
@@ -87,17 +112,19 @@ class ConvStem(nn.Module):
     """
 
     def __init__(self, img_size: Union[int, GridSize] = 224, in_chans: int = 3, embed_dim: int = 384,
-                 stem_chs: int = 32):
+                 stem_chs: int = 32, device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         self.img_size = to_2tuple(img_size)
         self.patch_size = (16, 16)
         self.grid_size = self.dynamic_feat_size(self.img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.conv1 = nn.Conv2d(in_chans, stem_chs, kernel_size=7, stride=2, padding=2)
-        self.norm = nn.BatchNorm2d(stem_chs)
+        self.conv1 = nn.Conv2d(in_chans, stem_chs, kernel_size=7, stride=2, padding=2, **dd)
+        self.norm = nn.BatchNorm2d(stem_chs, **dd)
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.proj = nn.Conv2d(stem_chs, embed_dim, kernel_size=4, stride=4)
+        self.proj = nn.Conv2d(stem_chs, embed_dim, kernel_size=4, stride=4, **dd)
 
+    @torch.jit.ignore
     def feat_ratio(self, as_scalar: bool = True) -> Union[int, GridSize]:
         return self.patch_size[0] if as_scalar else self.patch_size
 
@@ -114,16 +141,24 @@ class ConvStem(nn.Module):
         return self.proj(self.pool(self.norm(self.conv1(x))))
 
 
+class LinearQkv(nn.Linear):
+    """The usual Linear q/k/v projection, called like `ConvQkv` (``(tokens, grid_size)``)."""
+
+    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class ConvQkv(nn.Module):
     """q/k/v from a 3x3 conv on the token grid, a ReLU and a 1x1 conv (``patch_reasoning`` in the ``*_afat``
     variants of the RSPC training script). The hidden width is ``floor(3 * dim / 12)``."""
 
-    def __init__(self, dim: int, bias: bool = True):
+    def __init__(self, dim: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         hidden = (3 * dim) // (3 * 3 + 3)
-        self.conv1 = nn.Conv2d(dim, hidden, kernel_size=3, padding=1, bias=bias)
+        self.conv1 = nn.Conv2d(dim, hidden, kernel_size=3, padding=1, bias=bias, **dd)
         self.act = nn.ReLU()
-        self.conv2 = nn.Conv2d(hidden, dim * 3, kernel_size=1, bias=bias)
+        self.conv2 = nn.Conv2d(hidden, dim * 3, kernel_size=1, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         return _nchw_to_tokens(self.conv2(self.act(self.conv1(_tokens_to_nchw(x, grid_size)))))
@@ -132,11 +167,13 @@ class ConvQkv(nn.Module):
 class RvtAttention(nn.Module):
     """Multi-head self-attention, optionally with position-aware attention scaling and/or conv q/k/v.
 
-    Without a scaling map this is plain attention and runs through ``F.scaled_dot_product_attention``. With one,
-    the logits are multiplied element-wise by ``sigmoid(attn_scale)``, which no fused kernel expresses, so that path
-    is explicit (it is the first 5-10 blocks of RVT* only).
+    Without a scaling map and with timm's fused attention on, this runs through ``F.scaled_dot_product_attention``.
+    A scaling map multiplies the logits element-wise by ``sigmoid(attn_scale)``, which no fused kernel expresses, so
+    that path is explicit (it is the first 5-10 blocks of RVT* only), like the non-fused one: both compute
+    ``softmax`` and ``attn_drop`` by name, where `timm.utils.AttentionExtract` finds the attention maps.
     """
     fused_attn: torch.jit.Final[bool]
+    dynamic_scale: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -148,60 +185,49 @@ class RvtAttention(nn.Module):
             scale_grid: Optional[GridSize] = None,
             conv_qkv: bool = False,
             dynamic_scale: bool = False,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         assert dim % num_heads == 0, 'dim should be divisible by num_heads'
-        self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv_bias = qkv_bias
         self.fused_attn = use_fused_attn()
         self.conv_qkv = conv_qkv
-        self.qkv = ConvQkv(dim, bias=qkv_bias) if conv_qkv else nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = ConvQkv(dim, bias=qkv_bias, **dd) if conv_qkv else LinearQkv(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.scale_grid = tuple(scale_grid) if scale_grid is not None else None
+        self.scale_grid: GridSize = (0, 0) if scale_grid is None else (int(scale_grid[0]), int(scale_grid[1]))
         self.dynamic_scale = dynamic_scale
         if scale_grid is not None:
-            n = scale_grid[0] * scale_grid[1]
-            self.attn_scale = nn.Parameter(torch.empty(num_heads, n, n))
+            n = self.scale_grid[0] * self.scale_grid[1]
+            self.attn_scale = nn.Parameter(torch.empty(num_heads, n, n, **dd))
             trunc_normal_(self.attn_scale, std=.02)
         else:
             self.attn_scale = None
 
-    def with_layout(self, scale_grid: Optional[GridSize], conv_qkv: bool) -> 'RvtAttention':
-        """A freshly initialised attention with the same hyper-parameters and another layout."""
-        new = RvtAttention(
-            self.dim, self.num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop.p,
-            proj_drop=self.proj_drop.p, scale_grid=scale_grid, conv_qkv=conv_qkv, dynamic_scale=self.dynamic_scale,
-        )
-        ref = self.proj.weight
-        return new.to(device=ref.device, dtype=ref.dtype)
-
-    def _scale_map(self, grid_size: GridSize) -> torch.Tensor:
-        if tuple(grid_size) == self.scale_grid:
-            return self.attn_scale
-        if not self.dynamic_scale:
-            raise ValueError(
-                f'This attention scaling map covers a {self.scale_grid[0]}x{self.scale_grid[1]} token grid, '
-                f'got {grid_size[0]}x{grid_size[1]} tokens.'
-            )
-        return resample_attn_scale(self.attn_scale, self.scale_grid, grid_size)
-
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x, grid_size) if self.conv_qkv else self.qkv(x)
+        qkv = self.qkv(x, grid_size)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.attn_scale is not None:
-            attn = (q @ k.transpose(-2, -1)) * (self.scale * self._scale_map(grid_size).sigmoid())
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        attn_scale = self.attn_scale
+        if attn_scale is not None:
+            if self.dynamic_scale:
+                attn_scale = resample_attn_scale(attn_scale, self.scale_grid, grid_size)
+            attn = (q @ k.transpose(-2, -1)) * (self.scale * attn_scale.sigmoid())
+            attn = attn.softmax(dim=-1)
+            attn = self.attn_drop(attn)
+            x = attn @ v
         elif self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+            attn = attn.softmax(dim=-1)
+            attn = self.attn_drop(attn)
+            x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -209,15 +235,16 @@ class RvtAttention(nn.Module):
 class ConvMlp(nn.Module):
     """RVT's convolutional feed-forward on the token grid: 1x1 conv, BN, GELU, depthwise 3x3, BN, GELU, 1x1, BN."""
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer=nn.GELU, drop: float = 0.):
+    def __init__(self, dim: int, hidden_dim: int, act_layer=nn.GELU, drop: float = 0., device=None, dtype=None):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, kernel_size=1)
-        self.bn1 = nn.BatchNorm2d(hidden_dim)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
-        self.bn2 = nn.BatchNorm2d(hidden_dim)
+        dd = {'device': device, 'dtype': dtype}
+        self.fc1 = nn.Conv2d(dim, hidden_dim, kernel_size=1, **dd)
+        self.bn1 = nn.BatchNorm2d(hidden_dim, **dd)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim, **dd)
+        self.bn2 = nn.BatchNorm2d(hidden_dim, **dd)
         self.act = act_layer()
-        self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1)
-        self.bn3 = nn.BatchNorm2d(dim)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1, **dd)
+        self.bn3 = nn.BatchNorm2d(dim, **dd)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
@@ -232,7 +259,8 @@ class LinearMlp(Mlp):
     """timm's Linear MLP with the block's ``(tokens, grid_size)`` signature (RVT-B uses it at width 768)."""
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        return super().forward(x)
+        x = self.norm(self.drop1(self.act(self.fc1(x))))
+        return self.drop2(self.fc2(x))
 
 
 class RvtBlock(nn.Module):
@@ -251,20 +279,23 @@ class RvtBlock(nn.Module):
             scale_grid: Optional[GridSize] = None,
             conv_qkv: bool = False,
             dynamic_scale: bool = False,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         self.attn = RvtAttention(
             dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-            scale_grid=scale_grid, conv_qkv=conv_qkv, dynamic_scale=dynamic_scale,
+            scale_grid=scale_grid, conv_qkv=conv_qkv, dynamic_scale=dynamic_scale, **dd,
         )
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
         hidden_dim = int(dim * mlp_ratio)
         if conv_mlp:
-            self.mlp = ConvMlp(dim, hidden_dim, drop=proj_drop)
+            self.mlp = ConvMlp(dim, hidden_dim, drop=proj_drop, **dd)
         else:
-            self.mlp = LinearMlp(dim, hidden_dim, act_layer=nn.GELU, drop=proj_drop)
+            self.mlp = LinearMlp(dim, hidden_dim, act_layer=nn.GELU, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
@@ -276,9 +307,10 @@ class RvtBlock(nn.Module):
 class TokenPool(nn.Module):
     """Stage transition of RVT-Ti: depthwise-grouped 3x3 stride-2 conv on the token grid, widening the channels."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=3, stride=2, padding=1, groups=in_dim)
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=3, stride=2, padding=1, groups=in_dim,
+                              device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, GridSize]:
         x = self.conv(_tokens_to_nchw(x, grid_size))
@@ -287,6 +319,7 @@ class TokenPool(nn.Module):
 
 class RVT(nn.Module):
     """Robust Vision Transformer (RVT / RVT*)."""
+    fixed_input_size: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -301,6 +334,7 @@ class RVT(nn.Module):
             conv_mlp: bool = True,
             qkv_bias: bool = True,
             num_scaled_blocks: int = 0,
+            scaled_blocks: Optional[Sequence[int]] = None,
             conv_qkv: bool = False,
             dynamic_img_size: bool = False,
             drop_rate: float = 0.,
@@ -308,6 +342,8 @@ class RVT(nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
     ):
         """
         Args:
@@ -322,6 +358,8 @@ class RVT(nn.Module):
             conv_mlp: Convolutional feed-forward (RVT-Ti/S) instead of the Linear MLP (RVT-B).
             qkv_bias: Bias in the q/k/v projection.
             num_scaled_blocks: Number of leading blocks with position-aware attention scaling (RVT*).
+            scaled_blocks: Indices of the blocks with position-aware attention scaling, for checkpoints whose maps
+                are not in the leading blocks (overrides ``num_scaled_blocks``).
             conv_qkv: Compute q/k/v with a small conv (``*_plus_afat`` checkpoints) instead of a Linear.
             dynamic_img_size: Accept other input sizes on RVT*, resampling the scaling maps at every forward.
             drop_rate: Dropout before the classifier.
@@ -330,79 +368,60 @@ class RVT(nn.Module):
             attn_drop_rate: Dropout on the attention weights.
             drop_path_rate: Stochastic depth; block ``i`` of ``n`` drops with ``drop_path_rate * i / n`` (the
                 schedule of the authors' code).
+            device: Device of the parameters and buffers (as timm's models: ``create_model(..., device='meta')``).
+            dtype: Their dtype.
         """
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         assert len(embed_dims) == len(depths) == len(num_heads), 'one width, depth and head count per stage'
         assert global_pool in ('avg', ''), "global_pool must be 'avg' or ''"
         total_depth = sum(depths)
-        if not 0 <= num_scaled_blocks <= total_depth:
-            raise ValueError(f'num_scaled_blocks must be between 0 and {total_depth}, got {num_scaled_blocks}.')
+        if scaled_blocks is None:
+            if not 0 <= num_scaled_blocks <= total_depth:
+                raise ValueError(f'num_scaled_blocks must be between 0 and {total_depth}, got {num_scaled_blocks}.')
+            scaled_blocks = range(num_scaled_blocks)
+        elif num_scaled_blocks:
+            raise ValueError('Give either num_scaled_blocks or scaled_blocks, not both.')
+        self.scaled_blocks = tuple(sorted(set(int(i) for i in scaled_blocks)))
+        if not set(self.scaled_blocks) <= set(range(total_depth)):
+            raise ValueError(f'scaled_blocks {list(self.scaled_blocks)} must index the {total_depth} blocks.')
+        self.conv_qkv = conv_qkv
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.dynamic_img_size = dynamic_img_size
+        self.fixed_input_size = bool(self.scaled_blocks) and not dynamic_img_size
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
         self.grad_checkpointing = False
 
-        self.patch_embed = ConvStem(img_size, in_chans=in_chans, embed_dim=embed_dims[0])
+        self.patch_embed = ConvStem(img_size, in_chans=in_chans, embed_dim=embed_dims[0], **dd)
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
         blocks, pools, self.feature_info, self._block_grids = [], {}, [], []
         grid, reduction = self.patch_embed.grid_size, self.patch_embed.feat_ratio()
         for stage, (dim, depth, heads) in enumerate(zip(embed_dims, depths, num_heads)):
             if stage > 0:
-                pools[str(len(blocks))] = TokenPool(embed_dims[stage - 1], dim)
+                pools[str(len(blocks))] = TokenPool(embed_dims[stage - 1], dim, **dd)
                 grid, reduction = ((grid[0] - 1) // 2 + 1, (grid[1] - 1) // 2 + 1), reduction * 2
             for _ in range(depth):
                 i = len(blocks)
                 blocks.append(RvtBlock(
                     dim, heads, mlp_ratio=mlp_ratio, conv_mlp=conv_mlp, qkv_bias=qkv_bias,
                     proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rate * i / total_depth,
-                    scale_grid=grid if i < num_scaled_blocks else None, conv_qkv=conv_qkv,
-                    dynamic_scale=dynamic_img_size,
+                    scale_grid=grid if i in self.scaled_blocks else None, conv_qkv=conv_qkv,
+                    dynamic_scale=dynamic_img_size, **dd,
                 ))
                 self._block_grids.append(grid)
                 self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'blocks.{i}'))
         self.blocks = nn.ModuleList(blocks)
         self.pools = nn.ModuleDict(pools)
+        self.last_stage_start = total_depth - depths[-1]  # blocks of the final norm's width
 
-        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
+        self.norm = nn.LayerNorm(self.num_features, eps=1e-6, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._declare_input_traits()
-
-    def _declare_input_traits(self) -> None:
-        """Tell timm's data config the input size, and that it is fixed while scaling maps need it."""
-        self._traits = dict(
-            getattr(self, '_traits', {}), img_size=self.patch_embed.img_size,
-            fixed_input_size=bool(self.scaled_blocks) and not self.dynamic_img_size,
-        )
-
-    # --- attention layout (what differs between RVT, RVT* and the *_afat checkpoints) ---
-
-    @property
-    def scaled_blocks(self) -> Tuple[int, ...]:
-        """Indices of the blocks with position-aware attention scaling."""
-        return tuple(i for i, blk in enumerate(self.blocks) if blk.attn.attn_scale is not None)
-
-    @property
-    def conv_qkv(self) -> bool:
-        return any(blk.attn.conv_qkv for blk in self.blocks)
-
-    def set_attention_layout(self, scaled_blocks: Iterable[int], conv_qkv: bool) -> None:
-        """Give exactly ``scaled_blocks`` a scaling map and all blocks Linear or conv q/k/v.
-
-        Attention modules whose layout changes are rebuilt freshly initialised (load weights afterwards); the
-        others are kept as they are.
-        """
-        scaled = set(scaled_blocks)
-        if not scaled <= set(range(len(self.blocks))):
-            raise ValueError(f'Blocks {sorted(scaled)} do not all exist; the model has {len(self.blocks)} blocks.')
-        for i, (blk, grid) in enumerate(zip(self.blocks, self._block_grids)):
-            has_scale = blk.attn.attn_scale is not None
-            if has_scale != (i in scaled) or blk.attn.conv_qkv != conv_qkv:
-                blk.attn = blk.attn.with_layout(grid if i in scaled else None, conv_qkv)
-        self._declare_input_traits()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        # timm's data config: the input size, fixed while scaling maps need it
+        self._traits = dict(img_size=self.patch_embed.img_size, fixed_input_size=self.fixed_input_size)
 
     # --- timm model API ---
 
@@ -427,53 +446,45 @@ class RVT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is not None:
             assert global_pool in ('avg', ''), "global_pool must be 'avg' or ''"
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str) -> None:
         """Load a release file (any container format, non-EMA weights); timm calls this for ``pretrained=True``."""
         load_pretrained_into(self, checkpoint_path, checkpoint_filter_fn)
 
-    def _check_input_size(self, grid_size: GridSize, img_size: GridSize) -> None:
-        if self.dynamic_img_size or grid_size == self.patch_embed.grid_size or not self.scaled_blocks:
-            return
-        h, w = self.patch_embed.img_size
-        raise ValueError(
-            f'This RVT* model needs {h}x{w} input: its position-aware attention scaling maps cover a '
-            f'{self.patch_embed.grid_size[0]}x{self.patch_embed.grid_size[1]} token grid. Got {img_size[0]}x'
-            f'{img_size[1]} input ({grid_size[0]}x{grid_size[1]} tokens). Resize the input to {h}x{w}, or create '
-            f'the model with img_size={tuple(img_size)} (maps are resampled when weights load) or with '
-            f'dynamic_img_size=True (maps are resampled at every forward).'
-        )
-
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
         img_size = (x.shape[-2], x.shape[-1])
         x = self.patch_embed(x)
         grid_size = (x.shape[-2], x.shape[-1])
-        self._check_input_size(grid_size, img_size)
+        if self.fixed_input_size:
+            grid_size = check_token_grid(grid_size, self.patch_embed.grid_size, img_size, self.patch_embed.img_size)
         return self.pos_drop(_nchw_to_tokens(x)), grid_size
 
-    def _run_block(self, i: int, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, GridSize]:
-        key = str(i)
-        if key in self.pools:
-            x, grid_size = self.pools[key](x, grid_size)
-        blk = self.blocks[i]
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint(blk, x, grid_size)
-        else:
-            x = blk(x, grid_size)
+    def _pool_before(self, i: int, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, GridSize]:
+        """The stage transition before block ``i``, if any (a loop, not a lookup: TorchScript indexes module
+        containers with constants only)."""
+        for key, pool in self.pools.items():
+            if int(key) == i:
+                x, grid_size = pool(x, grid_size)
         return x, grid_size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, C, H, W)`` to the last block's tokens ``(B, N, C)`` (not normalised: the norm is after
         pooling, in `forward_head`)."""
         x, grid_size = self._embed(x)
-        for i in range(len(self.blocks)):
-            x, grid_size = self._run_block(i, x, grid_size)
+        for i, blk in enumerate(self.blocks):
+            x, grid_size = self._pool_before(i, x, grid_size)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, grid_size)
+            else:
+                x = blk(x, grid_size)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -496,24 +507,22 @@ class RVT(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Outputs of the blocks at ``indices`` (last n if int, all if None), and `forward_features`' output.
 
-        ``norm=True`` applies the final LayerNorm to each intermediate (only to blocks of the last stage's width).
+        ``norm=True`` applies the final LayerNorm to the intermediates where it fits: to blocks of the last stage's
+        width (RVT-Ti's first stage, 192 channels, stays unnormalised), as timm's multi-stage models do.
         """
         assert output_fmt in ('NCHW', 'NLC'), 'Output format must be one of NCHW or NLC.'
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        if norm:
-            narrow = [i for i in take_indices if self.feature_info[i]['num_chs'] != self.num_features]
-            if narrow:
-                raise ValueError(
-                    f'norm=True applies the final LayerNorm ({self.num_features} channels), but blocks {narrow} '
-                    f'have {self.feature_info[narrow[0]]["num_chs"]} channels. Take intermediates without norm.'
-                )
         intermediates = []
         x, grid_size = self._embed(x)
-        last = max_index if stop_early else len(self.blocks) - 1
-        for i in range(last + 1):
-            x, grid_size = self._run_block(i, x, grid_size)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        for i, blk in enumerate(blocks):
+            x, grid_size = self._pool_before(i, x, grid_size)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, grid_size)
+            else:
+                x = blk(x, grid_size)
             if i in take_indices:
-                y = self.norm(x) if norm else x
+                y = self.norm(x) if norm and i >= self.last_stage_start else x
                 intermediates.append(_tokens_to_nchw(y, grid_size) if output_fmt == 'NCHW' else y)
         if intermediates_only:
             return intermediates
@@ -566,14 +575,44 @@ def _convert_official(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Te
     return {_official_key(k, offsets): v for k, v in state_dict.items()}
 
 
+def _layout_key(key: str) -> bool:
+    return key.endswith('.attn.attn_scale') or '.attn.qkv.' in key
+
+
+def _layout_args(scaled_blocks: Sequence[int], conv_qkv: bool) -> str:
+    """The construction arguments that give a model this attention layout."""
+    scaled = list(scaled_blocks)
+    blocks = f'num_scaled_blocks={len(scaled)}' if scaled == list(range(len(scaled))) else \
+        f'scaled_blocks={tuple(scaled)}'
+    return f'{blocks}, conv_qkv={conv_qkv}'
+
+
+def _check_attention_layout(state_dict: Dict[str, torch.Tensor], model: 'RVT') -> None:
+    """Refuse weights whose attention layout differs from the model's, naming both and the matching model."""
+    scaled = sorted(
+        int(k.split('.')[1]) for k in state_dict if k.startswith('blocks.') and k.endswith('.attn.attn_scale'))
+    conv_qkv = any(k.endswith('.attn.qkv.conv1.weight') for k in state_dict)
+    if (tuple(scaled), conv_qkv) == (model.scaled_blocks, model.conv_qkv):
+        return
+    if {k for k in state_dict if not _layout_key(k)} != {k for k in model.state_dict() if not _layout_key(k)}:
+        return  # another architecture altogether: the strict load names the keys
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    build = f"timm.create_model('{arch}', {{}})" if arch else 'RVT(..., {})'
+    raise CheckpointMismatchError(
+        f'the weights have another attention layout than the model: {_layout_args(scaled, conv_qkv)} in the '
+        f'weights, {_layout_args(model.scaled_blocks, model.conv_qkv)} in the model. Build the matching model: '
+        + build.format(_layout_args(scaled, conv_qkv))
+    )
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RVT) -> Dict[str, torch.Tensor]:
     """Prepare a state dict (authors' naming or native) for a strict load into ``model``.
 
     1. Keys of the authors' code (``transformers.{s}.blocks.{i}``, ``patch_embed.proj.{0,1,3}``, ``att_mask``,
        ``patch_reasoning``) are renamed.
-    2. The attention layout is read from the weights (which blocks have a scaling map, Linear or conv q/k/v) and
-       the model is made to match it with `RVT.set_attention_layout`: released files need not follow the
-       published block counts, and ``*_afat`` checkpoints use conv q/k/v.
+    2. The attention layout of the weights (which blocks have a scaling map, Linear or conv q/k/v) must be the
+       model's: a `CheckpointMismatchError` names both and the construction arguments of the matching model. The
+       model is never changed.
     3. Scaling maps are resampled if the model was built for another ``img_size``; the stem's first conv is adapted
        to ``in_chans`` as timm does.
     """
@@ -581,22 +620,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RVT) -> Dic
         state_dict = _convert_official(state_dict)
     if not isinstance(model, RVT):
         return state_dict
+    _check_attention_layout(state_dict, model)
 
-    scaled = sorted(
-        int(k.split('.')[1]) for k in state_dict if k.startswith('blocks.') and k.endswith('.attn.attn_scale')
-    )
-    conv_qkv = any(k.endswith('.attn.qkv.conv1.weight') for k in state_dict)
-    scaled_in_model = [i for i in scaled if i < len(model.blocks)]  # extra blocks: reported by the strict load
-    if tuple(scaled_in_model) != model.scaled_blocks or conv_qkv != model.conv_qkv:
-        _logger.info(
-            f'Checkpoint attention layout: scaling maps in blocks {scaled_in_model or "none"}, '
-            f'{"conv" if conv_qkv else "Linear"} q/k/v (model was built with {list(model.scaled_blocks) or "none"}, '
-            f'{"conv" if model.conv_qkv else "Linear"}); adapting the model to the checkpoint.'
-        )
-        model.set_attention_layout(scaled_in_model, conv_qkv)
-
-    for i in scaled_in_model:
+    for i in model.scaled_blocks:
         key = f'blocks.{i}.attn.attn_scale'
+        if key not in state_dict or i >= len(model.blocks):
+            continue  # another architecture: reported by the strict load
         grid = model._block_grids[i]
         n = state_dict[key].shape[-1]
         if n != grid[0] * grid[1]:
@@ -613,18 +642,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RVT) -> Dic
 
 
 def _create_rvt(variant: str, pretrained: bool = False, **kwargs) -> RVT:
-    out_indices = kwargs.pop('out_indices', 3)
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
-        # timm resets custom_load for a user-given file / url, and its generic loader would pick the EMA weights
-        # of a training checkpoint (and unpickle it fully). Our loader reads every format, non-EMA, weights-only.
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
-    return build_model_with_cfg(
-        RVT,
-        variant,
-        pretrained,
+    return build_model_with_package_loader(
+        RVT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'),
         **kwargs,
     )
 
@@ -683,55 +704,63 @@ _SMALL = dict(embed_dims=(384,), depths=(12,), num_heads=(6,), conv_mlp=True)
 _BASE = dict(embed_dims=(768,), depths=(12,), num_heads=(12,), conv_mlp=False)
 
 
+def _rvt(variant: str, pretrained: bool, arch: Dict, published_scaled_blocks: int = 0, **kwargs) -> RVT:
+    """Build ``variant`` with the widths of ``arch`` and, unless the layout is given, its published number of
+    leading scaled blocks."""
+    if kwargs.get('scaled_blocks') is None:
+        kwargs.setdefault('num_scaled_blocks', published_scaled_blocks)
+    return _create_rvt(variant, pretrained, **{**arch, **kwargs})
+
+
 @register_model
 def rvt_tiny(pretrained: bool = False, **kwargs) -> RVT:
     """RVT-Ti: 8.6M parameters."""
-    return _create_rvt('rvt_tiny', pretrained, **dict(_TINY, **kwargs))
+    return _rvt('rvt_tiny', pretrained, _TINY, **kwargs)
 
 
 @register_model
 def rvt_tiny_plus(pretrained: bool = False, **kwargs) -> RVT:
     """RVT-Ti*: RVT-Ti with position-aware attention scaling in the first 10 blocks; 11.0M parameters."""
-    return _create_rvt('rvt_tiny_plus', pretrained, **dict(_TINY, num_scaled_blocks=10, **kwargs))
+    return _rvt('rvt_tiny_plus', pretrained, _TINY, published_scaled_blocks=10, **kwargs)
 
 
 @register_model
 def rvt_small(pretrained: bool = False, **kwargs) -> RVT:
     """RVT-S: 22.1M parameters."""
-    return _create_rvt('rvt_small', pretrained, **dict(_SMALL, **kwargs))
+    return _rvt('rvt_small', pretrained, _SMALL, **kwargs)
 
 
 @register_model
 def rvt_small_plus(pretrained: bool = False, **kwargs) -> RVT:
     """RVT-S*: RVT-S with position-aware attention scaling in the first 5 blocks; 23.3M parameters."""
-    return _create_rvt('rvt_small_plus', pretrained, **dict(_SMALL, num_scaled_blocks=5, **kwargs))
+    return _rvt('rvt_small_plus', pretrained, _SMALL, published_scaled_blocks=5, **kwargs)
 
 
 @register_model
 def rvt_base(pretrained: bool = False, **kwargs) -> RVT:
     """RVT-B: 86.2M parameters."""
-    return _create_rvt('rvt_base', pretrained, **dict(_BASE, **kwargs))
+    return _rvt('rvt_base', pretrained, _BASE, **kwargs)
 
 
 @register_model
 def rvt_base_plus(pretrained: bool = False, **kwargs) -> RVT:
     """RVT-B*: RVT-B with position-aware attention scaling in the first 5 blocks; 88.5M parameters."""
-    return _create_rvt('rvt_base_plus', pretrained, **dict(_BASE, num_scaled_blocks=5, **kwargs))
+    return _rvt('rvt_base_plus', pretrained, _BASE, published_scaled_blocks=5, **kwargs)
 
 
 @register_model
 def rvt_ti_rspc(pretrained: bool = False, **kwargs) -> RVT:
     """RSPC-RVT-Ti: `rvt_tiny_plus` with the RSPC ImageNet weights as default tag."""
-    return _create_rvt('rvt_ti_rspc', pretrained, **dict(_TINY, num_scaled_blocks=10, **kwargs))
+    return _rvt('rvt_ti_rspc', pretrained, _TINY, published_scaled_blocks=10, **kwargs)
 
 
 @register_model
 def rvt_s_rspc(pretrained: bool = False, **kwargs) -> RVT:
     """RSPC-RVT-S: `rvt_small_plus` with the RSPC ImageNet weights as default tag."""
-    return _create_rvt('rvt_s_rspc', pretrained, **dict(_SMALL, num_scaled_blocks=5, **kwargs))
+    return _rvt('rvt_s_rspc', pretrained, _SMALL, published_scaled_blocks=5, **kwargs)
 
 
 @register_model
 def rvt_b_rspc(pretrained: bool = False, **kwargs) -> RVT:
     """RSPC-RVT-B: `rvt_base_plus` with the RSPC ImageNet weights as default tag."""
-    return _create_rvt('rvt_b_rspc', pretrained, **dict(_BASE, num_scaled_blocks=5, **kwargs))
+    return _rvt('rvt_b_rspc', pretrained, _BASE, published_scaled_blocks=5, **kwargs)
