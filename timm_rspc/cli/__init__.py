@@ -17,6 +17,7 @@ COMMANDS = {
     'convert': ('timm_rspc.cli.convert', 'Convert a training checkpoint to a validated safetensors state dict.'),
     'export': ('timm_rspc.cli.export', "Export a model to a folder in timm's Hub format, with a model card."),
     'push': ('timm_rspc.cli.push', 'Upload an export (or a model) to the Hugging Face Hub.'),
+    'analyze': ('timm_rspc.cli.analyze', 'Patch sensitivity and attention stability of up to two models.'),
 }
 
 
