@@ -56,6 +56,16 @@ def test_fixed_masks_have_the_ratio_and_do_not_depend_on_batching():
     assert torch.unique(whole, dim=0).shape[0] > 2400  # a different random mask per image
 
 
+def test_random_masks_occlude_as_many_patches_as_rspc():
+    from timm_rspc.method import top_rho_straight_through
+    for grid in ((4, 4), (8, 8), (14, 14)):
+        n = grid[0] * grid[1]
+        keep = FixedPatchMasks(grid, 0.1, seed=0).rows(0, 5)
+        rspc_keep = top_rho_straight_through(torch.randn(5, n), 0.1)  # C's binarisation, distinct scores
+        assert ((1 - keep).sum(1) == num_occluded(grid, 0.1)).all()
+        assert ((1 - rspc_keep).sum(1) == num_occluded(grid, 0.1)).all()
+
+
 class RecordingPerturbation:
     """Records the masks it is given and perturbs nothing."""
 
