@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .masks import FixedPatchMasks, num_occluded
-from .perturbations import occlude_with_noise, patch_grid
+from .perturbations import batch_generator, occlude_with_noise, shared_patch_grid
 from .pixel_model import PixelModel
 
 __all__ = [
@@ -167,18 +167,6 @@ def _prefix_options(model: PixelModel) -> List[int]:
     return [prefix, 0] if prefix else [0]
 
 
-def _model_grid(models: Dict[str, PixelModel]) -> Tuple[int, int]:
-    grids = {name: patch_grid(model)[0] for name, model in models.items()}
-    if len(set(grids.values())) > 1:
-        raise ValueError(f'The models have different patch grids {grids}; a paired comparison needs the same patches '
-                         'in every model (same input size and patch size).')
-    return next(iter(grids.values()))
-
-
-def _batch_generator(seed: int, batch_index: int, device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(hash(('noise', seed, batch_index)) & 0xFFFF_FFFF_FFFF)
-
-
 def evaluate_attention_stability(
         models: Dict[str, PixelModel], batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], ratio: float = 0.1,
         seed: int = 0, names: Optional[Sequence[str]] = None, method: str = 'fx',
@@ -189,7 +177,7 @@ def evaluate_attention_stability(
     Returns a JSON-able dict: settings and, per model, a list of layers with their statistics, plus the layers
     whose maps are not token attention (skipped).
     """
-    grid = _model_grid(models)
+    grid = shared_patch_grid(models)
     masks = FixedPatchMasks(grid, ratio, seed)
     stats = {name: AttentionStability() for name in models}
     skipped: Dict[str, Dict[str, str]] = {name: {} for name in models}
@@ -204,7 +192,7 @@ def evaluate_attention_stability(
             for name, model in models.items():
                 device = model.mean.device
                 x, batch_keep = pixels.to(device), keep.to(device)
-                corrupted = occlude_with_noise(x, batch_keep, _batch_generator(seed, batch_index, device))
+                corrupted = occlude_with_noise(x, batch_keep, batch_generator(seed, batch_index, device))
                 with torch.inference_mode():
                     clean_maps = extractors[name](x)
                     corrupted_maps = extractors[name](corrupted)
@@ -245,7 +233,7 @@ def query_attention_maps(
     patch. Returns ``{'clean': pixels, 'corrupted': pixels, 'keep': keep, 'query_patch': int, 'grid': (gh, gw),
     'models': {name: {'layer': str, 'clean': (B, gh', gw'), 'corrupted': (B, gh', gw')}}}`` (CPU tensors).
     """
-    grid = _model_grid(models)
+    grid = shared_patch_grid(models)
     query_patch = grid[0] // 2 * grid[1] + grid[1] // 2 if query_patch is None else int(query_patch)
     if not 0 <= query_patch < grid[0] * grid[1]:
         raise ValueError(f'The query patch must be a patch index in 0..{grid[0] * grid[1] - 1}, got {query_patch}.')
@@ -253,7 +241,7 @@ def query_attention_maps(
     for name, model in models.items():
         device = model.mean.device
         x, batch_keep = pixels.to(device), keep.to(device)
-        corrupted = occlude_with_noise(x, batch_keep, _batch_generator(seed, 0, device))
+        corrupted = occlude_with_noise(x, batch_keep, batch_generator(seed, 0, device))
         out['clean'], out['corrupted'] = x.cpu(), corrupted.cpu()
         with attention_extractor(model, names, method) as extract, torch.inference_mode():
             clean_maps, corrupted_maps = extract(x), extract(corrupted)

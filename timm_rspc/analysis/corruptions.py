@@ -14,7 +14,6 @@ severity constants (severity 1..5):
 
 Each function corrupts whole images; the analyses keep the result only inside the chosen patches.
 """
-import math
 from typing import Callable, Dict, Optional
 
 import torch
@@ -53,8 +52,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float, generator: Optional[torch.Gener
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
     channels = x.shape[1]
-    out = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode='reflect'), kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1),
-                   groups=channels)
+    rows = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    out = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode='reflect'), rows, groups=channels)
     return F.conv2d(F.pad(out, (0, 0, radius, radius), mode='reflect'),
                     kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 

@@ -49,6 +49,7 @@ class FixedPatchMasks:
 
     def _chunk(self, index: int) -> torch.Tensor:
         if self._cached[0] != index:
+            # hash() of a tuple of ints is not salted per process: the same seed in every run.
             generator = torch.Generator().manual_seed(hash((self.seed, index)) & 0xFFFF_FFFF_FFFF)
             self._cached = (index, random_keep_masks(self.chunk, self.grid_size, self.ratio, generator))
         return self._cached[1]

@@ -13,7 +13,7 @@ returns the perturbed pixels; pixels outside the perturbed patches come back bit
   ignores ``keep``: the attacker picks its own patches, the same number of them).
 """
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ from .corruptions import CORRUPTIONS, corrupt
 from .pixel_model import PixelModel
 
 __all__ = [
-    'NoiseOcclusion', 'PatchPGD', 'PatchCorruption', 'WorstCasePatches', 'patch_grid', 'pixel_keep_mask', 'occlude_with_noise',
+    'NoiseOcclusion', 'PatchPGD', 'PatchCorruption', 'WorstCasePatches', 'patch_grid', 'shared_patch_grid',
+    'batch_generator', 'pixel_keep_mask', 'occlude_with_noise',
 ]
 
 BoundPerturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Generator]], torch.Tensor]
@@ -34,6 +35,21 @@ def patch_grid(model: PixelModel) -> Tuple[Tuple[int, int], int]:
     """``(grid_size, patch_size)`` of the model's patch tokens (RSPC's own patch-grid discovery)."""
     img_size, patch_size = find_patch_grid(model.model)
     return (img_size[0] // patch_size, img_size[1] // patch_size), patch_size
+
+
+def shared_patch_grid(models: Dict[str, PixelModel]) -> Tuple[int, int]:
+    """The patch grid all ``models`` share; ValueError when they differ (a paired comparison needs one grid)."""
+    grids = {name: patch_grid(model)[0] for name, model in models.items()}
+    if len(set(grids.values())) > 1:
+        raise ValueError(f'The models have different patch grids {grids}; a paired comparison needs the same patches '
+                         'in every model (same input size and patch size).')
+    return next(iter(grids.values()))
+
+
+def batch_generator(seed: int, batch_index: int, device=None) -> torch.Generator:
+    """The generator of one batch's random draws: the same for every model, so all see the same noise.
+    (``hash`` of a tuple of ints is not salted per process, so the seed is reproducible.)"""
+    return torch.Generator(device=device).manual_seed(hash(('noise', seed, batch_index)) & 0xFFFF_FFFF_FFFF)
 
 
 def pixel_keep_mask(keep: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:

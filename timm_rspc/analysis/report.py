@@ -70,8 +70,9 @@ def format_attention_table(result: Dict) -> str:
     lines = [head, '-' * len(head)]
     for name, res in result['models'].items():
         for i, s in enumerate(res['layers']):
-            lines.append(
-                f"{name:<{model_width}}| {i:>5} | {_number(1e3 * s['js'], 2):>7} {_number(1e3 * s['js_corrupted_rows'], 2):>7} | "
-                f"{_number(s['cosine'], 4):>6} {_number(s['cosine_corrupted_rows'], 4):>7} | "
-                f"{_number(100 * s['attention_to_corrupted_clean'], 1):>24} -> {_number(100 * s['attention_to_corrupted'], 1):>5}")
+            js = f"{_number(1e3 * s['js'], 2):>7} {_number(1e3 * s['js_corrupted_rows'], 2):>7}"
+            cosine = f"{_number(s['cosine'], 4):>6} {_number(s['cosine_corrupted_rows'], 4):>7}"
+            mass = f"{_number(100 * s['attention_to_corrupted_clean'], 1):>24} -> " \
+                   f"{_number(100 * s['attention_to_corrupted'], 1):>5}"
+            lines.append(f"{name:<{model_width}}| {i:>5} | {js} | {cosine} | {mass}")
     return '\n'.join(lines)

@@ -10,8 +10,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 
-from .attention import _batch_generator, _model_grid
 from .masks import FixedPatchMasks, num_occluded
+from .perturbations import batch_generator, shared_patch_grid
 from .pixel_model import PixelModel
 
 __all__ = ['evaluate_sensitivity', 'perturbation_settings', 'sensitivity_rows']
@@ -42,7 +42,7 @@ def evaluate_sensitivity(
     names = [p.name for p in perturbations]
     if len(set(names)) != len(names):
         raise ValueError(f'Perturbation names must be distinct, got {names}.')
-    grid = _model_grid(models)
+    grid = shared_patch_grid(models)
     masks = FixedPatchMasks(grid, ratio, seed)
     bound, fits = {}, {}
     for model_name, model in models.items():
@@ -71,7 +71,7 @@ def evaluate_sensitivity(
             with torch.inference_mode():
                 add(model_name, 'clean', model(x), y)
             for index, (name, perturb) in enumerate(zip(names, bound[model_name])):
-                generator = _batch_generator(seed * 1000 + index, batch_index, device)
+                generator = batch_generator(seed * 1000 + index, batch_index, device)
                 perturbed = perturb(x, y, batch_keep, generator)
                 with torch.inference_mode():
                     add(model_name, name, model(perturbed), y)

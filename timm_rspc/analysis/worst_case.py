@@ -13,7 +13,7 @@ from timm_rspc.method import PairedBlockDistance, PatchCorruptionModel, RSPCTrai
 
 from .pixel_model import PixelModel
 
-__all__ = ['fit_corruption_model', 'corruption_keep_masks']
+__all__ = ['fit_corruption_model']
 
 
 def fit_corruption_model(
@@ -54,9 +54,3 @@ def fit_corruption_model(
             p.requires_grad_(requires_grad)
     tail = torch.stack(losses[-max(1, steps // 5):]).mean()
     return corruption, {'align_loss_start': losses[0].item(), 'align_loss_end': tail.item()}
-
-
-@torch.no_grad()
-def corruption_keep_masks(corruption: PatchCorruptionModel, images: torch.Tensor, batch_size: int = 256):
-    """C's keep masks (N_images, N_patches) for ``images``."""
-    return torch.cat([corruption(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])

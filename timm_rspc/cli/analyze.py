@@ -202,7 +202,7 @@ def _parse_query(text: Optional[str], models) -> Optional[int]:
 def run_analysis(args: argparse.Namespace) -> int:
     from timm_rspc.analysis import report
     from timm_rspc.analysis.data import image_folder_loader, pixel_data_config
-    from timm_rspc.analysis.plots import PLOT_EXTRA_HINT, save_figure
+    from timm_rspc.analysis.plots import PLOT_EXTRA_HINT, require_matplotlib, save_figure
     output = args.output or os.path.join('.', 'output', 'analyze', f"{args.analysis}-{time.strftime('%Y%m%d-%H%M%S')}")
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         raise FileExistsError(f"'{output}' already exists and is not empty; choose a new --output folder.")
@@ -213,7 +213,7 @@ def run_analysis(args: argparse.Namespace) -> int:
     report.create_run_folder(output)
     written = []
     try:
-        import matplotlib  # noqa: F401
+        require_matplotlib()
         plotting = True
     except ImportError:
         plotting = False
@@ -242,7 +242,8 @@ def run_analysis(args: argparse.Namespace) -> int:
                 maps = query_attention_maps(models, pixels, keep, layer=args.grid_layer,
                                             query_patch=_parse_query(args.query_patch, models), seed=args.seed,
                                             **extract)
-                written.append(save_figure(attention_grid_figure(maps), os.path.join(output, 'attention_grid.png')))
+                grid_path = os.path.join(output, 'attention_grid.png')
+                written.append(save_figure(attention_grid_figure(maps), grid_path))
     result['arguments'] = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, dict))}
     written.insert(0, report.write_json(result, os.path.join(output, 'analysis.json')))
     print(table)
