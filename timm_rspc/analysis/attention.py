@@ -163,8 +163,10 @@ def token_corruption_mask(
 
 
 def _prefix_options(model: PixelModel) -> List[int]:
+    """Prefix-token counts to try: the model's ``num_prefix_tokens``, then none (blocks that see patch tokens only,
+    as FAN's), then one (a class token the model does not declare, as in FAN's class-attention blocks)."""
     prefix = int(getattr(model.model, 'num_prefix_tokens', 0) or 0)
-    return [prefix, 0] if prefix else [0]
+    return list(dict.fromkeys([prefix, 0, 1]))
 
 
 def evaluate_attention_stability(
