@@ -198,6 +198,29 @@ def test_attention_stability_streamed_equals_one_shot(models, data):
                if hasattr(m, 'fused_attn'))
 
 
+def test_token_masks_handle_prefix_tokens_and_pooled_grids():
+    from timm_rspc.analysis.attention import token_corruption_mask
+    corrupted = torch.zeros(1, 16, dtype=torch.bool)
+    corrupted[0, 5] = True                                       # patch (1, 1) of a 4x4 grid
+    tokens, prefix = token_corruption_mask(corrupted, (4, 4), 17, [1, 0])
+    assert prefix == 1 and tokens.nonzero().tolist() == [[0, 6]]  # class token first, never corrupted
+    tokens, prefix = token_corruption_mask(corrupted, (4, 4), 16, [1, 0])
+    assert prefix == 0 and tokens.nonzero().tolist() == [[0, 5]]
+    tokens, prefix = token_corruption_mask(corrupted, (4, 4), 4, [0])  # a stage pooled 2x2: token 0 covers (1, 1)
+    assert prefix == 0 and tokens.tolist() == [[True, False, False, False]]
+    assert token_corruption_mask(corrupted, (4, 4), 7, [1, 0]) is None  # e.g. channel attention: not tokens
+
+
+def test_analyze_rejects_bad_model_options(capsys):
+    from timm_rspc.cli import main
+    for argv, message in ((['--model', 'a', '--model', 'b', '--model', 'c', '--pretrained'], 'at most two models'),
+                          (['--model', 'a'], 'give the weights'),
+                          (['--model', 'a', '--model', 'b', '--checkpoint', 'x'], 'one per model')):
+        with pytest.raises(SystemExit) as error:
+            main(['analyze', 'sensitivity', *argv, '--data-dir', '.'])
+        assert error.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_plots_are_written(tmp_path, models, data):
     pytest.importorskip('matplotlib')
     from timm_rspc.analysis import (
