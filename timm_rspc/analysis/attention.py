@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .masks import FixedPatchMasks, num_occluded
-from .perturbations import batch_generator, occlude_with_noise, shared_patch_grid
+from .perturbations import NoiseOcclusion, batch_generator, occlude_with_noise, shared_patch_grid
 from .pixel_model import PixelModel
 
 __all__ = [
@@ -194,7 +194,8 @@ def evaluate_attention_stability(
             for name, model in models.items():
                 device = model.mean.device
                 x, batch_keep = pixels.to(device), keep.to(device)
-                corrupted = occlude_with_noise(x, batch_keep, batch_generator(seed, batch_index, device))
+                noise = batch_generator(NoiseOcclusion.name, seed, batch_index, device)
+                corrupted = occlude_with_noise(x, batch_keep, noise)
                 with torch.inference_mode():
                     clean_maps = extractors[name](x)
                     corrupted_maps = extractors[name](corrupted)
@@ -243,7 +244,7 @@ def query_attention_maps(
     for name, model in models.items():
         device = model.mean.device
         x, batch_keep = pixels.to(device), keep.to(device)
-        corrupted = occlude_with_noise(x, batch_keep, batch_generator(seed, 0, device))
+        corrupted = occlude_with_noise(x, batch_keep, batch_generator(NoiseOcclusion.name, seed, 0, device))
         out['clean'], out['corrupted'] = x.cpu(), corrupted.cpu()
         with attention_extractor(model, names, method) as extract, torch.inference_mode():
             clean_maps, corrupted_maps = extract(x), extract(corrupted)

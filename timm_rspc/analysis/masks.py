@@ -7,6 +7,7 @@ indexed by the image's position in the data, so they do not depend on the batch 
 draws them in chunks of 1024 images, each chunk from its own seed, so any range of images is available while
 streaming without holding the masks of the whole data set.
 """
+import hashlib
 from typing import Tuple
 
 import torch
@@ -49,8 +50,8 @@ class FixedPatchMasks:
 
     def _chunk(self, index: int) -> torch.Tensor:
         if self._cached[0] != index:
-            # hash() of a tuple of ints is not salted per process: the same seed in every run.
-            generator = torch.Generator().manual_seed(hash((self.seed, index)) & 0xFFFF_FFFF_FFFF)
+            digest = hashlib.sha256(f'masks/{self.seed}/{index}'.encode()).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest[:6], 'little'))
             self._cached = (index, random_keep_masks(self.chunk, self.grid_size, self.ratio, generator))
         return self._cached[1]
 

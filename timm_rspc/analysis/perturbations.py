@@ -12,6 +12,7 @@ returns the perturbed pixels; pixels outside the perturbed patches come back bit
 - `WorstCasePatches`: uniform noise in the patches a corruption model fitted against the frozen model chooses (it
   ignores ``keep``: the attacker picks its own patches, the same number of them).
 """
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -46,10 +47,12 @@ def shared_patch_grid(models: Dict[str, PixelModel]) -> Tuple[int, int]:
     return next(iter(grids.values()))
 
 
-def batch_generator(seed: int, batch_index: int, device=None) -> torch.Generator:
-    """The generator of one batch's random draws: the same for every model, so all see the same noise.
-    (``hash`` of a tuple of ints is not salted per process, so the seed is reproducible.)"""
-    return torch.Generator(device=device).manual_seed(hash(('noise', seed, batch_index)) & 0xFFFF_FFFF_FFFF)
+def batch_generator(stream: str, seed: int, batch_index: int, device=None) -> torch.Generator:
+    """The generator of one batch's random draws for one perturbation (``stream``, its name): the same for every
+    model, so all see the same noise. The attention analysis draws from the ``noise_occlusion`` stream, so it sees
+    exactly the images the sensitivity analysis scores under noise occlusion."""
+    digest = hashlib.sha256(f'{stream}/{seed}/{batch_index}'.encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:6], 'little'))
 
 
 def pixel_keep_mask(keep: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:

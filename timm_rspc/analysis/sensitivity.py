@@ -3,7 +3,7 @@
 The paper's motivating study, for any timm model: a fixed random fraction of each image's patches (10% by default,
 the same patches for every perturbation and every model, see `masks`) is perturbed, and the drop of top-1 accuracy
 and of the mean softmax probability of the true class is reported per perturbation. Perturbations that draw random
-numbers use a generator seeded per (perturbation, batch), so every model sees the same noise.
+numbers use a generator seeded per (perturbation, seed, batch), so every model sees the same noise.
 """
 import dataclasses
 from typing import Dict, Iterable, List, Sequence, Tuple
@@ -70,8 +70,8 @@ def evaluate_sensitivity(
             x, y, batch_keep = pixels.to(device), targets.to(device), keep.to(device)
             with torch.inference_mode():
                 add(model_name, 'clean', model(x), y)
-            for index, (name, perturb) in enumerate(zip(names, bound[model_name])):
-                generator = batch_generator(seed * 1000 + index, batch_index, device)
+            for name, perturb in zip(names, bound[model_name]):
+                generator = batch_generator(name, seed, batch_index, device)
                 perturbed = perturb(x, y, batch_keep, generator)
                 with torch.inference_mode():
                     add(model_name, name, model(perturbed), y)
