@@ -9,8 +9,8 @@ returns the perturbed pixels; pixels outside the perturbed patches come back bit
 - `PatchPGD`: L_inf projected gradient ascent on the cross-entropy, the perturbation confined to the patches, to the
   budget and to the valid pixel range.
 - `PatchCorruption`: one of the common corruptions of `corruptions`, kept only inside the patches.
-- `WorstCasePatches`: uniform noise in the patches a corruption model fitted against the frozen model chooses (it
-  ignores ``keep``: the attacker picks its own patches, the same number of them).
+- `WorstCasePatches`: uniform noise in the patches a corruption model fitted against the frozen model scores lowest
+  (it ignores ``keep``: the attacker picks its own patches, exactly as many).
 """
 import hashlib
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm_rspc.method import blend_noise, draw_noise, find_patch_grid, patch_mask_to_pixels
 
 from .corruptions import CORRUPTIONS, corrupt
+from .masks import num_occluded
 from .pixel_model import PixelModel
 
 __all__ = [
@@ -179,6 +180,14 @@ class WorstCasePatches:
         corruption.requires_grad_(False)
         self.fit_history = history
 
+        budget = num_occluded(corruption.grid_size, self.ratio)
+
         def perturb(pixels, targets, keep, generator):
-            return occlude_with_noise(pixels, corruption(pixels), generator)
+            with torch.no_grad():
+                scores = corruption.score(model.normalize(pixels))
+            # C's lowest-scoring patches, exactly `budget` of them: C's own threshold would take every tied patch
+            # (a C whose scores collapse to one value would occlude the whole image).
+            lowest = scores.topk(budget, dim=1, largest=False).indices
+            chosen = torch.ones_like(scores).scatter_(1, lowest, 0.)
+            return occlude_with_noise(pixels, chosen, generator)
         return perturb

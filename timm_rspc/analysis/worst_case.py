@@ -9,7 +9,9 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from timm_rspc.method import PairedBlockDistance, PatchCorruptionModel, RSPCTrainableModule, find_patch_grid
+from timm_rspc.method import (
+    PairedBlockDistance, PatchCorruptionModel, RSPCTrainableModule, find_patch_grid, top_rho_straight_through,
+)
 
 from .pixel_model import PixelModel
 
@@ -20,7 +22,8 @@ def fit_corruption_model(
         model: PixelModel, images: torch.Tensor, ratio: float, fill: Callable, generator: torch.Generator,
         steps: int, lr: float, batch_size: int = 64,
 ) -> Tuple[PatchCorruptionModel, Dict[str, float]]:
-    """Train a fresh C against frozen ``model`` for ``steps`` Adam steps on random batches of ``images`` (pixels).
+    """Train a fresh C against frozen ``model`` for ``steps`` Adam steps on random batches of ``images`` (pixels);
+    C sees them normalised by the model's own normalisation, as in RSPC training.
 
     ``fill(images, keep, generator)`` corrupts the patches ``keep`` marks 0. Returns C and its alignment loss at the
     first step (C at initialisation) and averaged over the last fifth of the steps.
@@ -44,7 +47,12 @@ def fit_corruption_model(
             for _ in range(steps):
                 pick = torch.randint(0, images.shape[0], (batch_size,), generator=generator, device=generator.device)
                 clean = images[pick.to(images.device)]
-                _, align_loss = paired(clean, fill(clean, corruption(clean), generator))
+                # C scores the normalised image, as in RSPC training; the noise goes into the pixels.
+                scores = corruption.score(model.normalize(clean))
+                # Centred per image: the mask (a ranking) is unchanged, but the gradient's common part, which pushes
+                # every score down at once against a frozen model until they tie, is projected out.
+                keep = top_rho_straight_through(scores - scores.mean(1, keepdim=True), ratio)
+                _, align_loss = paired(clean, fill(clean, keep, generator))
                 optimizer.zero_grad()
                 (-align_loss).backward()  # ascend: find the patches that change the features most
                 optimizer.step()
