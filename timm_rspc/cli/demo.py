@@ -1,7 +1,8 @@
 """``timm-rspc demo``: train a small ViT with and without RSPC on generated shapes and compare patch robustness.
 
-Offline and deterministic: the data are generated, nothing is downloaded. Writes ``demo.json`` and ``demo.png``
-(with the ``plot`` extra) next to the two training runs in the output folder.
+Offline and deterministic: the data are generated, nothing is downloaded. Writes ``demo.json`` and, with the ``plot``
+extra, ``demo.png``, ``sensitivity.png``, ``attention.png`` and ``attention_grid.png`` next to the two training runs
+in the output folder.
 """
 import argparse
 import os
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from timm.utils import setup_default_logging
     from timm_rspc.cli._errors import reported_errors
     from timm_rspc.demo.experiment import default_output_dir, namespace_to_config, run_demo
-    from timm_rspc.demo.report import PLOT_EXTRA_HINT, format_table, write_json, write_plot
+    from timm_rspc.demo.report import PLOT_EXTRA_HINT, format_analyses, format_table, write_json, write_plots
     setup_default_logging()
     config = namespace_to_config(args)
     output_dir = args.output or default_output_dir()
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         report = run_demo(config, output_dir, data_dir)
     print()
     print(format_table(report))
+    print()
+    print(format_analyses(report))
     print(f'\nwritten: {write_json(report, output_dir)}')
-    plot = write_plot(report, output_dir)
-    print(f'written: {plot}' if plot else f'no plot: {PLOT_EXTRA_HINT}')
+    plots = write_plots(report, output_dir) + list(report['figures'].values())
+    print('\n'.join(f'written: {plot}' for plot in plots) if plots else f'no plots: {PLOT_EXTRA_HINT}')
     return 0

@@ -1,8 +1,10 @@
-"""The demo experiment: the same small ViT trained with and without RSPC, then scored under patch-noise occlusion.
+"""The demo experiment: the same small ViT trained with and without RSPC, then run through the paper's analyses.
 
 Both runs go through the package's trainer (:func:`timm_rspc.train.train`) with identical data, seed, schedule and
 number of epochs; only ``--rspc`` differs. Evaluation uses the final weights (not the best epoch: the validation
-split is also the test split here, so picking by it would flatter both models).
+split is also the test split here, so picking by it would flatter both models): the sensitivity analysis (clean,
+random-patch noise, worst-case patches, patch PGD, patch-restricted common corruptions) and the attention stability
+analysis of `timm_rspc.analysis`, on the same fixed random patch masks for both models.
 """
 import argparse
 import os
@@ -12,10 +14,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional
 
 import torch
+from timm.data import resolve_data_config
 
+from timm_rspc.analysis import PixelModel, num_occluded
 from timm_rspc.method import RSPCSettings
 
-from .patch_occlusion import evaluate_random_occlusion, evaluate_worst_case_occlusion, num_occluded, score
 from .shapes import CLASS_NAMES, write_image_folder
 
 
@@ -47,12 +50,17 @@ class DemoConfig:
     rspc_ratio: float = 0.1
     rspc_lambda: float = 1.0
     rspc_lr: float = 0.05
-    # Evaluation.
+    # Evaluation: one fixed random patch mask per validation image, shared by every perturbation and both models.
     occlusion_ratio: float = 0.1
-    random_repeats: int = 3
     attacker_steps: int = 60
     attacker_lr: float = 0.01
     attacker_fit_images: int = 1000
+    pgd_epsilon: float = 8 / 255
+    pgd_step_size: float = 2 / 255
+    pgd_steps: int = 10
+    corruption_severity: int = 3
+    grid_images: int = 4
+    eval_batch_size: int = 250
     eval_seed: int = 1234
     log_interval: int = 20
 
@@ -77,7 +85,8 @@ class DemoConfig:
 FULL = DemoConfig()
 QUICK = replace(
     FULL, train_per_class=12, val_per_class=6, embed_dim=48, depth=2, num_heads=2, epochs=1, batch_size=24,
-    warmup_epochs=0, workers=0, random_repeats=1, attacker_steps=3, attacker_fit_images=48, log_interval=5)
+    warmup_epochs=0, workers=0, attacker_steps=3, attacker_fit_images=48, pgd_steps=2, grid_images=2,
+    log_interval=5)
 
 
 @dataclass
@@ -95,17 +104,17 @@ class ModelResult:
                 for kind in ('random', 'worst_case')}
 
 
-def load_split(data_dir: str, split: str, model, img_size: int, limit: Optional[int] = None):
-    """A split as one normalised tensor, with the model's evaluation transform (crop_pct 1: no zoom)."""
-    from timm.data import create_dataset, create_transform, resolve_data_config
-    config = resolve_data_config({'crop_pct': 1.0, 'input_size': (3, img_size, img_size)}, model=model)
+def load_split(data_dir: str, split: str, img_size: int, limit: Optional[int] = None):
+    """A split as one tensor of pixels in [0, 1] and its targets (the evaluation transform at crop_pct 1: no zoom)."""
+    from timm.data import create_dataset, create_transform
     dataset = create_dataset('', root=data_dir, split=split, is_training=False)
-    dataset.transform = create_transform(**config, is_training=False)
+    dataset.transform = create_transform(
+        (3, img_size, img_size), is_training=False, crop_pct=1.0, mean=(0., 0., 0.), std=(1., 1., 1.))
     indices = range(len(dataset))
     if limit is not None and limit < len(dataset):
         indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].tolist()
     images, targets = zip(*(dataset[i] for i in indices))
-    return torch.stack(images), torch.tensor(targets), config['mean'], config['std']
+    return torch.stack(images), torch.tensor(targets)
 
 
 def _train_one(config: DemoConfig, data_dir: str, output_dir: str, rspc: bool):
@@ -116,16 +125,43 @@ def _train_one(config: DemoConfig, data_dir: str, output_dir: str, rspc: bool):
     return result, time.perf_counter() - start
 
 
-def evaluate_model(name: str, model, config: DemoConfig, val, fit_images) -> Dict:
-    images, targets, mean, std = val
-    clean = score(model, images, targets)
-    random = evaluate_random_occlusion(
-        model, images, targets, config.occlusion_ratio, mean, std, seed=config.eval_seed,
-        repeats=config.random_repeats)
-    worst, attacker = evaluate_worst_case_occlusion(
-        model, images, targets, fit_images, config.occlusion_ratio, mean, std, seed=config.eval_seed + 1,
-        steps=config.attacker_steps, lr=config.attacker_lr)
-    return dict(name=name, clean=asdict(clean), random=asdict(random), worst_case=asdict(worst), attacker=attacker)
+def analyse(models: Dict, config: DemoConfig, val, fit_images: torch.Tensor, output_dir: str) -> Dict:
+    """The sensitivity and attention-stability analyses of both models; writes the attention grid figure."""
+    from timm_rspc.analysis import (
+        CORRUPTIONS, FixedPatchMasks, NoiseOcclusion, PatchCorruption, PatchPGD, WorstCasePatches,
+        evaluate_attention_stability, evaluate_sensitivity, query_attention_maps,
+    )
+    from timm_rspc.analysis.perturbations import patch_grid
+    images, targets = val
+    size = config.eval_batch_size
+    batches = [(images[i:i + size], targets[i:i + size]) for i in range(0, images.shape[0], size)]
+    ratio, seed = config.occlusion_ratio, config.eval_seed
+    perturbations = [
+        NoiseOcclusion(),
+        WorstCasePatches(fit_images, ratio=ratio, steps=config.attacker_steps, lr=config.attacker_lr, seed=seed + 1),
+        PatchPGD(epsilon=config.pgd_epsilon, step_size=config.pgd_step_size, steps=config.pgd_steps),
+        *(PatchCorruption(name, severity=config.corruption_severity) for name in CORRUPTIONS),
+    ]
+    started = time.perf_counter()
+    sensitivity = evaluate_sensitivity(models, batches, perturbations, ratio=ratio, seed=seed)
+    sensitivity_seconds = time.perf_counter() - started
+    attention = evaluate_attention_stability(models, batches, ratio=ratio, seed=seed)
+    out = {'sensitivity': sensitivity, 'attention': attention, 'figures': {},
+           'runtime_seconds': {'sensitivity': sensitivity_seconds,
+                               'attention': time.perf_counter() - started - sensitivity_seconds}}
+    if config.grid_images > 0:
+        from timm_rspc.analysis.plots import attention_grid_figure, require_matplotlib, save_figure
+        try:
+            require_matplotlib()
+        except ImportError:
+            return out
+        picked = torch.linspace(0, images.shape[0] - 1, config.grid_images).round().long()  # spread over classes
+        grid = patch_grid(next(iter(models.values())))[0]
+        keep = FixedPatchMasks(grid, ratio, seed).rows(0, images.shape[0])[picked]
+        maps = query_attention_maps(models, images[picked], keep, seed=seed)
+        path = save_figure(attention_grid_figure(maps), os.path.join(output_dir, 'attention_grid.png'), dpi=90)
+        out['figures']['attention_grid'] = path
+    return out
 
 
 def run_demo(config: DemoConfig, output_dir: str, data_dir: str) -> Dict:
@@ -137,35 +173,50 @@ def run_demo(config: DemoConfig, output_dir: str, data_dir: str) -> Dict:
     write_image_folder(data_dir, config.train_per_class, config.val_per_class, config.img_size, config.data_seed)
     data_seconds = time.perf_counter() - started
 
-    models: List[ModelResult] = []
-    val = fit_images = None
+    trained, seconds, final_epochs = {}, {}, {}
     for rspc in (False, True):
-        result, seconds = _train_one(config, data_dir, output_dir, rspc)
-        model = result.task.get_eval_model()
-        if val is None:
-            val = load_split(data_dir, 'validation', model, config.img_size)
-            fit_images = load_split(data_dir, 'train', model, config.img_size, limit=config.attacker_fit_images)[0]
-        evaluated = evaluate_model('RSPC' if rspc else 'baseline', model, config, val, fit_images)
-        models.append(ModelResult(**evaluated, train_seconds=seconds,
-                                  final_epoch=result.epochs[-1] if result.epochs else {}))
+        name = 'RSPC' if rspc else 'baseline'
+        result, seconds[name] = _train_one(config, data_dir, output_dir, rspc)
+        model = result.task.get_eval_model().eval()
+        normalization = resolve_data_config({}, model=model)
+        trained[name] = PixelModel(model, normalization['mean'], normalization['std'])
+        final_epochs[name] = result.epochs[-1] if result.epochs else {}
+    val = load_split(data_dir, 'validation', config.img_size)
+    fit_images = load_split(data_dir, 'train', config.img_size, limit=config.attacker_fit_images)[0]
+    analyses = analyse(trained, config, val, fit_images, output_dir)
+    models: List[ModelResult] = []
+    for name, res in analyses['sensitivity']['models'].items():
+        perturbed = res['perturbed']
+        models.append(ModelResult(
+            name=name, clean=res['clean'], random=_scores(perturbed['noise_occlusion']),
+            worst_case=_scores(perturbed['worst_case']), attacker=perturbed['worst_case']['attacker'],
+            train_seconds=seconds[name], final_epoch=final_epochs[name]))
 
     grid = (config.img_size // config.patch_size,) * 2
     report = {
         'config': asdict(config),
         'occlusion': {'patches': num_occluded(grid, config.occlusion_ratio), 'of': grid[0] * grid[1],
                       'noise': 'uniform [0, 1) pixel noise'},
+        'sensitivity': analyses['sensitivity'],
+        'attention': analyses['attention'],
+        'figures': analyses['figures'],
         'seeds': {'data': config.data_seed, 'training': config.seed, 'evaluation': config.eval_seed},
         'data': {'dir': data_dir, 'classes': list(CLASS_NAMES), 'train_images': config.train_per_class * 10,
                  'val_images': config.val_per_class * 10},
         'models': [dict(asdict(m), drop=m.drops()) for m in models],
         'runtime_seconds': {'total': time.perf_counter() - started, 'data': data_seconds,
-                            **{f'train_{m.name}': m.train_seconds for m in models}},
+                            **{f'train_{m.name}': m.train_seconds for m in models},
+                            **{f'analysis_{k}': v for k, v in analyses['runtime_seconds'].items()}},
         'machine': {'torch_threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
                     'load_average_at_start': load_before,
                     'load_average_at_end': os.getloadavg() if hasattr(os, 'getloadavg') else None,
                     'torch': torch.__version__, 'python': platform.python_version()},
     }
     return report
+
+
+def _scores(perturbed: Dict) -> Dict[str, float]:
+    return {k: perturbed[k] for k in ('accuracy', 'confidence')}
 
 
 def default_output_dir(root: str = os.path.join('.', 'output', 'demo')) -> str:

@@ -1,11 +1,17 @@
-"""The demo's outputs: a terminal table, ``demo.json`` and (with the ``plot`` extra) ``demo.png``."""
+"""The demo's outputs: terminal tables, ``demo.json`` and (with the ``plot`` extra) ``demo.png``,
+``sensitivity.png`` and ``attention.png`` (``attention_grid.png`` is written by the experiment, which has the models).
+"""
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, List
 
+from timm_rspc.analysis.plots import (
+    PLOT_EXTRA_HINT, attention_stability_figure, require_matplotlib, save_figure, sensitivity_figure,
+)
+from timm_rspc.analysis.report import format_attention_table, format_sensitivity_table
 from timm_rspc.train.output import atomic_write_text
 
-PLOT_EXTRA_HINT = "the plot needs matplotlib: pip install 'timm-rspc[plot]'"
+__all__ = ['PLOT_EXTRA_HINT', 'format_table', 'format_analyses', 'write_json', 'write_plots']
 
 
 def format_table(report: Dict) -> str:
@@ -42,14 +48,21 @@ def write_json(report: Dict, output_dir: str) -> str:
     return path
 
 
-def write_plot(report: Dict, output_dir: str) -> Optional[str]:
-    """Bar charts of accuracy and confidence per condition; None (and a hint) when matplotlib is missing."""
+def format_analyses(report: Dict) -> str:
+    """The full sensitivity table (every perturbation) and the per-layer attention stability table."""
+    return '\n\n'.join([
+        'Sensitivity (same fixed random patches for every perturbation and both models):',
+        format_sensitivity_table(report['sensitivity']),
+        'Attention stability (clean vs uniform noise in the same patches; JS divergence in nats x 1000):',
+        format_attention_table(report['attention'])])
+
+
+def write_plots(report: Dict, output_dir: str) -> List[str]:
+    """``demo.png``, ``sensitivity.png`` and ``attention.png``; [] when matplotlib is missing."""
     try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
+        plt = require_matplotlib()
     except ImportError:
-        return None
+        return []
     occ = report['occlusion']
     patches = f"{occ['patches']}/{occ['of']} patches"
     conditions = [('clean', 'clean'), ('random', f'random\n{patches}'), ('worst_case', f'worst-case\n{patches}')]
@@ -69,9 +82,8 @@ def write_plot(report: Dict, output_dir: str) -> Optional[str]:
     fig.suptitle(f"Patch-noise occlusion, {report['config']['model']} (small), seeds data {seeds['data']} / "
                  f"train {seeds['training']} / eval {seeds['evaluation']}", fontsize=10)
     fig.tight_layout()
-    path = os.path.join(output_dir, 'demo.png')
-    partial = path + '.partial.png'
-    fig.savefig(partial, dpi=120)
-    plt.close(fig)
-    os.replace(partial, path)
-    return path
+    return [save_figure(fig, os.path.join(output_dir, 'demo.png'), dpi=120),
+            save_figure(sensitivity_figure(report['sensitivity']), os.path.join(output_dir, 'sensitivity.png'),
+                        dpi=90),
+            save_figure(attention_stability_figure(report['attention']), os.path.join(output_dir, 'attention.png'),
+                        dpi=90)]

@@ -8,36 +8,51 @@ patch-based timm model can be attacked, trained with RSPC or not; each gets a fr
 from typing import Callable, Dict, Tuple
 
 import torch
-import torch.nn as nn
 
-from timm_rspc.method import PairedBlockDistance, PatchCorruptionModel, RSPCTrainableModule, find_patch_grid
+from timm_rspc.method import (
+    PairedBlockDistance, PatchCorruptionModel, RSPCTrainableModule, find_patch_grid, top_rho_straight_through,
+)
+
+from .pixel_model import PixelModel
+
+__all__ = ['fit_corruption_model']
 
 
 def fit_corruption_model(
-        model: nn.Module, images: torch.Tensor, ratio: float, fill: Callable, generator: torch.Generator,
+        model: PixelModel, images: torch.Tensor, ratio: float, fill: Callable, generator: torch.Generator,
         steps: int, lr: float, batch_size: int = 64,
 ) -> Tuple[PatchCorruptionModel, Dict[str, float]]:
-    """Train a fresh C against frozen ``model`` for ``steps`` Adam steps on random batches of ``images``.
+    """Train a fresh C against frozen ``model`` for ``steps`` Adam steps on random batches of ``images`` (pixels);
+    C sees them normalised by the model's own normalisation, as in RSPC training.
 
     ``fill(images, keep, generator)`` corrupts the patches ``keep`` marks 0. Returns C and its alignment loss at the
     first step (C at initialisation) and averaged over the last fifth of the steps.
     """
-    img_size, patch_size = find_patch_grid(model)
-    seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+    if steps < 1:
+        raise ValueError(f'The worst-case attacker needs at least one step, got {steps}.')
+    img_size, patch_size = find_patch_grid(model.model)
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator, device=generator.device))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         corruption = PatchCorruptionModel(img_size, patch_size, in_chans=images.shape[1], ratio=ratio)
+    corruption.to(images.device)
     optimizer = torch.optim.Adam(corruption.parameters(), lr=lr)
     model.eval()
     trainable = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     losses = []
     try:
-        with PairedBlockDistance(model) as alignment:
+        with PairedBlockDistance(model.model) as alignment:
             paired = RSPCTrainableModule(model, alignment)
             for _ in range(steps):
-                clean = images[torch.randint(0, images.shape[0], (batch_size,), generator=generator)]
-                _, align_loss = paired(clean, fill(clean, corruption(clean), generator))
+                pick = torch.randint(0, images.shape[0], (batch_size,), generator=generator, device=generator.device)
+                clean = images[pick.to(images.device)]
+                # C scores the normalised image, as in RSPC training; the noise goes into the pixels.
+                scores = corruption.score(model.normalize(clean))
+                # Centred per image: the mask (a ranking) is unchanged, but the gradient's common part, which pushes
+                # every score down at once against a frozen model until they tie, is projected out.
+                keep = top_rho_straight_through(scores - scores.mean(1, keepdim=True), ratio)
+                _, align_loss = paired(clean, fill(clean, keep, generator))
                 optimizer.zero_grad()
                 (-align_loss).backward()  # ascend: find the patches that change the features most
                 optimizer.step()
@@ -47,9 +62,3 @@ def fit_corruption_model(
             p.requires_grad_(requires_grad)
     tail = torch.stack(losses[-max(1, steps // 5):]).mean()
     return corruption, {'align_loss_start': losses[0].item(), 'align_loss_end': tail.item()}
-
-
-@torch.no_grad()
-def corruption_keep_masks(corruption: PatchCorruptionModel, images: torch.Tensor, batch_size: int = 256):
-    """C's keep masks (N_images, N_patches) for ``images``."""
-    return torch.cat([corruption(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
