@@ -155,3 +155,24 @@ def test_dispatch_is_cuda_only(monkeypatch):
     assert not use_kernels(torch.zeros(1))
     monkeypatch.setenv('TIMM_RSPC_KERNELS', '0')
     assert not use_kernels(torch.zeros(1))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('shape', [(2, 3, 5, 7), (1, 2, 3, 1500)])
+def test_attention_change_sums_equal_reference(dtype, shape):
+    from timm_rspc.analysis.attention import attention_change_sums
+    from timm_rspc.kernels.attention_change import fused_attention_change_sums
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randn(shape, generator=gen).mul(3).softmax(-1).to(dtype)
+    corrupted = torch.randn(shape, generator=gen).mul(3).softmax(-1).to(dtype)
+    clean[0, 0, 0] = 0.
+    clean[0, 0, 0, 0] = 1.  # a one-hot row: xlogy's zeros
+    keys = torch.rand(shape[0], shape[3], generator=gen) > 0.5
+    queries = torch.rand(shape[0], shape[2], generator=gen) > 0.5
+    expected = attention_change_sums(clean, corrupted, keys, queries)
+    got = fused_attention_change_sums(clean.transpose(2, 3).contiguous().transpose(2, 3), corrupted, keys, queries)
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=2e-6, atol=1e-9, msg=name)
+    same = fused_attention_change_sums(clean, clean, keys, queries)
+    assert same['js'] == 0 and torch.isclose(same['cosine'], same['rows'])
