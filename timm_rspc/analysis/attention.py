@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from timm_rspc.kernels import use_kernels
+
 from .masks import FixedPatchMasks, num_occluded
 from .perturbations import NoiseOcclusion, batch_generator, occlude_with_noise, shared_patch_grid
 from .pixel_model import PixelModel
@@ -61,6 +63,9 @@ def attention_change_sums(
     if clean.shape != corrupted.shape or clean.ndim != 4:
         raise ValueError(f'Expected two attention maps shaped (batch, heads, queries, keys), got '
                          f'{tuple(clean.shape)} and {tuple(corrupted.shape)}.')
+    if use_kernels(clean):  # CUDA + Triton: one pass per attention row, nothing map-sized materialised
+        from timm_rspc.kernels.attention_change import fused_attention_change_sums
+        return fused_attention_change_sums(clean, corrupted, corrupted_keys, corrupted_queries)
     p, q = clean.float(), corrupted.float()
     m = 0.5 * (p + q)
     js = 0.5 * (torch.xlogy(p, p) - torch.xlogy(p, m) + torch.xlogy(q, q) - torch.xlogy(q, m)).sum(-1)

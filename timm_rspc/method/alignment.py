@@ -10,17 +10,26 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from timm_rspc.kernels import use_kernels
+
 __all__ = ['paired_mse', 'mean_over_blocks', 'AUTHORS_BLOCK_COUNT_EPS']
 
 AUTHORS_BLOCK_COUNT_EPS = 1e-4
 
 
 def paired_mse(features: torch.Tensor) -> torch.Tensor:
-    """MSE between the two halves (corrupted, clean) of a paired batch's features, computed in float32."""
+    """MSE between the two halves (corrupted, clean) of a paired batch's features, computed in float32.
+
+    On CUDA with Triton installed this is one fused kernel (`timm_rspc.kernels.paired_distance`), equal up to the order
+    of the float32 summation; ``TIMM_RSPC_KERNELS=0`` keeps the PyTorch composition below.
+    """
     batch = features.shape[0]
     if batch % 2:
         raise ValueError(
             f'Paired features need an even batch (corrupted half, clean half), got a batch of {batch}.')
+    if use_kernels(features):
+        from timm_rspc.kernels.paired_distance import fused_paired_mse
+        return fused_paired_mse(features)
     half = batch // 2
     return F.mse_loss(features[:half].float(), features[half:].float())
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from timm_rspc.kernels import use_kernels
+
 from .gradient_reversal import reverse_gradient
 from .settings import NOISE_MODES, RSPCSettings, check_setting
 
@@ -246,9 +248,17 @@ class AdversarialPatchCorruption(nn.Module):
         model = self.corruption_model
         # The reversal sits on C's output: the backbone sees the plain mask, C receives minus the gradient.
         patch_mask = reverse_gradient(model(x))
+        if noise is not None and noise.shape != x.shape:
+            raise ValueError(f'noise must be shaped like the images {tuple(x.shape)}, got {tuple(noise.shape)}.')
+        if use_kernels(x):
+            # One fused pass on CUDA; without explicit noise, the kernel draws it (Philox) from a seed that the
+            # generator supplies, so runs stay reproducible (the draws differ from the PyTorch path's torch.rand).
+            from timm_rspc.kernels.patch_noise import draw_seed, fused_patch_noise
+            seed = draw_seed(x.device, generator) if noise is None else None
+            images = fused_patch_noise(x, patch_mask, model.patch_size, self.lower, self.upper, noise=noise,
+                                       seed=seed, noise_mode=self.noise_mode)
+            return CorruptedBatch(images, patch_mask)
         if noise is None:
             noise = draw_noise(x, self.noise_mode, self.lower, self.upper, generator=generator)
-        elif noise.shape != x.shape:
-            raise ValueError(f'noise must be shaped like the images {tuple(x.shape)}, got {tuple(noise.shape)}.')
         pixel_mask = patch_mask_to_pixels(patch_mask, model.grid_size, model.patch_size)
         return CorruptedBatch(blend_noise(x, pixel_mask, noise.to(x.dtype), self.lower, self.upper), patch_mask)
