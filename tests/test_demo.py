@@ -34,6 +34,11 @@ def test_quick_demo_writes_table_json_and_plot(tmp_path, capsys):
         layers = report['attention']['models'][m['name']]['layers']
         assert len(layers) == 2 and all(layer['js'] > 0 for layer in layers)
     assert (out / 'baseline' / 'last.pth.tar').exists() and (out / 'rspc' / 'last.pth.tar').exists()
+    # `analyze --demo-run` recomputes the demo's attention numbers from its saved models: same masks, noise, batches.
+    assert main(['analyze', 'attention', '--demo-run', str(out), '--workers', '0', '--grid-images', '0',
+                 '--output', str(tmp_path / 'attention')]) == 0
+    again = json.loads((tmp_path / 'attention' / 'analysis.json').read_text())
+    assert again['models'] == report['attention']['models']
     pytest.importorskip('matplotlib')
     for png in ('demo.png', 'sensitivity.png', 'attention.png', 'attention_grid.png'):
         assert (out / png).read_bytes()[:4] == b'\x89PNG'

@@ -49,11 +49,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     d.add_argument('--split', default='validation', help='split folder under --data-dir (default: validation)')
     d.add_argument('--crop-pct', type=float, metavar='PCT', help="centre-crop fraction (default: the model's)")
     d.add_argument('--num-images', type=int, metavar='N', help='a seeded random subset of N images (default: all)')
-    d.add_argument('--batch-size', type=int, default=64)
+    d.add_argument('--batch-size', type=int, default=None,
+                   help="images per batch; the noise is drawn per batch (default: 64, a demo run's own)")
     d.add_argument('--workers', type=int, default=2, help='data loading processes')
     d.add_argument('--device', default='cpu', help='torch device, e.g. cuda')
     d.add_argument('--ratio', type=float, default=0.1, help='fraction of patches perturbed per image (default 0.1)')
-    d.add_argument('--seed', type=int, default=0, help='seed of the patch masks, the noise and the attacks')
+    d.add_argument('--seed', type=int, default=None,
+                   help="seed of the patch masks, the noise and the attacks (default: 0, a demo run's own)")
     parser.add_argument('--output', metavar='DIR',
                         help='new folder for this run (default: ./output/analyze/<analysis>-<date-time>)')
 
@@ -97,7 +99,8 @@ def _demo_run_models(run: str) -> Dict:
     config = demo['config']
     kwargs = {k: config[k] for k in ('patch_size', 'embed_dim', 'depth', 'num_heads')}
     kwargs['img_size'] = config['img_size']
-    return dict(names=[config['model']] * 2, labels=['baseline', 'RSPC'], num_classes=10, kwargs=kwargs,
+    return dict(names=[config['model']] * 2, labels=['baseline', 'RSPC'], num_classes=len(demo['data']['classes']),
+                kwargs=kwargs, seed=config['eval_seed'], batch_size=config.get('eval_batch_size', 64),
                 checkpoints=[os.path.join(run, 'baseline', 'last.pth.tar'), os.path.join(run, 'rspc', 'last.pth.tar')],
                 data_dir=demo['data']['dir'])
 
@@ -132,6 +135,9 @@ def _load_models(args: argparse.Namespace):
         names, labels, checkpoints = demo['names'], demo['labels'], demo['checkpoints']
         num_classes, kwargs, args.data_dir = demo['num_classes'], demo['kwargs'], args.data_dir or demo['data_dir']
         args.crop_pct = 1.0 if args.crop_pct is None else args.crop_pct  # the demo's evaluation transform
+        # The demo's masks, noise and batches: the same numbers as its own analyses.
+        args.seed = demo['seed'] if args.seed is None else args.seed
+        args.batch_size = demo['batch_size'] if args.batch_size is None else args.batch_size
     else:
         names, checkpoints = args.model, args.checkpoint or [None] * len(args.model)
         labels = args.label or _default_labels(names, checkpoints)
@@ -207,9 +213,12 @@ def run_analysis(args: argparse.Namespace) -> int:
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         raise FileExistsError(f"'{output}' already exists and is not empty; choose a new --output folder.")
     models = _load_models(args)
+    args.seed = 0 if args.seed is None else args.seed
+    args.batch_size = 64 if args.batch_size is None else args.batch_size
     first = next(iter(models.values())).model
-    loader = image_folder_loader(args.data_dir, args.split, pixel_data_config(first, args.crop_pct), batch_size=args.batch_size,
-                                 num_images=args.num_images, seed=args.seed, workers=args.workers)
+    loader = image_folder_loader(args.data_dir, args.split, pixel_data_config(first, args.crop_pct),
+                                 batch_size=args.batch_size, num_images=args.num_images, seed=args.seed,
+                                 workers=args.workers)
     report.create_run_folder(output)
     written = []
     try:
