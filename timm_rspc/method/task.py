@@ -32,6 +32,7 @@ from timm.utils.model_ema import ModelEmaV3
 from .adversary import create_adversary
 from .capture import PairedBlockDistance
 from .corruption import PatchCorruptionModel
+from .input_gradient import find_input_conv, split_input_gradient
 from .settings import RSPCSettings
 
 _logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class RSPCTrainableModule(nn.Module):
         super().__init__()
         self.model = model
         self.alignment = alignment
+        self.input_conv_name = find_input_conv(model)  # see `split_input_gradient`
 
     def no_weight_decay(self):
         model = unwrap_model(self.model)
@@ -69,10 +71,14 @@ class RSPCTrainableModule(nn.Module):
 
     def forward(self, clean: torch.Tensor, corrupted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         recording = self.alignment.record()  # before any tensor op: a graph break under torch.compile
+        split = split_input_gradient(self.model, self.input_conv_name, corrupted)
         try:
-            logits = self.model(torch.cat([corrupted, clean]))
+            paired = torch.cat([corrupted, clean])
+            split.paired.append(paired)
+            logits = self.model(paired)
         finally:
             recording.close()
+            split.close()
         return logits[clean.shape[0]:], recording.measure()
 
 
