@@ -90,7 +90,7 @@ class RSPCSettings:
         0.05, '--rspc-weight-decay', 'WD', 'Corruption model weight decay', Interval(0.))
     corruption_clip_grad: Optional[float] = _setting(
         5.0, '--rspc-clip-grad', 'NORM',
-        'Max gradient norm of the corruption model, after AMP unscaling; 0 disables', Interval(0.), optional=True)
+        'Max gradient norm of the corruption model after AMP unscaling (0 disables)', Interval(0.), optional=True)
     corruption_clip_mode: str = _setting(
         'norm', '--rspc-clip-mode', None,
         "'norm': clip the corruption model's gradient norm to --rspc-clip-grad; 'normalize': rescale it to exactly "
