@@ -331,7 +331,7 @@ def build_model_with_package_loader(model_cls: Callable[..., nn.Module], variant
         kwargs['pretrained_cfg_overlay'] = _with_package_loader(kwargs['pretrained_cfg_overlay'])
     try:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    except urllib.error.URLError as e:  # also HTTPError
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # URLError includes HTTPError
         if not pretrained:
             raise
         from timm.models._builder import resolve_pretrained_cfg
