@@ -60,3 +60,28 @@ def test_find_input_conv_only_takes_a_plain_zero_padded_conv():
     assert find_input_conv(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3))) == '0'
     assert find_input_conv(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode='reflect'))) is None
     assert find_input_conv(nn.Sequential(nn.Linear(3, 4))) is None
+
+
+def test_hook_splits_the_input_gradient_too():
+    from timm_rspc.method import RSPCHook
+    x, target, noise = fixed_batch()
+    results = []
+    for split in (False, True):
+        model = make_model('rvt_tiny_plus')
+        rspc = RSPCHook(model)
+        if not split:
+            rspc._input_conv = None
+        if results:
+            rspc.corruption_model.load_state_dict(results[0][2])
+        seen = []
+        model.get_submodule(find_input_conv(model)).register_forward_hook(
+            lambda module, args, output: seen.append(args[0].requires_grad))
+        paired, _ = rspc(x, target, noise=noise)
+        output, align_loss = rspc.split(model(paired))
+        (output.logsumexp(1).mean() + align_loss).backward()
+        grads = [p.grad for p in [*model.parameters(), *rspc.corruption_model.parameters()]]
+        results.append((seen, grads, rspc.corruption_model.state_dict()))
+    (seen_plain, grads_plain, _), (seen_split, grads_split, _) = results
+    assert seen_plain == [True] and seen_split == [False]
+    for a, b in zip(grads_plain, grads_split):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

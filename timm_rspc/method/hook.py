@@ -23,6 +23,7 @@ import torch.nn as nn
 from .adversary import create_adversary
 from .capture import AlignmentRecording, PairedBlockDistance
 from .corruption import PatchCorruptionModel
+from .input_gradient import InputGradientSplit, find_input_conv, split_input_gradient
 from .settings import RSPCSettings
 
 __all__ = ['RSPCHook']
@@ -61,6 +62,9 @@ class RSPCHook:
         self.alignment = PairedBlockDistance(model, settings.blocks)
         self.occluded_fraction: Optional[torch.Tensor] = None
         self._recording: Optional[AlignmentRecording] = None
+        self._model = model
+        self._input_conv = find_input_conv(model)
+        self._input_split: Optional[InputGradientSplit] = None
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(ratio={self.corruption_model.ratio}, align_weight={self.align_weight}, '
@@ -90,7 +94,11 @@ class RSPCHook:
         self.occluded_fraction = corrupted.occluded_fraction()
         self._stop_recording()  # a pass abandoned before split (an exception) must not leave its hooks behind
         self._recording = self.alignment.record()
-        return torch.cat([corrupted.images, x]), target
+        # The first convolution computes the corrupted half's input gradient only, if the model gets this very batch.
+        self._input_split = split_input_gradient(self._model, self._input_conv, corrupted.images)
+        paired = torch.cat([corrupted.images, x])
+        self._input_split.paired.append(paired)
+        return paired, target
 
     def split(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """From the model's output on the paired batch: ``(clean half of output, align_loss)``; unhooks the blocks."""
@@ -98,12 +106,19 @@ class RSPCHook:
             raise RuntimeError('RSPCHook.split needs a paired forward pass: call rspc(x, target) and run the model on '
                                'the paired batch it returns first.')
         recording, self._recording = self._recording, None
+        self._stop_input_split()
         return output[output.shape[0] // 2:], recording.measure()
 
     def _stop_recording(self) -> None:
         if self._recording is not None:
             self._recording.close()
             self._recording = None
+        self._stop_input_split()
+
+    def _stop_input_split(self) -> None:
+        if self._input_split is not None:
+            self._input_split.close()
+            self._input_split = None
 
     def loss(self, task_loss: torch.Tensor, align_loss: torch.Tensor) -> torch.Tensor:
         """``task_loss + align_weight * align_loss``."""
