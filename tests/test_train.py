@@ -114,6 +114,18 @@ def test_yaml_config_keys_are_checked(tmp_path, caplog):
         parse_args(['-c', str(tmp_path / 'missing.yaml')])
 
 
+def test_rspc_values_from_a_config_file_are_checked_before_any_work(tmp_path):
+    """argparse does not check defaults, and -c values are defaults: preflight checks them with the flags'."""
+    from timm_rspc.train.preflight import check_values
+    config = tmp_path / 'cfg.yaml'
+    config.write_text('model: resnet18\nrspc: true\nrspc-lambda: .nan\n')
+    args, _ = parse_args(['-c', str(config)])
+    with pytest.raises(ConfigError, match='--rspc-lambda'):
+        check_values(args)
+    config.write_text('model: resnet18\nrspc: false\nrspc-lambda: .nan\n')
+    check_values(parse_args(['-c', str(config)])[0])  # RSPC off: its settings are not used
+
+
 @pytest.fixture
 def one_thread():
     """In-process runs compare bit-exactly with subprocess runs (OMP_NUM_THREADS=1), so use one thread too."""

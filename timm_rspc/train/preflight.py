@@ -89,6 +89,13 @@ def check_values(args: argparse.Namespace) -> None:
         raise ConfigError(f"--model-dtype must be float32, float16 or bfloat16, got '{args.model_dtype}'.")
     if args.amp and args.model_dtype not in (None, 'float32'):
         raise ConfigError('--amp needs a float32 model; drop --model-dtype or --amp.')
+    if getattr(args, 'rspc', False):
+        # Values from a -c config file reach argparse as defaults, which it does not check: check them all here.
+        from timm_rspc.method import RSPCSettings
+        try:
+            RSPCSettings.from_args(args)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def run_preflight(args: argparse.Namespace) -> None:
