@@ -366,7 +366,7 @@ def _table(rows: List[Dict], columns: List[str]) -> List[str]:
 def write_report(results: Dict, path_md: str) -> None:
     machine = results['machine']
     lines = ['# Benchmark results', '',
-             f"Written by `python benchmarks/run.py {' '.join(results['argv'])}`".rstrip() + ' on '
+             f"Written by `{' '.join(['python benchmarks/run.py', *results['argv']])}` on "
              f"{machine['cpu']} ({machine['logical_cores']} logical cores, {machine['torch_threads']} torch threads"
              f"{', ' + machine['gpu'] if 'gpu' in machine else ''}), torch {machine['torch']}, timm {machine['timm']}, "
              f"image size {results['img_size']}, median of {results['repeats']} interleaved repeats.", '']
