@@ -502,6 +502,21 @@ def test_push_without_token_fails_clearly(exported, monkeypatch, tmp_path):
         push_folder(folder, 'org/vit-rspc', endpoint='http://127.0.0.1:9')
 
 
+def test_push_with_a_token_but_no_network_is_one_line(exported, monkeypatch, capsys):
+    """Nothing listens on port 9 of this machine: the Hub is unreachable, as without a network."""
+    from timm_rspc.cli import main
+    folder, _ = exported
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setenv('HF_TOKEN', 'hf_not_a_real_token')
+    monkeypatch.setattr(hf_constants, 'ENDPOINT', 'http://127.0.0.1:9')  # what HF_ENDPOINT sets at import
+    with pytest.raises(SystemExit) as exit_info:
+        main(['push', 'org/vit-rspc', '--folder', str(folder)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'Could not reach the Hugging Face Hub (http://127.0.0.1:9)' in err
+    assert 'org/vit-rspc' in err and 'hf_not_a_real_token' not in err
+
+
 # ---------------------------------------------------------------------------------------------------- released
 
 

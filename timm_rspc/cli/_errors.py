@@ -3,7 +3,7 @@ import contextlib
 import sys
 
 # Errors whose message tells the user what was wrong and what to do; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError)
 
 
 class CommandFailed(SystemExit):

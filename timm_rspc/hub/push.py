@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from .export import EXPORT_FILES, MANIFEST_NAME, read_manifest
 
-__all__ = ['CardExistsError', 'upload_plan', 'push_folder', 'push_model']
+__all__ = ['CardExistsError', 'HubUnreachableError', 'upload_plan', 'push_folder', 'push_model']
 
 _VERIFIED_FILES = ('model.safetensors', 'config.json')
 
@@ -105,6 +105,30 @@ def push_folder(
         raise PermissionError('No Hugging Face token found. Log in with `hf auth login` or set HF_TOKEN.')
     import timm_rspc
     api = HfApi(endpoint=endpoint, token=token, library_name='timm-rspc', library_version=timm_rspc.__version__)
+    try:
+        return _push(api, folder, repo_id, plan, revision, private, create_pr, keep_card, overwrite_card)
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise HubUnreachableError(
+            f"Could not reach the Hugging Face Hub ({api.endpoint}) to push {repo_id}: {e}. Check the network (or "
+            f"HF_ENDPOINT) and run the command again; nothing was uploaded in the failing step, and the export folder "
+            f"is unchanged. --dry-run shows the upload plan offline.") from None
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hub could not be reached (no network, DNS, timeout): a one-line report, not a traceback."""
+
+
+def _is_network_error(error: BaseException) -> bool:
+    """A transport failure of the HTTP backend huggingface_hub uses: ``requests`` (``ConnectionError``, ``Timeout``)
+    in 0.x, ``httpx`` / ``httpx2`` (``TransportError``) later; recognised by those class names, as the backend changed
+    across huggingface_hub versions."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(names & {'TransportError', 'Timeout'})
+
+
+def _push(api, folder, repo_id, plan, revision, private, create_pr, keep_card, overwrite_card) -> Dict[str, Any]:
     if not keep_card and not overwrite_card and api.file_exists(repo_id, 'README.md', revision=revision):
         raise CardExistsError(
             f"{repo_id} already has a model card (README.md){f' at revision {revision}' if revision else ''}. "
