@@ -48,14 +48,10 @@ def _patch_indices(pid_b, pid_n, grid_w, C, H, W, P: tl.constexpr, BLOCK: tl.con
 
 
 @triton.jit
-def _fused_patch_noise_fwd(
-        x_ptr, mask_ptr, noise_ptr, seed_ptr, lower_ptr, upper_ptr, out_ptr,
-        C, H, W, grid_w, num_patches,
-        sxb, sxc, sxh, sxw, snb, snc, snh, snw, sob, soc, soh, sow,
-        P: tl.constexpr, BLOCK: tl.constexpr, HAS_NOISE: tl.constexpr, NOISE_MODE: tl.constexpr,
-        ACC: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _blend_patch(pid_b, pid_n, x_ptr, mask_ptr, noise_ptr, seed_ptr, lower_ptr, upper_ptr, C, H, W, grid_w,
+                 num_patches, sxb, sxc, sxh, sxw, snb, snc, snh, snw, P: tl.constexpr, BLOCK: tl.constexpr,
+                 HAS_NOISE: tl.constexpr, NOISE_MODE: tl.constexpr, ACC: tl.constexpr):
+    """One patch's pixels blended with noise, before the clamp; the backward recomputes exactly this."""
     valid, c, row, col, flat_idx = _patch_indices(pid_b, pid_n, grid_w, C, H, W, P, BLOCK)
     keep = tl.load(mask_ptr + pid_b * num_patches + pid_n).to(ACC)
     lower = tl.load(lower_ptr + c, mask=valid, other=0.).to(ACC)
@@ -66,6 +62,21 @@ def _fused_patch_noise_fwd(
     # torch.lerp's two-sided formula: exact at weight 0 (noise) and 1 (x).
     diff = x - noise
     blended = tl.where(keep < 0.5, noise + keep * diff, x - diff * (1. - keep))
+    return valid, c, row, col, keep, lower, upper, diff, blended
+
+
+@triton.jit
+def _fused_patch_noise_fwd(
+        x_ptr, mask_ptr, noise_ptr, seed_ptr, lower_ptr, upper_ptr, out_ptr,
+        C, H, W, grid_w, num_patches,
+        sxb, sxc, sxh, sxw, snb, snc, snh, snw, sob, soc, soh, sow,
+        P: tl.constexpr, BLOCK: tl.constexpr, HAS_NOISE: tl.constexpr, NOISE_MODE: tl.constexpr,
+        ACC: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    valid, c, row, col, keep, lower, upper, diff, blended = _blend_patch(
+        pid_b, pid_n, x_ptr, mask_ptr, noise_ptr, seed_ptr, lower_ptr, upper_ptr, C, H, W, grid_w, num_patches,
+        sxb, sxc, sxh, sxw, snb, snc, snh, snw, P, BLOCK, HAS_NOISE, NOISE_MODE, ACC)
     out = tl.minimum(tl.maximum(blended, lower), upper)
     tl.store(out_ptr + pid_b * sob + c * soc + row * soh + col * sow, out.to(out_ptr.dtype.element_ty), mask=valid)
 
@@ -79,16 +90,10 @@ def _fused_patch_noise_bwd(
         NEEDS_GRAD_X: tl.constexpr, ACC: tl.constexpr, TIE: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
-    valid, c, row, col, flat_idx = _patch_indices(pid_b, pid_n, grid_w, C, H, W, P, BLOCK)
-    keep = tl.load(mask_ptr + pid_b * num_patches + pid_n).to(ACC)
-    lower = tl.load(lower_ptr + c, mask=valid, other=0.).to(ACC)
-    upper = tl.load(upper_ptr + c, mask=valid, other=0.).to(ACC)
-    x = tl.load(x_ptr + pid_b * sxb + c * sxc + row * sxh + col * sxw, mask=valid, other=0.).to(ACC)
-    noise = _noise_values(seed_ptr, noise_ptr, flat_idx, pid_b * snb + c * snc + row * snh + col * snw,
-                          c, lower, upper, valid, HAS_NOISE, NOISE_MODE, ACC)
+    valid, c, row, col, keep, lower, upper, diff, blended = _blend_patch(
+        pid_b, pid_n, x_ptr, mask_ptr, noise_ptr, seed_ptr, lower_ptr, upper_ptr, C, H, W, grid_w, num_patches,
+        sxb, sxc, sxh, sxw, snb, snc, snh, snw, P, BLOCK, HAS_NOISE, NOISE_MODE, ACC)
     grad = tl.load(grad_ptr + pid_b * sgb + c * sgc + row * sgh + col * sgw, mask=valid, other=0.).to(ACC)
-    diff = x - noise
-    blended = tl.where(keep < 0.5, noise + keep * diff, x - diff * (1. - keep))
     # As torch.clamp's backward: the whole gradient strictly inside the range, TIE of it on a bound, none outside.
     on_bound = (blended == lower) | (blended == upper)
     grad = tl.where((blended > lower) & (blended < upper), grad, tl.where(on_bound, grad * TIE, 0.))
