@@ -104,6 +104,28 @@ def test_bad_resume_file_is_one_line_and_nothing_is_written(data_dir, tmp_path, 
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.parametrize('kind, message', [
+    ('truncated', r"is damaged \(truncated or not a PyTorch file"),
+    ('unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded"),
+    ('other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\).*head\.weight \(100, 32\) in the "
+                    r"file, \(10, 32\) here\).*--pretrained-path"),
+])
+def test_bad_initial_checkpoint_is_one_line_and_nothing_is_written(data_dir, tmp_path, capsys, kind, message):
+    path = tmp_path / 'weights.pth.tar'
+    _write(path, kind)
+    assert _train(data_dir, tmp_path, '--initial-checkpoint', str(path)) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"timm-rspc train: error: --initial-checkpoint file '{path}' ")
+    assert re.search(message, line), line
+    assert not (tmp_path / 'out').exists()
+
+
+def test_initial_checkpoint_of_the_same_model_loads(data_dir, tmp_path):
+    path = tmp_path / 'weights.pth.tar'
+    _write(path, 'weights only')
+    assert _train(data_dir, tmp_path, '--initial-checkpoint', str(path)) == 0
+
+
 def test_verbose_shows_the_traceback(data_dir, tmp_path):
     path = tmp_path / 'empty.pth.tar'
     path.write_bytes(b'')

@@ -24,6 +24,15 @@ from .args import METHOD_CHANGE_FLAG, ConfigError
 
 def read_training_checkpoint(path: str, flag: str = '--resume') -> Dict[str, Any]:
     """The checkpoint at ``path``, read weights-only (tensors memory-mapped where the format allows)."""
+    checkpoint = _read_weights_only(path, flag)
+    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
+        raise ConfigError(
+            f"{flag} file '{path}' is not a training checkpoint (no 'state_dict' entry). To start from its weights, "
+            "pass it as --initial-checkpoint instead.")
+    return checkpoint
+
+
+def _read_weights_only(path: str, flag: str) -> Any:
     if os.path.getsize(path) == 0:
         raise ConfigError(f"{flag} file '{path}' is damaged: it is empty (0 bytes), e.g. an interrupted copy. "
                           "Resume from another checkpoint of the run (checkpoint-N.pth.tar) or start without it.")
@@ -40,10 +49,6 @@ def read_training_checkpoint(path: str, flag: str = '--resume') -> Dict[str, Any
             "does, so it was not loaded. Use a checkpoint written by timm's train.py or timm-rspc train.") from None
     except Exception as e:  # torch raises OSError, EOFError, RuntimeError, IndexError ... for damaged files
         raise _damaged(path, flag, e) from None
-    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
-        raise ConfigError(
-            f"{flag} file '{path}' is not a training checkpoint (no 'state_dict' entry). To start from its weights, "
-            "pass it as --initial-checkpoint instead.")
     return checkpoint
 
 
@@ -117,10 +122,13 @@ def check_same_model(checkpoint: Dict[str, Any], model: nn.Module, path: str, fl
     if unexpected:
         found.append(f'{len(unexpected)} unexpected, e.g. {unexpected[0]}')
     arch = checkpoint.get('arch')
+    advice = ('Resume with the model flags it was trained with (args.yaml beside it), or start a new run from its '
+              'weights with --initial-checkpoint.') if flag == '--resume' else (
+              'Build the model it was trained with (--model, --num-classes, --model-kwargs), or load only the '
+              'matching weights with --pretrained-path, which adapts the classifier.')
     raise ConfigError(
         f"{flag} file '{path}' is a checkpoint of another model{f' ({arch})' if arch else ''}: its weights do not "
-        f"fit this one ({'; '.join(found)}). Resume with the model flags it was trained with (args.yaml beside it), "
-        "or start a new run from its weights with --initial-checkpoint.")
+        f"fit this one ({'; '.join(found)}). {advice}")
 
 
 def check_same_method(checkpoint: Dict[str, Any], rspc: bool, allow_method_change: bool, path: str) -> None:
@@ -135,6 +143,24 @@ def check_same_method(checkpoint: Dict[str, Any], rspc: bool, allow_method_chang
     raise ConfigError(
         f"--resume file '{path}' was trained without --rspc: drop --rspc to continue it, or pass "
         f"{METHOD_CHANGE_FLAG} to continue it with RSPC (the corruption model then starts afresh).")
+
+
+def check_initial_checkpoint(path: str, model: nn.Module) -> None:
+    """``--initial-checkpoint`` is loaded by timm's ``load_checkpoint`` (EMA weights first, as timm's train.py does);
+    before that, the file is read weights-only and the weights timm would pick are checked against ``model``, so a
+    damaged, unsafe or other model's file is one line instead of a traceback."""
+    checkpoint = _read_weights_only(path, '--initial-checkpoint')
+    weights = checkpoint
+    if isinstance(checkpoint, dict):
+        for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):  # timm's order with use_ema=True
+            if isinstance(checkpoint.get(key), dict):
+                weights = checkpoint[key]
+                break
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ConfigError(f"--initial-checkpoint file '{path}' holds no state dict of tensors; pass a checkpoint or "
+                          "a saved state_dict().")
+    meta = {'arch': checkpoint.get('arch')} if isinstance(checkpoint, dict) else {}
+    check_same_model({'state_dict': weights, **meta}, model, path, flag='--initial-checkpoint')
 
 
 def check_resume_file(path: str, model: nn.Module, rspc: bool, allow_method_change: bool = False) -> Dict[str, Any]:

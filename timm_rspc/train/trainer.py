@@ -20,7 +20,7 @@ from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.layers import convert_sync_batchnorm, set_fast_norm
 from timm.loss import create_classification_loss
-from timm.models import create_model, safe_model_name
+from timm.models import create_model, load_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
@@ -33,7 +33,7 @@ from .args import ConfigError, args_to_yaml
 from .loop import LoopSettings, train_one_epoch, validate
 from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, claim_output_dir
 from .preflight import run_preflight
-from .resume_check import check_resume_file
+from .resume_check import check_initial_checkpoint, check_resume_file
 from .rng import gather_rng_states, restore_rank_rng_state
 
 _logger = logging.getLogger('timm_rspc.train')
@@ -292,9 +292,12 @@ def _create_model(args: argparse.Namespace) -> nn.Module:
             args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
             drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
             global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps,
-            checkpoint_path=args.initial_checkpoint, **factory_kwargs, **args.model_kwargs)
+            **factory_kwargs, **args.model_kwargs)
     except TypeError as e:
         raise ConfigError(f"cannot create '{args.model}' with these arguments ({e}); check --model-kwargs.") from None
+    if args.initial_checkpoint:
+        check_initial_checkpoint(args.initial_checkpoint, model)
+        load_checkpoint(model, args.initial_checkpoint)  # what create_model(checkpoint_path=...) does in train.py
     if args.head_init_scale is not None:
         with torch.no_grad():
             model.get_classifier().weight.mul_(args.head_init_scale)
