@@ -24,6 +24,9 @@ def triton_available() -> bool:
 
 
 def use_kernels(tensor: torch.Tensor) -> bool:
-    """Whether the method should call the fused kernels for ``tensor``: a CUDA tensor, Triton installed, and not
-    switched off by ``TIMM_RSPC_KERNELS=0``. (Tests call the kernels directly on CPU under ``TRITON_INTERPRET=1``.)"""
-    return tensor.is_cuda and os.environ.get(KERNELS_ENV, '1') != '0' and triton_available()
+    """Whether the method should call the fused kernels for ``tensor``: a CUDA tensor, Triton installed, not switched
+    off by ``TIMM_RSPC_KERNELS=0``, and not inside ``torch.compile``, whose inductor fuses the same element-wise code
+    itself. (Tests call the kernels directly on CPU under ``TRITON_INTERPRET=1``.)"""
+    if not tensor.is_cuda or os.environ.get(KERNELS_ENV, '1') == '0' or torch.compiler.is_compiling():
+        return False
+    return triton_available()
