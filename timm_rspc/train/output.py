@@ -86,7 +86,7 @@ class RunFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                owner = os.read(fd, 200).decode(errors='replace').strip() or 'unknown process'
+                owner = _lock_owner(fd)
                 os.close(fd)
                 raise RunFolderBusy(
                     f"output folder '{self.path}' is in use by another training run ({owner}); wait for it to "
@@ -322,3 +322,14 @@ def append_summary_row(path: str, epoch: int, train_metrics, eval_metrics, lr: O
         writer.writeheader()
     writer.writerow(row)
     atomic_write_text(path, existing + buffer.getvalue())
+
+
+def _lock_owner(fd: int) -> str:
+    """What the run holding the lock wrote into the lock file (its PID), waiting up to 0.2 s for it: the holder takes
+    the lock first and writes its PID just after, so a second run can look in between."""
+    for _ in range(20):
+        owner = os.pread(fd, 200, 0).decode(errors='replace').strip()
+        if owner:
+            return owner
+        time.sleep(0.01)
+    return 'unknown process'

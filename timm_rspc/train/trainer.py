@@ -5,6 +5,7 @@ batch is read (pre-flight checks, the model, the task's block search, the output
 changes state on disk happens after.
 """
 import argparse
+import gc
 import json
 import logging
 import os
@@ -55,11 +56,26 @@ def train(args: argparse.Namespace) -> TrainResult:
     run_preflight(args)
     _normalise_args(args)
     device = utils.init_distributed_device(args)
+    result = None
     try:
-        return _train(args, device, args_text)
+        result = _train(args, device, args_text)
+        return result
     finally:
         if args.distributed and dist.is_initialized():
+            _release_distributed(result)
             dist.destroy_process_group()
+
+
+def _release_distributed(result: Optional[TrainResult]) -> None:
+    """Unwrap the returned task's DDP module and collect it while the process group still exists.
+
+    A caller that keeps the result until the interpreter exits would otherwise free DDP (and its gloo work) during
+    interpreter shutdown, where gloo's threads abort the process ('terminate called without an active exception').
+    """
+    task = result.task if result is not None else None
+    if task is not None and isinstance(getattr(task, 'trainable_module', None), nn.parallel.DistributedDataParallel):
+        task.trainable_module = task.trainable_module.module
+    gc.collect()
 
 
 def _normalise_args(args: argparse.Namespace) -> None:
