@@ -6,7 +6,7 @@ model, batch size and workers. The validate-style loop is timm's own pieces as v
 top-1 per batch. The bench loop is ``timm_rspc.bench.run_benchmark(..., imagenet=folder)`` end to end (it also lists
 the folder, writes its run folder and results). Rounds alternate so that machine load hits both alike.
 
-    python benchmarks/bench_eval_throughput.py                    # test_vit, 1024 images, batch 64, 2 workers
+    python benchmarks/bench_eval_throughput.py                    # test_vit, 4096 images, batch 64, 2 workers
     python benchmarks/bench_eval_throughput.py --model resnet18 --images 2048 --workers 4 --device cuda
 """
 import argparse
@@ -70,7 +70,7 @@ def bench_loop(args, folder: str, output: str) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='test_vit')
-    parser.add_argument('--images', type=int, default=1024)
+    parser.add_argument('--images', type=int, default=4096)
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--device', default='cpu')
