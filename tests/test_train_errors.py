@@ -83,39 +83,29 @@ def _write(path, kind):
         torch.save({'state_dict': _tiny_vit(num_classes=100).state_dict(), 'arch': 'vit_tiny_patch16_224'}, path)
 
 
-@pytest.mark.parametrize('kind, message', [
-    ('empty', r"is damaged: it is empty \(0 bytes\).*Resume from another checkpoint of the run"),
-    ('truncated', r"is damaged \(truncated or not a PyTorch file: .*\)\. Resume from another checkpoint"),
-    ('random bytes', r"is damaged \(truncated or not a PyTorch file"),
-    ('unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded.*so it was not loaded"),
-    ('unsafe legacy pickle', r"is unsafe: it would run code \(posix\.system\)"),
-    ('weights only', r"is not a training checkpoint \(no 'state_dict' entry\).*--initial-checkpoint"),
-    ('other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\): its weights do not fit this one "
-                    r"\(2 of other shape, e\.g\. head\.weight \(100, 32\) in the file, \(10, 32\) here\)"),
+@pytest.mark.parametrize('flag, kind, message', [
+    ('--resume', 'empty', r"is damaged: it is empty \(0 bytes\).*Resume from another checkpoint of the run"),
+    ('--resume', 'truncated', r"is damaged \(truncated or not a PyTorch file: .*\)\. Resume from another checkpoint"),
+    ('--resume', 'random bytes', r"is damaged \(truncated or not a PyTorch file"),
+    ('--resume', 'unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded.*so it was not loaded"),
+    ('--resume', 'unsafe legacy pickle', r"is unsafe: it would run code \(posix\.system\)"),
+    ('--resume', 'weights only', r"is not a training checkpoint \(no 'state_dict' entry\).*--initial-checkpoint"),
+    ('--resume', 'other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\): its weights do not fit "
+                                r"this one \(2 of other shape, e\.g\. head\.weight \(100, 32\) in the file, "
+                                r"\(10, 32\) here\)"),
+    ('--initial-checkpoint', 'truncated', r"is damaged \(truncated or not a PyTorch file"),
+    ('--initial-checkpoint', 'unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded"),
+    ('--initial-checkpoint', 'other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\).*"
+                                            r"head\.weight \(100, 32\) in the file, \(10, 32\) here\).*"
+                                            r"--pretrained-path"),
 ])
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')  # torch, about the legacy pickle
-def test_bad_resume_file_is_one_line_and_nothing_is_written(data_dir, tmp_path, capsys, kind, message):
+def test_bad_checkpoint_file_is_one_line_and_nothing_is_written(data_dir, tmp_path, capsys, flag, kind, message):
     path = tmp_path / 'last.pth.tar'
     _write(path, kind)
-    assert _train(data_dir, tmp_path, '--resume', str(path)) == 2
+    assert _train(data_dir, tmp_path, flag, str(path)) == 2
     line = _one_error_line(capsys)
-    assert line.startswith(f"timm-rspc train: error: --resume file '{path}' ")
-    assert re.search(message, line), line
-    assert not (tmp_path / 'out').exists()
-
-
-@pytest.mark.parametrize('kind, message', [
-    ('truncated', r"is damaged \(truncated or not a PyTorch file"),
-    ('unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded"),
-    ('other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\).*head\.weight \(100, 32\) in the "
-                    r"file, \(10, 32\) here\).*--pretrained-path"),
-])
-def test_bad_initial_checkpoint_is_one_line_and_nothing_is_written(data_dir, tmp_path, capsys, kind, message):
-    path = tmp_path / 'weights.pth.tar'
-    _write(path, kind)
-    assert _train(data_dir, tmp_path, '--initial-checkpoint', str(path)) == 2
-    line = _one_error_line(capsys)
-    assert line.startswith(f"timm-rspc train: error: --initial-checkpoint file '{path}' ")
+    assert line.startswith(f"timm-rspc train: error: {flag} file '{path}' ")
     assert re.search(message, line), line
     assert not (tmp_path / 'out').exists()
 

@@ -42,21 +42,20 @@ def fit_corruption_model(
     model.requires_grad_(False)
     losses = []
     try:
-        with PairedBlockDistance(model.model) as alignment:
-            paired = RSPCTrainableModule(model, alignment)
-            for _ in range(steps):
-                pick = torch.randint(0, images.shape[0], (batch_size,), generator=generator, device=generator.device)
-                clean = images[pick.to(images.device)]
-                # C scores the normalised image, as in RSPC training; the noise goes into the pixels.
-                scores = corruption.score(model.normalize(clean))
-                # Centred per image: the mask (a ranking) is unchanged, but the gradient's common part, which pushes
-                # every score down at once against a frozen model until they tie, is projected out.
-                keep = top_rho_straight_through(scores - scores.mean(1, keepdim=True), ratio)
-                _, align_loss = paired(clean, fill(clean, keep, generator))
-                optimizer.zero_grad()
-                (-align_loss).backward()  # ascend: find the patches that change the features most
-                optimizer.step()
-                losses.append(align_loss.detach())
+        paired = RSPCTrainableModule(model, PairedBlockDistance(model.model))
+        for _ in range(steps):
+            pick = torch.randint(0, images.shape[0], (batch_size,), generator=generator, device=generator.device)
+            clean = images[pick.to(images.device)]
+            # C scores the normalised image, as in RSPC training; the noise goes into the pixels.
+            scores = corruption.score(model.normalize(clean))
+            # Centred per image: the mask (a ranking) is unchanged, but the gradient's common part, which pushes
+            # every score down at once against a frozen model until they tie, is projected out.
+            keep = top_rho_straight_through(scores - scores.mean(1, keepdim=True), ratio)
+            _, align_loss = paired(clean, fill(clean, keep, generator))
+            optimizer.zero_grad()
+            (-align_loss).backward()  # ascend: find the patches that change the features most
+            optimizer.step()
+            losses.append(align_loss.detach())
     finally:
         for p, requires_grad in zip(model.parameters(), trainable):
             p.requires_grad_(requires_grad)

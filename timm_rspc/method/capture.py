@@ -275,13 +275,6 @@ class PairedBlockDistance:
                     f"checkpointing, timm's default (unset TIMM_REENTRANT_CKPT).")
         return mean_over_blocks([self.distance(features) for features, _ in records])
 
-    def __enter__(self) -> 'PairedBlockDistance':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        """Nothing to take off the model: hooks exist only during a measured forward pass (`with` is kept for code
-        written against earlier versions, which hooked the model for the object's lifetime)."""
-
 
 class AlignmentRecording(NamedTuple):
     """The chosen blocks' outputs in one forward pass, recorded from `PairedBlockDistance.record` until `measure` or
