@@ -18,15 +18,18 @@ def _conv_inputs(task):
     return seen
 
 
+@pytest.mark.parametrize('autocast', [False, torch.float16, torch.bfloat16], ids=['fp32', 'fp16', 'bf16'])
 @pytest.mark.parametrize('name', list(FAMILIES))
-def test_corrupted_half_input_gradient_only_and_the_same_step(name):
+def test_corrupted_half_input_gradient_only_and_the_same_step(name, autocast):
+    """Also under float16 / bfloat16 autocast, where the convolution runs on 16-bit copies of input and weight."""
     x, target, noise = fixed_batch()
     plain = task_for(make_model(name))
     plain.get_trainable_module().input_conv_name = None  # the unsplit paired forward
     split = task_for(make_model(name), like=plain)
     assert split.get_trainable_module().input_conv_name == find_input_conv(split.get_eval_model()) is not None
     seen_plain, seen_split = _conv_inputs(plain), _conv_inputs(split)
-    assert_same_step(step(split, x, target, noise), step(plain, x, target, noise), rtol=0, atol=0)
+    assert_same_step(
+        step(split, x, target, noise, autocast), step(plain, x, target, noise, autocast), rtol=0, atol=0)
     assert seen_plain == [True] and seen_split == [False]
     conv = split.get_eval_model().get_submodule(find_input_conv(split.get_eval_model()))
     assert not conv._forward_pre_hooks and len(conv._forward_hooks) == 1  # only the recorder is left

@@ -41,7 +41,9 @@ def task_for(model, like=None):
 
 
 def step(task, x, target, noise, autocast=False):
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+    """One forward and backward; ``autocast``: False, True (bfloat16) or a dtype."""
+    dtype = autocast if isinstance(autocast, torch.dtype) else torch.bfloat16
+    with torch.autocast('cpu', dtype=dtype, enabled=autocast is not False):
         out = task(x, target, noise=noise)
     out['loss'].backward()
     backbone = unwrap_model(task.get_eval_model())

@@ -3,6 +3,7 @@
 The scripts are not part of the package: set TIMM_SCRIPTS_DIR to a folder holding timm's train.py and validate.py
 (by default the test looks in a `timm` folder beside this repository); without one the tests skip.
 """
+import math
 import os
 import re
 import subprocess
@@ -145,3 +146,16 @@ def test_rspc_on_unmodified_timm_train_under_torchrun(data_dir, tmp_path):
     assert 'train_align_loss' in header.split(',')
     assert float(dict(zip(header.split(','), row.split(',')))['train_occluded_fraction']) == 0.125
     assert 'corruption_model' in _load(tmp_path / 'ddp' / 'last.pth.tar')['task_state']
+
+
+@pytest.mark.parametrize('amp_dtype', ['float16', 'bfloat16'])
+def test_rspc_on_unmodified_timm_train_with_amp(data_dir, tmp_path, amp_dtype):
+    """`--amp` (float16 is timm's default --amp-dtype) with grad checkpointing and channels_last, under CPU autocast,
+    which gives the dtype mix of a CUDA run."""
+    proc = _timm_train(_scripts_dir(), data_dir, tmp_path, amp_dtype, '-b', '10', '--epochs', '1', '--rspc',
+                       '--amp', '--amp-dtype', amp_dtype, '--grad-checkpointing', '--channels-last')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, row = (tmp_path / amp_dtype / 'summary.csv').read_text().strip().splitlines()
+    values = {k: float(v) for k, v in zip(header.split(','), row.split(','))}
+    assert all(math.isfinite(values[k]) for k in ('train_loss', 'train_align_loss', 'eval_loss'))
+    assert values['train_align_loss'] > 0

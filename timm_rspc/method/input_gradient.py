@@ -49,8 +49,12 @@ class _CorruptedInputGradient(torch.autograd.Function):
         corrupted, weight = ctx.saved_tensors
         grad_corrupted = None
         if ctx.needs_input_grad[1]:
+            # Under autocast the convolution ran in the output's dtype (float16 / bfloat16) on cast copies of its
+            # input and weight; autograd's own backward uses that weight copy, then casts the gradient back to the
+            # input's dtype. The same two casts here keep the gradient bit-identical to the unsplit forward.
             grad_corrupted = torch.nn.grad.conv2d_input(
-                corrupted.shape, weight, grad_output[:corrupted.shape[0]], *ctx.conv_args)
+                corrupted.shape, weight.to(grad_output.dtype), grad_output[:corrupted.shape[0]], *ctx.conv_args,
+            ).to(corrupted.dtype)
         return grad_output, grad_corrupted, None, None, None, None, None
 
 
