@@ -1,0 +1,136 @@
+"""The torch ImageNet-C corruptions against the reference implementation itself, on real photographs.
+
+The reference is Hendrycks' own PyPI release of ImageNet-C's corruption functions, ``imagenet_c`` 0.0.3 (its
+``imagenet_c/corruptions.py`` is hendrycks/robustness's ``ImageNet-C/imagenet_c/imagenet_c/corruptions.py``; the
+corruptions used here are also those of ``create_c/make_imagenet_c.py``, which made ImageNet-C). Its sdist is fetched
+with pip into a cache on first use (``~/.cache/timm-rspc/tests``, or ``$TIMM_RSPC_TEST_CACHE``; ``$IMAGENET_C_SDIST``
+names a local copy); nothing of it is committed. Its module imports Wand, OpenCV and ``pkg_resources`` at the top, none
+of which the functions tested here use, so only the needed function definitions are executed, after the smallest
+textual adaptations to today's libraries (listed in ``ADAPTATIONS``: scikit-image's ``multichannel=True`` became
+``channel_axis=-1``, numpy 2 removed ``np.float_``).
+
+Images: scikit-image's astronaut, chelsea and coffee photographs, through ImageNet-C's own pipeline (torchvision
+``Resize(256)`` and ``CenterCrop(224)`` on the PIL image, the corruption, then ``np.uint8`` of the result). The torch
+corruptions run on the three images as one batch and are brought to 8 bits the same way.
+
+Fidelity classes: *exact* corruptions agree within 1 grey level on every pixel at every severity; *in distribution*
+ones (random) must have the same per-pixel distribution (checked on the corrupted-minus-clean values) and the same
+independence between pixels and channels.
+"""
+import ast
+import os
+import subprocess
+import sys
+import tarfile
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PIL_Image = pytest.importorskip('PIL.Image')
+skimage = pytest.importorskip('skimage', reason='the reference corruptions need scikit-image (the dev extra)')
+import skimage.color  # noqa: E402
+import skimage.data  # noqa: E402
+import skimage.filters  # noqa: E402
+import skimage.util  # noqa: E402
+
+from timm_rspc.analysis.corruptions import SEVERITIES, corrupt  # noqa: E402
+
+REFERENCE_PACKAGE, REFERENCE_VERSION = 'imagenet_c', '0.0.3'
+REFERENCE_MODULE = f'{REFERENCE_PACKAGE}-{REFERENCE_VERSION}/imagenet_c/corruptions.py'
+# (old text, new text, how often it must occur in the reference file): the only changes made to the reference.
+ADAPTATIONS = (
+    ('multichannel=True', 'channel_axis=-1', 3),   # scikit-image >= 0.19 renamed it, 0.21 removed the old name
+    ('np.float_', 'np.float64', 1),                # numpy 2 removed the alias (plasma_fractal)
+)
+IMAGES = ('astronaut', 'chelsea', 'coffee')
+FLOAT32_SLACK = 1e-3  # grey levels
+EXACT = ('gaussian_blur', 'pixelate', 'brightness', 'contrast')
+
+
+def _cache_dir() -> Path:
+    default = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm-rspc' / 'tests'
+    return Path(os.environ.get('TIMM_RSPC_TEST_CACHE', default))
+
+
+def reference_sdist() -> Path:
+    """``$IMAGENET_C_SDIST``, else the cached sdist, else fetched with pip; skips only if none can be had."""
+    if os.environ.get('IMAGENET_C_SDIST'):
+        return Path(os.environ['IMAGENET_C_SDIST'])
+    cache = _cache_dir()
+    sdist = cache / f'{REFERENCE_PACKAGE}-{REFERENCE_VERSION}.tar.gz'
+    if not sdist.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', '--quiet',
+               f'{REFERENCE_PACKAGE}=={REFERENCE_VERSION}', '-d', str(cache)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not sdist.is_file():
+            pytest.skip(f'the reference implementation is not cached at {sdist} and `{" ".join(cmd)}` failed '
+                        f'(package registry unreachable?): {done.stderr.strip()[-300:]}')
+    return sdist
+
+
+def reference_source() -> str:
+    with tarfile.open(reference_sdist()) as tar:
+        source = tar.extractfile(REFERENCE_MODULE).read().decode()
+    for old, new, count in ADAPTATIONS:
+        assert source.count(old) == count, f'the reference file changed: {old!r} occurs {source.count(old)} times'
+        source = source.replace(old, new)
+    return source
+
+
+@pytest.fixture(scope='module')
+def reference():
+    """The reference's corruption functions (and helpers), defined from its own source."""
+    namespace = {'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL_Image,
+                 'Image': PIL_Image, '__name__': 'imagenet_c.corruptions'}
+    tree = ast.parse(reference_source())
+    wanted = set(EXACT) | {'gaussian_noise', 'impulse_noise', 'fog', 'plasma_fractal'}
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
+    assert {node.name for node in functions} == wanted
+    exec(compile(ast.Module(body=functions, type_ignores=[]), REFERENCE_MODULE, 'exec'), namespace)
+    return types.SimpleNamespace(**{name: namespace[name] for name in wanted}, namespace=namespace)
+
+
+def imagenet_c_view(image: np.ndarray):
+    """ImageNet-C's preprocessing (``make_imagenet_c.py``): ``Resize(256)``, ``CenterCrop(224)`` on a PIL image."""
+    from torchvision import transforms
+    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(PIL_Image.fromarray(image))
+
+
+@pytest.fixture(scope='module')
+def photos():
+    """The three photographs as ImageNet-C's corruptions see them (PIL images) and as one torch batch."""
+    views = [imagenet_c_view(getattr(skimage.data, name)()) for name in IMAGES]
+    batch = torch.from_numpy(np.stack([np.asarray(view) for view in views])).permute(0, 3, 1, 2).float() / 255
+    return views, batch
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Torch (B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8 the way ImageNet-C saves its results (``np.uint8``, which
+    truncates), allowing for float32: a value that is a whole grey level exactly may come out 1e-5 below it."""
+    return np.uint8(np.clip(pixels.permute(0, 2, 3, 1).double().numpy() * 255 + FLOAT32_SLACK, 0, 255))
+
+
+def reference_uint8(function, view, severity: int) -> np.ndarray:
+    return np.uint8(function(view, severity))
+
+
+def grey_level_differences(reference, name: str, photos):
+    """Per severity: max and mean absolute difference in grey levels (8-bit) over the three photographs."""
+    views, batch = photos
+    rows = {}
+    for severity in range(1, 6):
+        expected = np.stack([reference_uint8(getattr(reference, name), view, severity) for view in views])
+        ours = to_uint8(corrupt(name, batch, severity))
+        diff = np.abs(expected.astype(np.int16) - ours.astype(np.int16))
+        rows[severity] = (int(diff.max()), float(diff.mean()))
+    return rows
+
+
+@pytest.mark.parametrize('name', EXACT)
+def test_deterministic_corruptions_match_the_reference(reference, photos, name):
+    rows = grey_level_differences(reference, name, photos)
+    assert all(worst <= 1 for worst, _ in rows.values()), f'{name}: (max, mean) grey levels per severity: {rows}'
