@@ -58,8 +58,14 @@ def test_find_blocks_of_each_layout():
 
 
 def test_find_blocks_error_names_the_model():
-    with pytest.raises(ValueError, match="Could not find the transformer blocks of Sequential.*pattern"):
+    with pytest.raises(ValueError, match="Could not find the blocks of Sequential.*pattern.*modules are 0, 1"):
         find_blocks(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+    # where timm's feature_info names the stages, the hint is a selection that works
+    regnet = timm.create_model('regnety_002', num_classes=10)
+    with pytest.raises(ValueError, match=r"--rspc-blocks 's1\.\*,s2\.\*,s3\.\*,s4\.\*'") as error:
+        find_blocks(regnet)
+    spec = str(error.value).split("--rspc-blocks '")[1].split("'")[0]
+    assert select_blocks(regnet, spec)[:2] == ['s1.b1', 's2.b1'] and len(select_blocks(regnet, spec)) == 13
 
 
 def test_select_blocks_by_index_slice_and_pattern():
@@ -95,16 +101,30 @@ def test_parse_block_spec():
     assert parse_block_spec('0, -1,8:,:2,blocks.1*') == [0, -1, slice(8, None), slice(None, 2), 'blocks.1*']
 
 
-def test_find_patch_grid():
-    vit = timm.create_model('vit_tiny_patch16_224', img_size=64, depth=1)
-    assert find_patch_grid(vit) == ((64, 64), 16)
+@pytest.mark.parametrize('name, kwargs, expected', [
+    ('vit_tiny_patch16_224', dict(img_size=64), ((64, 64), 16)),  # the model's own patches
+    ('vit_small_patch8_224', dict(img_size=64), ((64, 64), 8)),
+    ('eva02_tiny_patch14_224', dict(img_size=56), ((56, 56), 14)),
+    ('rvt_tiny_plus', dict(img_size=64), ((64, 64), 16)),  # conv stem: the token grid's stride
+    ('swin_tiny_patch4_window7_224', dict(img_size=64, window_size=2), ((64, 64), 16)),  # 4 px tokens: 16
+    ('pvt_v2_b0', dict(), ((224, 224), 16)),  # overlapping 7 px embedding with stride 4: 16
+    ('pit_ti_224', dict(img_size=64), ((64, 64), 16)),  # overlapping 16 px embedding with stride 8: 16
+    ('convnext_atto', dict(), ((224, 224), 16)),  # no patch embedding: 16
+])
+def test_find_patch_grid_of_each_family(name, kwargs, expected):
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    assert find_patch_grid(model) == expected
+
+
+def test_find_patch_grid_rules_and_errors():
     assert find_patch_grid(FANLike()) == ((64, 64), 16)  # token-grid stride, not the last projection's patch size
-    assert find_patch_grid(RVTLike(), img_size=32) == ((32, 32), 8)
-    with pytest.raises(ValueError, match='Cannot find the patch grid of Sequential'):
-        find_patch_grid(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    assert find_patch_grid(RVTLike(), img_size=32) == ((32, 32), 8)  # a non-overlapping conv embedding of 8 px
+    assert find_patch_grid(RVTLike(), img_size=32, patch_size=4) == ((32, 32), 4)  # explicit wins
+    assert find_patch_grid(nn.Sequential(nn.Conv2d(3, 4, 3)), img_size=48) == ((48, 48), 16)
     with pytest.raises(ValueError, match='Cannot find the input size of RVTLike'):
         find_patch_grid(RVTLike())
-    with pytest.raises(ValueError, match='Image size 36x36 is not divisible by the patch size 8'):
+    with pytest.raises(ValueError, match=r"Input size 36x36 is not a multiple of the corruption model's 8 px patches "
+                                         r"\(RSPC corrupts whole patches\): train at 32 or 40 px \(--img-size\)"):
         find_patch_grid(RVTLike(), img_size=36)
     with pytest.raises(ValueError, match='sizes must be positive, got image -32x-32, patch 8'):
         find_patch_grid(RVTLike(), img_size=-32)

@@ -109,12 +109,15 @@ def test_bad_configuration_fails_early():
         RSPCTask(model, align_weight=-1, verbose=False)
     with pytest.raises(TypeError, match='Unknown RSPC setting.s. lamda; the settings are'):
         RSPCTask(model, lamda=0.1, verbose=False)
-    with pytest.raises(ValueError, match='Image size 72x72 is not divisible by the patch size 16'):
+    with pytest.raises(ValueError, match=r'Input size 72x72 is not a multiple of .* 16 px patches .* 64 or 80 px'):
         RSPCTask(model, img_size=72, verbose=False)
+    with pytest.raises(ValueError, match=r'patch_size \(--rspc-patch-size\) must be a whole number of pixels >= 1'):
+        RSPCTask(model, patch_size=0, verbose=False)
     with pytest.raises(ValueError, match="pattern 'layer\\*' matches no module"):
         RSPCTask(model, blocks='layer*', verbose=False)
-    with pytest.raises(ValueError, match='Cannot find the patch grid of ResNet'):
-        RSPCTask(timm.create_model('resnet10t', num_classes=10), blocks='layer1', verbose=False)
+    with pytest.raises(ValueError, match=r"built for 176x176 inputs .*, got 64x64.*img_size=\(64, 64\) \(the train"):
+        task = RSPCTask(timm.create_model('resnet10t', num_classes=10), verbose=False)  # C for the cfg's 176 px
+        task(torch.randn(2, 3, 64, 64), torch.tensor([0, 1]))
 
 
 def c_state(task):

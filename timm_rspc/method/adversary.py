@@ -38,18 +38,17 @@ def create_adversary(
         mean: Optional[Sequence[float]] = None,
         std: Optional[Sequence[float]] = None,
         img_size: Union[None, int, Sequence[int]] = None,
-        patch_size: Optional[int] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
 ) -> Tuple[AdversarialPatchCorruption, CorruptionOptimizer]:
     """C for ``model`` with its noise blend and its optimiser.
 
     ``mean`` / ``std`` (default: timm's data config of the model) set the range corrupted images are clamped to;
-    ``img_size`` / ``patch_size`` (default: the model's, see `find_patch_grid`) set C's patch grid; C is created on
-    ``device`` with ``dtype``.
+    ``img_size`` (the training resolution; default: the model's) and ``settings.patch_size`` (default: the model's
+    own or 16 px, see `find_patch_grid`) set C's patch grid; C is created on ``device`` with ``dtype``.
     """
     mean, std, _ = resolve_mean_std(model, mean, std)
-    img_size, patch_size = find_patch_grid(model, img_size, patch_size)
+    img_size, patch_size = find_patch_grid(model, img_size, settings.patch_size)
     corruption_model = PatchCorruptionModel(
         img_size, patch_size, in_chans=len(mean), ratio=settings.ratio, device=device, dtype=dtype)
     corruption = AdversarialPatchCorruption(corruption_model, mean, std, noise=settings.noise)

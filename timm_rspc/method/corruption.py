@@ -186,7 +186,8 @@ class PatchCorruptionModel(nn.Module):
             raise ValueError(
                 f'The corruption model was built for {self.img_size[0]}x{self.img_size[1]} inputs '
                 f'(its linear layer mixes {self.num_patches} patches), got {x.shape[-2]}x{x.shape[-1]}. '
-                f'Create the RSPC task / corruption model with img_size={tuple(x.shape[-2:])}.')
+                f'Create the RSPC task / corruption model with img_size={tuple(x.shape[-2:])} (the training '
+                f'resolution; --img-size / --input-size on the command line).')
         return self.fc(self.act(self.patch_embed(x)).flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

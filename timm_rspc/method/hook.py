@@ -46,7 +46,6 @@ class RSPCHook:
             mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None,
             img_size: Union[None, int, Sequence[int]] = None,
-            patch_size: Optional[int] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             **setting_overrides,
@@ -58,7 +57,7 @@ class RSPCHook:
             dtype = dtype if dtype is not None else (first.dtype if first is not None else None)
         self.settings = settings
         self.corruption, self.corruption_optimizer = create_adversary(
-            model, settings, mean=mean, std=std, img_size=img_size, patch_size=patch_size, device=device, dtype=dtype)
+            model, settings, mean=mean, std=std, img_size=img_size, device=device, dtype=dtype)
         self.alignment = PairedBlockDistance(model, settings.blocks)
         self.occluded_fraction: Optional[torch.Tensor] = None
         self._recording: Optional[AlignmentRecording] = None

@@ -59,6 +59,7 @@ class RSPCSettings:
         ratio (``--rspc-ratio``, 0.1): fraction rho of patches C corrupts, in (0, 1).
         align_weight (``--rspc-lambda``, 0.005): lambda, the weight of the feature alignment loss, >= 0.
         blocks (``--rspc-blocks``, all): the blocks to align, see `select_blocks`.
+        patch_size (``--rspc-patch-size``, the model's): side of C's patches, see `find_patch_grid`.
         noise (``--rspc-noise``, ``normalized``): U[0, 1) noise in normalised space (the authors') or in pixel space.
         corruption_opt (``--rspc-opt``, ``sgd``): C's optimiser, a timm optimiser name (``sgd`` is Nesterov SGD).
         corruption_lr, corruption_momentum, corruption_weight_decay (``--rspc-lr``, ``--rspc-momentum``,
@@ -74,8 +75,13 @@ class RSPCSettings:
         0.005, '--rspc-lambda', 'LAMBDA', 'Weight of the feature alignment loss', Interval(0.))
     blocks: BlockSpec = _setting(
         None, '--rspc-blocks', 'SPEC',
-        "Blocks to align: comma-separated indices ('-1'), slices ('8:') or module name patterns "
-        "('transformers.2.blocks.*') (default: all transformer blocks)", optional=True)
+        "Blocks to align: comma-separated indices ('-1'), slices ('8:') or module name patterns ('blocks.1?', "
+        "Swin's 'layers.2.blocks.*') (default: every block, see README's families table)", optional=True)
+    patch_size: Optional[int] = _setting(
+        None, '--rspc-patch-size', 'PX',
+        "Side of the corruption model's square patches in pixels (default: the backbone's own patch size where its "
+        "tokens are non-overlapping image patches of at least 8 px, as in ViT, DeiT, RVT, FAN; else 16, the paper's)",
+        optional=True)
     noise: str = _setting(
         'normalized', '--rspc-noise', None,
         "Noise for corrupted patches: U[0,1) in normalised space (the authors') or in pixel space",
@@ -152,6 +158,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RSPCSettings)}
 
 def parse_setting(name: str, text: str) -> Any:
     """A setting's value from its text (command line, config file): a number for numeric settings, else the text."""
+    if name == 'patch_size':
+        return int(text) if text.strip().lstrip('+').isdigit() else text  # else reported by check_setting
     if _FIELDS[name].metadata['interval'] is None:
         return text
     try:
@@ -176,6 +184,9 @@ def setting_problem(name: str, value: Any) -> Optional[str]:
     elif name == 'corruption_opt':
         if not isinstance(value, str) or not _is_timm_optimizer(value):
             return f'must be a timm optimiser name (see timm.optim.list_optimizers()), got {value!r}'
+    elif name == 'patch_size':
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f'must be a whole number of pixels >= 1, got {value!r}'
     elif name == 'blocks':
         if not isinstance(value, (int, str, slice, list, tuple)) or isinstance(value, bool):
             return f'must be a block index, slice, name pattern or a list of them, got {value!r}'

@@ -86,7 +86,7 @@ class RSPCTask(TrainingTask):
     """Classification training with RSPC (Guo, Stutz, Schiele, CVPR 2023).
 
     Args:
-        model: the backbone, any timm model with a patch grid (RVT, FAN, ViT, DeiT, ...).
+        model: the backbone, any timm image classifier (ViT, RVT, FAN, Swin, PVT, ConvNeXt, ...; see README's table).
         criterion: loss on the clean logits; created by timm's ``create_classification_loss(**criterion_kwargs)``
             when None.
         criterion_kwargs: see ``criterion``.
@@ -94,7 +94,8 @@ class RSPCTask(TrainingTask):
             replace fields by name, e.g. ``RSPCTask(model, ratio=0.2, align_weight=0.01, corruption_lr=1e-3)``.
         mean, std: the model's input normalisation, which sets the range corrupted images are clamped to (default:
             timm's data config of the model).
-        img_size, patch_size: C's input size and patch size (default: from the model, see `find_patch_grid`).
+        img_size: C's input size, the training resolution (default: the model's, see `find_patch_grid`); C's patch
+            size is the setting ``patch_size`` (``RSPCTask(model, patch_size=16)``).
         generator: a ``torch.Generator`` for the noise (default: the global RNG); ``forward`` can also take an
             explicit ``noise`` tensor or a per-call generator.
         device, dtype, verbose: as for timm's tasks; C is created on ``device`` with ``dtype``.
@@ -112,7 +113,6 @@ class RSPCTask(TrainingTask):
             mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None,
             img_size: Union[None, int, Sequence[int]] = None,
-            patch_size: Optional[int] = None,
             generator: Optional[torch.Generator] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -126,7 +126,7 @@ class RSPCTask(TrainingTask):
         self.criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=criterion_kwargs)
 
         self.corruption, self.corruption_optimizer = create_adversary(
-            model, settings, mean=mean, std=std, img_size=img_size, patch_size=patch_size, device=self.device,
+            model, settings, mean=mean, std=std, img_size=img_size, device=self.device,
             dtype=self.dtype)
         corruption_model = self.corruption.corruption_model
         self.trainable_module = RSPCTrainableModule(model, PairedBlockDistance(model, settings.blocks))
