@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from timm_rspc.cli._errors import reported_errors
     from timm_rspc.demo.experiment import default_output_dir, namespace_to_config, run_demo
     from timm_rspc.demo.report import PLOT_EXTRA_HINT, format_analyses, format_table, write_json, write_plots
+    from timm_rspc.train import INTERRUPTED_EXIT_STATUS
     setup_default_logging()
     config = namespace_to_config(args)
     output_dir = args.output or default_output_dir()
@@ -36,8 +37,13 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(output_dir, exist_ok=True)
     data_dir = args.data_dir or os.path.join(
         'output', 'demo', f'data-{"quick" if args.quick else "full"}-{config.img_size}px')
-    with reported_errors('demo'):
-        report = run_demo(config, output_dir, data_dir)
+    try:
+        with reported_errors('demo'):
+            report = run_demo(config, output_dir, data_dir)
+    except KeyboardInterrupt:  # the trainer's TrainingInterrupted included: the demo stops as a whole
+        print(f"timm-rspc demo: interrupted: stopped before the report; '{output_dir}' holds only what was finished "
+              "(the demo does not resume: run it again with a new --output).", file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
     print()
     print(format_table(report))
     print()

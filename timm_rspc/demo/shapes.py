@@ -8,6 +8,7 @@ sensitivity. Images are drawn for all samples of a class at once from coordinate
 import hashlib
 import json
 import os
+import shutil
 from typing import Dict, Tuple
 
 import numpy as np
@@ -108,15 +109,27 @@ def write_image_folder(root: str, num_train: int, num_val: int, img_size: int, s
             f"'{root}' holds a different generated data set ({marker}); choose another folder or delete it.")
     if os.path.exists(root) and os.listdir(root):
         raise FileExistsError(f"'{root}' is not empty and was not written by this generator; choose another folder.")
-    for split, count in (('train', num_train), ('validation', num_val)):
-        for class_idx, name in enumerate(CLASS_NAMES):
-            folder = os.path.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            images = render_class(name, count, img_size, _generator(seed, split, class_idx)).numpy()
-            for i, image in enumerate(images):
-                Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.png'), compress_level=1)
-    with open(marker, 'w') as f:
-        json.dump(fingerprint, f, indent=1)
+    existed = os.path.exists(root)
+    try:
+        for split, count in (('train', num_train), ('validation', num_val)):
+            for class_idx, name in enumerate(CLASS_NAMES):
+                folder = os.path.join(root, split, name)
+                os.makedirs(folder, exist_ok=True)
+                images = render_class(name, count, img_size, _generator(seed, split, class_idx)).numpy()
+                for i, image in enumerate(images):
+                    Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.png'), compress_level=1)
+        with open(marker, 'w') as f:
+            json.dump(fingerprint, f, indent=1)
+    except BaseException:
+        # Ctrl-C or an error half-way: the folder was empty before, so remove what was written, or the next run
+        # would refuse it as a folder not written by this generator.
+        for split in ('train', 'validation'):
+            shutil.rmtree(os.path.join(root, split), ignore_errors=True)
+        if os.path.exists(marker):
+            os.remove(marker)
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     return root, True
 
 

@@ -8,12 +8,16 @@ From the shell: ``timm-rspc train ...``, ``python -m timm_rspc.train ...`` or
     result = train(args)
 """
 from .args import ConfigError, build_parser, parse_args
-from .trainer import TrainResult, train
+from .trainer import TrainingInterrupted, TrainResult, train
+
+INTERRUPTED_EXIT_STATUS = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
 
 
 def main(argv=None, prog: str = 'python -m timm_rspc.train') -> int:
     """Command-line entry point: parse, train, and report the foreseeable errors (a flag, file or folder that cannot
-    work, a full disk) in one line with exit status 2; ``--verbose`` shows their traceback too."""
+    work, a full disk) in one line with exit status 2; ``--verbose`` shows their traceback too. Ctrl-C is one line
+    saying what was saved and how to continue, with status 130, so ``train && next`` stops."""
+    import os
     import sys
     from timm.utils import setup_default_logging
     from .output import DiskFullError
@@ -27,4 +31,8 @@ def main(argv=None, prog: str = 'python -m timm_rspc.train') -> int:
             raise
         print(f'{prog}: error: {e.strerror if isinstance(e, OSError) else e}', file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        if os.environ.get('RANK', '0') == '0':  # under torchrun, one line for the run, not one per process
+            print(f'{prog}: {e}', file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
     return 0

@@ -224,8 +224,8 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--experiment', default='', type=str, metavar='NAME',
                    help='run folder name under --output (default: date-model-size)')
     g.add_argument('--output-exists', default='error', choices=('error', 'increment', 'overwrite'),
-                   help='when the run folder already holds a run and --resume is not given: error (default), '
-                        'increment (use NAME-1, NAME-2, ...) or overwrite')
+                   help='when the run folder already holds a run (other than the one --resume continues): error '
+                        '(default), increment (use NAME-1, NAME-2, ...) or overwrite')
     g.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC', help='best-checkpoint metric')
     g.add_argument('--tta', type=int, default=0, metavar='N', help='test-time augmentation factor (0)')
     g.add_argument('--use-multi-epochs-loader', action='store_true', default=False,
@@ -322,9 +322,17 @@ def add_method_change_arg(parser) -> None:
         help='allow --resume of a checkpoint trained with the other method (with / without --rspc)')
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage (some 80 lines for this parser) before a flag's error; here the error is the
+    one line, with exit status 2 as argparse's, and ``--help`` for the rest."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The full parser: timm's training flags followed by the RSPC flags."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a timm model, with RSPC when --rspc is given. Accepts timm train.py's flags.",
         epilog="Differences from timm's train.py:\n" + '\n'.join(
@@ -386,7 +394,22 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None)
         apply_config_file(parser, config_args.config)
     args = parser.parse_args(argv)
     check_unsupported(args)
+    if config_args.config and args.resume:
+        _run_folder_from_command_line(args, argv)
     return args, args_to_yaml(args)
+
+
+def _run_folder_from_command_line(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
+    """A ``-c`` file's ``output`` / ``experiment`` do not choose where a ``--resume`` writes, only the command line
+    does: such a file is usually the run's own ``args.yaml``, whose folder values name the folder it was started in,
+    not necessarily the checkpoint's folder now (moved, copied, another working directory). Without them on the
+    command line, the resume continues in the checkpoint's own folder."""
+    folder_parser = argparse.ArgumentParser(add_help=False)
+    folder_parser.add_argument('--output', default=None)
+    folder_parser.add_argument('--experiment', default=None)
+    given, _ = folder_parser.parse_known_args(argv)
+    if given.output is None and given.experiment is None:
+        args.output = args.experiment = ''
 
 
 def args_to_yaml(args: argparse.Namespace) -> str:

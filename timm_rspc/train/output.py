@@ -124,18 +124,32 @@ class RunFolder:
                         f"{', '.join(sorted(removed))}.")
 
 
-def claim_output_dir(args: argparse.Namespace, img_size: int) -> RunFolder:
-    """Choose the run folder ``<output>/<experiment>`` and claim it, refusing to reuse a folder holding a run.
+def same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
-    Resuming (``--resume``) continues into the folder. Otherwise ``--output-exists`` decides: ``error`` (default),
-    ``increment`` (first free ``NAME-1``, ``NAME-2``, ...) or ``overwrite`` (the previous run's files are removed).
-    The folder is claimed before it is inspected, so two runs started together cannot both pass the check.
-    """
+
+def run_folder_path(args: argparse.Namespace, img_size: int) -> str:
+    """The run folder these arguments name: ``<output>/<experiment>``, or, for a ``--resume`` without ``--output``
+    and ``--experiment``, the checkpoint's own folder (the run it continues)."""
+    if args.resume and not (args.output or args.experiment):
+        return os.path.dirname(args.resume) or '.'
     root = args.output or os.path.join('.', 'output', 'train')
-    folder = os.path.join(root, args.experiment or default_experiment_name(args.model, img_size))
+    return os.path.join(root, args.experiment or default_experiment_name(args.model, img_size))
+
+
+def claim_output_dir(args: argparse.Namespace, img_size: int) -> RunFolder:
+    """Claim the run folder (:func:`run_folder_path`), refusing to write into a folder that holds another run.
+
+    A ``--resume`` continues in the checkpoint's folder. Any other folder holding a run (a ``--resume`` pointed by
+    ``--output`` / ``--experiment`` at another run's folder included) is subject to ``--output-exists``: ``error``
+    (default), ``increment`` (first free ``NAME-1``, ``NAME-2``, ...) or ``overwrite`` (the previous run's files are
+    removed). The folder is claimed before it is inspected, so two runs started together cannot both pass the check.
+    """
+    folder = run_folder_path(args, img_size)
+    continues = bool(args.resume) and same_folder(folder, os.path.dirname(os.path.abspath(args.resume)))
     policy = getattr(args, 'output_exists', 'error')
     candidates = [folder]
-    if policy == 'increment' and not args.resume:
+    if policy == 'increment' and not continues:
         candidates += [f'{folder}-{count}' for count in range(1, 10000)]
     for candidate in candidates:
         if len(candidates) > 1 and holds_run(candidate):
@@ -148,7 +162,7 @@ def claim_output_dir(args: argparse.Namespace, img_size: int) -> RunFolder:
                 continue
             raise
         run_folder.remove_stale_partials()
-        if args.resume or not holds_run(candidate):
+        if continues or not holds_run(candidate):
             return run_folder
         if policy == 'overwrite':
             run_folder.remove_run_files()
@@ -156,12 +170,26 @@ def claim_output_dir(args: argparse.Namespace, img_size: int) -> RunFolder:
         run_folder.release()
         if policy == 'increment':
             continue  # filled by a run that finished between the check and the claim
-        present = ', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(candidate, n)))
-        raise ConfigError(
-            f"output folder '{candidate}' already holds a training run ({present}). Resume it with --resume "
-            f"{os.path.join(candidate, 'last' + CHECKPOINT_EXTENSION)}, choose another --experiment, "
-            "or pass --output-exists increment / overwrite.")
+        raise ConfigError(_holds_run_message(candidate, args.resume))
     raise ConfigError(f"no free run folder '{folder}-N' for --output-exists increment.")
+
+
+def _holds_run_message(folder: str, resume: str) -> str:
+    """Why ``folder`` cannot take this run, and the flags that can: resume it (when it has a checkpoint), reuse it,
+    or go elsewhere."""
+    present = ', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(folder, n)))
+    last = os.path.join(folder, 'last' + CHECKPOINT_EXTENSION)
+    if resume:
+        return (f"output folder '{folder}' holds another training run ({present}): --resume continues in the "
+                f"checkpoint's folder '{os.path.dirname(resume) or '.'}' without --output / --experiment, or in a "
+                "new folder: choose another --experiment, or pass --output-exists increment (or overwrite, which "
+                "deletes that run's files).")
+    if not os.path.exists(last):
+        return (f"output folder '{folder}' holds a run that stopped before its first checkpoint ({present}, no "
+                f"last{CHECKPOINT_EXTENSION}): there is nothing to resume. Pass --output-exists overwrite to reuse "
+                "the folder, or choose another --experiment / --output-exists increment.")
+    return (f"output folder '{folder}' already holds a training run ({present}). Resume it with --resume {last}, "
+            "choose another --experiment, or pass --output-exists increment / overwrite.")
 
 
 def _fsync_dir(folder: str) -> None:

@@ -98,11 +98,33 @@ def check_values(args: argparse.Namespace) -> None:
             raise ConfigError(str(e)) from None
 
 
+def check_device(args: argparse.Namespace) -> None:
+    """``--device`` names a device this machine has (timm asserts it deep inside ``init_distributed_device``)."""
+    if not args.device:
+        return
+    import torch
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device '{args.device}' is not a device name ({str(e).splitlines()[0]}).") from None
+    backend = getattr(torch, device.type, None)
+    if device.type == 'cpu' or not hasattr(backend, 'is_available'):
+        return
+    if not backend.is_available():
+        raise ConfigError(f"--device {args.device}: no {device.type} device is available on this machine; use "
+                          "--device cpu, or leave --device out (cuda when available, else cpu).")
+    count = backend.device_count() if hasattr(backend, 'device_count') else None
+    if device.index is not None and count is not None and device.index >= count:
+        raise ConfigError(f"--device {args.device}: this machine has {count} {device.type} device(s), "
+                          f"{device.type}:0 to {device.type}:{count - 1}.")
+
+
 def run_preflight(args: argparse.Namespace) -> None:
     """All checks that need neither the model nor the data, in the order a user would fix them."""
     import timm_rspc  # noqa: F401  (registers this package's models)
     check_values(args)
-    import_device_modules(args)
+    import_device_modules(args)  # may add a device type (--device-modules), so before the device check
+    check_device(args)
     check_model_name(args.model)
     check_files(args)
     check_dataset(args)

@@ -145,6 +145,21 @@ def check_same_method(checkpoint: Dict[str, Any], rspc: bool, allow_method_chang
         f"{METHOD_CHANGE_FLAG} to continue it with RSPC (the corruption model then starts afresh).")
 
 
+def check_same_optimizer(checkpoint: Dict[str, Any], opt: str, path: str) -> None:
+    """The checkpoint's optimiser state is loaded into this run's optimiser: it must be the same optimiser.
+
+    torch loads any optimiser's state into any other without complaint, then the first step fails on a missing
+    hyperparameter (``KeyError: 'momentum'`` for an AdamW state in SGD). The optimiser's name is in the checkpoint's
+    arguments (timm's train.py and this trainer store them); a file without them is not checked.
+    """
+    saved = getattr(checkpoint.get('args'), 'opt', None)
+    if saved is None or str(saved).lower() == str(opt).lower():
+        return
+    raise ConfigError(
+        f"--resume file '{path}' was trained with --opt {saved}, this run uses --opt {opt}: pass --opt {saved} to "
+        f"continue it, or --no-resume-opt to continue its weights with a new {opt} optimiser.")
+
+
 def check_initial_checkpoint(path: str, model: nn.Module) -> None:
     """``--initial-checkpoint`` is loaded by timm's ``load_checkpoint`` (EMA weights first, as timm's train.py does);
     before that, the file is read weights-only and the weights timm would pick are checked against ``model``, so a

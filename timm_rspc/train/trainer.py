@@ -23,7 +23,7 @@ from timm.layers import convert_sync_batchnorm, set_fast_norm
 from timm.loss import create_classification_loss
 from timm.models import create_model, load_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.scheduler import PlateauLRScheduler, create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
 from timm.utils.summary import trim_summary
@@ -32,9 +32,12 @@ from timm_rspc.method import create_rspc_task
 
 from .args import ConfigError, args_to_yaml
 from .loop import LoopSettings, train_one_epoch, validate
-from .output import AtomicCheckpointSaver, append_summary_row, atomic_write_text, claim_output_dir
+from .output import (
+    CHECKPOINT_EXTENSION, AtomicCheckpointSaver, append_summary_row, atomic_write_text, claim_output_dir, holds_run,
+    same_folder,
+)
 from .preflight import run_preflight
-from .resume_check import check_initial_checkpoint, check_resume_file
+from .resume_check import check_initial_checkpoint, check_resume_file, check_same_optimizer
 from .rng import gather_rng_states, restore_rank_rng_state
 
 _logger = logging.getLogger('timm_rspc.train')
@@ -48,11 +51,33 @@ class TrainResult:
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     epochs: List[Dict[str, Any]] = field(default_factory=list)
+    checkpoint_epoch: Optional[int] = None  # the epoch of the last checkpoint this run wrote (last.pth.tar)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; the message says what was saved and the flag that continues it.
+
+    A ``KeyboardInterrupt``, so code that stops on Ctrl-C keeps stopping; the command line exits with status 130 (the
+    shell's code for SIGINT), so ``train && bench`` does not carry on with an unfinished run.
+    """
+
+
+NOTHING_SAVED = 'interrupted before training started: nothing was saved'
 
 
 def train(args: argparse.Namespace) -> TrainResult:
-    """Run training as described by ``args`` (from :func:`timm_rspc.train.parse_args`)."""
+    """Run training as described by ``args`` (from :func:`timm_rspc.train.parse_args`); Ctrl-C raises
+    :class:`TrainingInterrupted`."""
     args_text = args_to_yaml(args)  # the recipe as given, before run-time values (lr, device, ranks) are filled in
+    try:
+        return _set_up_and_train(args, args_text)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # before the run folder was claimed
+        raise TrainingInterrupted(NOTHING_SAVED) from None
+
+
+def _set_up_and_train(args: argparse.Namespace, args_text: str) -> TrainResult:
     run_preflight(args)
     _normalise_args(args)
     device = utils.init_distributed_device(args)
@@ -131,6 +156,8 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
     resume_state = {}
     if args.resume:
         resume_state = check_resume_file(args.resume, task.get_eval_model(), args.rspc, args.allow_method_change)
+        if not args.no_resume_opt:
+            check_same_optimizer(resume_state, args.opt, args.resume)
 
     run_folder = None
 
@@ -141,8 +168,11 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
 
     output_dir = _agree_on_primary(args, claim_folder)
     setup = _RunSetup(device, model_dtype, task, data_config, amp_autocast, loss_scaler, mixup_args, resume_state)
+    result = TrainResult(output_dir=output_dir if is_primary else None, task=task)
     try:
-        return _train_in_folder(args, setup, output_dir, args_text)
+        return _train_in_folder(args, setup, output_dir, args_text, result)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted_message(args, output_dir, result)) from None
     finally:
         if run_folder is not None:
             run_folder.release(remove_if_unused=True)
@@ -161,8 +191,23 @@ class _RunSetup:
     resume_state: Dict[str, Any]
 
 
-def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str, args_text: str) -> TrainResult:
-    """Everything after the run folder is claimed: data, optimiser, resume, the epochs."""
+def _interrupted_message(args: argparse.Namespace, output_dir: str, result: TrainResult) -> str:
+    """What an interrupted run leaves, and the flag that goes on from there."""
+    last = os.path.join(output_dir, 'last' + CHECKPOINT_EXTENSION)
+    if result.checkpoint_epoch is not None:
+        return (f'interrupted; epoch {result.checkpoint_epoch} (the last completed) is saved in {last}: continue '
+                f'with --resume {last}')
+    if args.resume:
+        return f'interrupted before this run saved a checkpoint; continue with --resume {args.resume} again'
+    if holds_run(output_dir):
+        return (f"interrupted before the first checkpoint: nothing to resume was saved; start again into "
+                f"'{output_dir}' with --output-exists overwrite")
+    return NOTHING_SAVED
+
+
+def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str, args_text: str,
+                     result: TrainResult) -> TrainResult:
+    """Everything after the run folder is claimed: data, optimiser, resume, the epochs; fills in ``result``."""
     is_primary = utils.is_primary(args)
     device, model_dtype, task, loss_scaler = setup.device, setup.model_dtype, setup.task, setup.loss_scaler
     resume_state = setup.resume_state
@@ -206,8 +251,8 @@ def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
         else:
             lr_scheduler.step(start_epoch)
-        if 'lr_scheduler' in resume_state and args.start_epoch is None:
-            lr_scheduler.load_state_dict(resume_state['lr_scheduler'])
+        if args.resume and args.start_epoch is None:
+            _continue_schedule(lr_scheduler, resume_state, start_epoch, is_primary)
 
     saver = None
     rng_states: List = []
@@ -221,10 +266,15 @@ def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str
                 'lr_scheduler': lr_scheduler.state_dict() if lr_scheduler is not None else None,
             })
         _write_args(output_dir, args_text, args.resume, start_epoch)
-        if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir):
+        continues = bool(args.resume) and same_folder(os.path.dirname(os.path.abspath(args.resume)), output_dir)
+        if continues:
             saver.load_state_dict_from_checkpoint(args.resume)
         trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
-        _logger.info(f'Output folder: {output_dir}. Scheduled epochs: {num_epochs}, '
+        resuming = ''
+        if args.resume:
+            resuming = f' (resuming {args.resume} at epoch {start_epoch}, ' + (
+                'its own run folder)' if continues else "a new run folder: the checkpoint's folder is not written)")
+        _logger.info(f'Output folder: {output_dir}{resuming}. Scheduled epochs: {num_epochs}, '
                      f'{updates_per_epoch} updates each.')
     if args.resume and args.start_epoch is None:
         restore_rank_rng_state(resume_state.get('rng_state'), args.rank, args.world_size)
@@ -242,53 +292,74 @@ def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str
             if saver is not None:
                 saver.save_recovery(epoch, batch_idx=update_idx)
 
-    result = TrainResult(output_dir=output_dir if is_primary else None, task=task)
-    try:
-        for epoch in range(start_epoch, num_epochs):
-            _set_loader_epoch(loader_train, epoch)
-            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                _disable_mixup(loader_train, mixup_fn)
-            train_metrics = train_one_epoch(
-                epoch, task, loader_train, optimizer, settings, num_epochs,
-                lr_scheduler=lr_scheduler, on_update=save_recovery)
-            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+    for epoch in range(start_epoch, num_epochs):
+        _set_loader_epoch(loader_train, epoch)
+        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            _disable_mixup(loader_train, mixup_fn)
+        train_metrics = train_one_epoch(
+            epoch, task, loader_train, optimizer, settings, num_epochs,
+            lr_scheduler=lr_scheduler, on_update=save_recovery)
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
 
-            done = epoch + 1
-            if done % args.val_interval != 0 and done != num_epochs:
-                if lr_scheduler is not None:
-                    lr_scheduler.step(done, metric=None)
-                continue
-
-            eval_metrics = None
-            if loader_eval is not None:
-                eval_metrics = validate(task.get_eval_model(), loader_eval, task, settings)
-                ema_module = task.get_trainable_module(ema=True)
-                if ema_module is not None and not args.model_ema_force_cpu:
-                    if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                        utils.distribute_bn(ema_module, args.world_size, args.dist_bn == 'reduce')
-                    eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, task, settings, ' (EMA)')
-            latest_metric = (eval_metrics or train_metrics)[eval_metric]
-
-            rng_states[:] = gather_rng_states(args.distributed)
-            if saver is not None:
-                append_summary_row(
-                    os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
-                    lr=sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups))
-                result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
+        done = epoch + 1
+        if done % args.val_interval != 0 and done != num_epochs:
             if lr_scheduler is not None:
-                lr_scheduler.step(done, latest_metric)
-            entry = {'epoch': epoch, 'train': dict(train_metrics)}
-            if eval_metrics is not None:
-                entry['validation'] = dict(eval_metrics)
-            result.epochs.append(entry)
-    except KeyboardInterrupt:
-        _logger.warning('Interrupted; the last completed epoch is in last.pth.tar.')
+                lr_scheduler.step(done, metric=None)
+            continue
+
+        eval_metrics = None
+        if loader_eval is not None:
+            eval_metrics = validate(task.get_eval_model(), loader_eval, task, settings)
+            ema_module = task.get_trainable_module(ema=True)
+            if ema_module is not None and not args.model_ema_force_cpu:
+                if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                    utils.distribute_bn(ema_module, args.world_size, args.dist_bn == 'reduce')
+                eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, task, settings, ' (EMA)')
+        latest_metric = (eval_metrics or train_metrics)[eval_metric]
+
+        rng_states[:] = gather_rng_states(args.distributed)
+        if saver is not None:
+            append_summary_row(
+                os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
+                lr=sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups))
+            result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
+        result.checkpoint_epoch = epoch
+        if lr_scheduler is not None:
+            lr_scheduler.step(done, latest_metric)
+        entry = {'epoch': epoch, 'train': dict(train_metrics)}
+        if eval_metrics is not None:
+            entry['validation'] = dict(eval_metrics)
+        result.epochs.append(entry)
     if is_primary and result.best_metric is not None:
         _logger.info(f'Best {eval_metric}: {result.best_metric:.4f} (epoch {result.best_epoch}).')
     if is_primary:
         _print_results(result.epochs, eval_metric, decreasing)
     return result
+
+
+def _continue_schedule(lr_scheduler, checkpoint: Dict[str, Any], start_epoch: int, is_primary: bool) -> None:
+    """Continue the schedule of these arguments (rebuilt and stepped to ``start_epoch``, as timm's train.py does)
+    exactly where the checkpoint's run was.
+
+    The checkpoint's scheduler state is not loaded over it: for timm's schedulers other than plateau that state is
+    the schedule's configuration (``t_initial``, warmup, ...), which would silently keep the old ``--epochs`` of a
+    run extended with a larger one (learning rate 0 past its old end). What the arguments cannot rebuild is carried
+    over: the plateau scheduler's progress (its whole state: best metric, last epoch), then the end-of-epoch step the
+    run took after saving the checkpoint, with the checkpoint's metric. With unchanged arguments the result is the
+    scheduler of an uninterrupted run, bit for bit.
+    """
+    saved = checkpoint.get('lr_scheduler') or {}
+    if isinstance(lr_scheduler, PlateauLRScheduler) and saved:
+        lr_scheduler.load_state_dict(saved)
+    now = lr_scheduler.state_dict()
+    changed = [f'{key} {saved[key]} -> {now[key]}' for key in now if key != 'metric' and key in saved
+               and saved[key] != now[key]]
+    lr_scheduler.step(start_epoch, checkpoint.get('metric'))
+    if changed and is_primary:
+        _logger.info(f"Learning-rate schedule from this command's arguments, changed since the checkpoint "
+                     f"({', '.join(changed)}); epoch {start_epoch} starts at lr "
+                     f"{lr_scheduler.optimizer.param_groups[0]['lr']:.4g}.")
 
 
 def _print_results(epochs: List[Dict[str, Any]], eval_metric: str, decreasing: bool) -> None:
