@@ -36,7 +36,7 @@ import skimage.data  # noqa: E402
 import skimage.filters  # noqa: E402
 import skimage.util  # noqa: E402
 
-from timm_rspc.analysis.corruptions import SEVERITIES, corrupt  # noqa: E402
+from timm_rspc.corruptions import corrupt  # noqa: E402
 
 REFERENCE_PACKAGE, REFERENCE_VERSION = 'imagenet_c', '0.0.3'
 REFERENCE_MODULE = f'{REFERENCE_PACKAGE}-{REFERENCE_VERSION}/imagenet_c/corruptions.py'

@@ -1,0 +1,125 @@
+"""ImageNet-C's corruptions (Hendrycks and Dietterich, ICLR 2019) in torch, with the reference's severity constants.
+
+The reference is ``corruptions.py`` of hendrycks/robustness (``ImageNet-C/imagenet_c/imagenet_c/``, released on PyPI
+as ``imagenet_c``; ``ImageNet-C/create_c/make_imagenet_c.py``, which made the data set, has the same definitions of
+the corruptions here). Every function takes (B, 3, H, W) pixels in [0, 1] on any device, ``severity`` 1..5 and a
+``torch.Generator`` (on the pixels' device; ``None``: torch's global one) and returns the corrupted pixels clipped to
+[0, 1], as the reference clips. Random draws are independent per image, so a batch is corrupted as its images would
+be one at a time (with other draws).
+
+Fidelity classes (checked against the reference code itself by ``tests/test_corruptions_reference.py``):
+
+- *exact*: deterministic, within 1 grey level of the reference on 8-bit output;
+- *in distribution*: random, the same per-pixel distribution and the same dependence between pixels and channels
+  as the reference, checked statistically (and, where the draws can be shared, exact given the same draws).
+
+Sizes: the constants are ImageNet-C's (224 px images) at every size, in pixels; ``pixelate`` takes ``int(side * c)``
+of each side and ``fog`` the plasma map of the next power of two, as the reference's own 32 / 64 px variants do
+(``make_cifar_c.py``, ``make_tinyimagenet_c.py``), whose severity constants differ and are not offered here.
+"""
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .primitives import box_resize, gaussian_filter, plasma_fractal
+
+__all__ = [
+    'CORRUPTIONS', 'CATEGORIES', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'impulse_noise',
+    'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
+]
+
+SEVERITIES = {
+    'gaussian_noise': (.08, .12, .18, .26, .38),
+    'impulse_noise': (.03, .06, .09, .17, .27),
+    'gaussian_blur': (1, 2, 3, 4, 6),
+    'brightness': (.1, .2, .3, .4, .5),
+    'fog': ((1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)),
+    'contrast': (.4, .3, .2, .1, .05),
+    'pixelate': (.6, .5, .4, .3, .25),
+}
+CATEGORIES = {
+    'gaussian_noise': 'noise', 'impulse_noise': 'noise', 'gaussian_blur': 'blur', 'brightness': 'weather',
+    'fog': 'weather', 'contrast': 'digital', 'pixelate': 'digital',
+}
+FIDELITY = {
+    'gaussian_noise': 'in distribution', 'impulse_noise': 'in distribution', 'gaussian_blur': 'exact',
+    'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact',
+}
+
+
+def _constant(name: str, severity: int):
+    if severity not in range(1, 6):
+        raise ValueError(f'The corruption severity must be 1..5 (ImageNet-C levels), got {severity}.')
+    return SEVERITIES[name][severity - 1]
+
+
+def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Independent N(0, c) added to every value (pixel and channel), c = 0.08 .. 0.38. In distribution."""
+    c = _constant('gaussian_noise', severity)
+    return (x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
+
+
+def impulse_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Salt and pepper (scikit-image's ``random_noise(mode='s&p')``): every value independently becomes 0 or 1, with
+    probability c / 2 each, c = 0.03 .. 0.27. In distribution."""
+    c = _constant('impulse_noise', severity)
+    draw = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return torch.where(draw < c / 2, 0., torch.where(draw < c, 1., x.clamp(0, 1))).to(x.dtype)
+
+
+def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """scikit-image's ``gaussian`` with sigma c = 1, 2, 3, 4, 6 per channel: kernel cut at 4 sigmas, borders repeating
+    the edge pixel (``mode='nearest'``). Exact."""
+    return gaussian_filter(x, _constant('gaussian_blur', severity)).clamp(0, 1)
+
+
+def brightness(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """c = 0.1 .. 0.5 added to the HSV value, clipped to 1, hue and saturation kept (the reference's round trip
+    through scikit-image's ``rgb2hsv`` / ``hsv2rgb``). Exact."""
+    c = _constant('brightness', severity)
+    # With hue and saturation fixed, RGB is proportional to the HSV value V = max(R, G, B): scale by V' / V.
+    value = x.amax(dim=1, keepdim=True)
+    brighter = (value + c).clamp(max=1)
+    return torch.where(value > 0, x * brighter / value.clamp(min=1e-12), brighter.expand_as(x)).clamp(0, 1)
+
+
+def fog(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``x + s * plasma``, rescaled by ``max / (max + s)`` with ``max`` the image's largest value; the plasma map is
+    the reference's diamond-square fractal (`plasma_fractal`, decay d) of the next power of two of the larger side
+    (256 for 224 px), one per image, the same in the three channels, cropped to the image; (s, d) = (1.5, 2) ..
+    (3, 1.4). In distribution (exact given the same uniform draws)."""
+    strength, decay = _constant('fog', severity)
+    batch, _, height, width = x.shape
+    mapsize = 1 << max(1, (max(height, width) - 1).bit_length())
+    plasma = plasma_fractal(batch, mapsize, decay, generator, x.device)[:, None, :height, :width].to(x.dtype)
+    max_value = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x + strength * plasma) * max_value / (max_value + strength)).clamp(0, 1)
+
+
+def contrast(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Pulled towards each channel's mean over the image: ``(x - mean) * c + mean``, c = 0.4 .. 0.05. Exact."""
+    c = _constant('contrast', severity)
+    means = x.mean(dim=(2, 3), keepdim=True)
+    return ((x - means) * c + means).clamp(0, 1)
+
+
+def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Pillow's BOX resize to ``int(side * c)`` (c = 0.6 .. 0.25) and BOX resize back, on 8 bits as Pillow computes
+    it (`box_resize`; the output is a multiple of 1/255). Exact (bit-identical at 224 px)."""
+    c = _constant('pixelate', severity)
+    height, width = x.shape[-2:]
+    small = box_resize(x, (max(1, int(height * c)), max(1, int(width * c))))
+    return box_resize(small, (height, width))
+
+
+CORRUPTIONS: Dict[str, Callable] = {
+    'gaussian_noise': gaussian_noise, 'impulse_noise': impulse_noise, 'gaussian_blur': gaussian_blur,
+    'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate,
+}
+
+
+def corrupt(name: str, pixels: torch.Tensor, severity: int = 3, generator: Optional[torch.Generator] = None):
+    """``pixels`` (B, C, H, W) in [0, 1] corrupted by ``name`` at ``severity`` (1..5), clipped to [0, 1]."""
+    if name not in CORRUPTIONS:
+        raise ValueError(f'Unknown corruption {name!r}; choose from {", ".join(CORRUPTIONS)}.')
+    return CORRUPTIONS[name](pixels, severity, generator)

@@ -1,0 +1,114 @@
+"""The image operations the ImageNet-C reference takes from its libraries, in torch, with their semantics.
+
+- `gaussian_filter`: scikit-image's ``gaussian`` (scipy.ndimage's separable Gaussian) per channel;
+- `box_resize`: Pillow's ``Image.resize(..., Image.BOX)`` on 8-bit images;
+- `plasma_fractal`: ImageNet-C's diamond-square height map (its ``plasma_fractal``), batched.
+
+All work on (B, C, H, W) tensors on any device; `gaussian_filter` and `box_resize` are differentiable (`box_resize`'s
+rounding to 8 bits passes gradients straight through).
+"""
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['gaussian_filter', 'box_resize', 'plasma_fractal']
+
+
+def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
+    """scipy.ndimage's 1-D Gaussian: radius ``int(truncate * sigma + 0.5)``, weights normalised to sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 / sigma ** 2 * offsets ** 2)
+    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+
+
+def gaussian_filter(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """scikit-image's ``gaussian(image, sigma, channel_axis=-1)`` on (B, C, H, W): each channel blurred over H and W
+    by scipy.ndimage's separable Gaussian (cut at ``truncate`` sigmas), borders in scipy's ``mode='nearest'`` (the
+    edge pixel repeated, scikit-image's default)."""
+    kernel = _gaussian_kernel(sigma, truncate, x.dtype, x.device)
+    radius, channels = kernel.numel() // 2, x.shape[1]
+    rows = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    out = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode='replicate'), rows, groups=channels)
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode='replicate'), rows.transpose(2, 3), groups=channels)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """The (out_size, in_size) matrix of Pillow's BOX resampling of 8-bit images along one axis
+    (``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of Pillow's ``Resample.c``, the same double arithmetic).
+
+    Output pixel ``o`` spans ``[o, o + 1) * scale`` of the input, ``scale = in_size / out_size``, and averages with
+    equal weights the input pixels whose centre lies in ``(o * scale, (o + 1) * scale]``: a partly covered pixel
+    counts fully or not at all. Enlarging (scale < 1) the support stays one input pixel, so output pixel ``o`` copies
+    input pixel ``floor((o + 0.5) * scale)``. The weights are Pillow's fixed-point ones (multiples of 2**-22, exact in
+    float32)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    center = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    first = torch.floor(center - support + 0.5).clamp(min=0)          # C's (int) cast of a non-negative double
+    stop = torch.floor(center + support + 0.5).clamp(max=in_size)
+    pixel = torch.arange(in_size, dtype=torch.float64)
+    arg = (pixel[None, :] - center[:, None] + 0.5) * (1.0 / filterscale)
+    inside = (arg > -0.5) & (arg <= 0.5) & (pixel[None, :] >= first[:, None]) & (pixel[None, :] < stop[:, None])
+    weights = inside.double()
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.floor(0.5 + weights * 2 ** 22) / 2 ** 22
+
+
+def _round_8bit(grey: torch.Tensor) -> torch.Tensor:
+    """Grey levels rounded half up and clipped to 0..255, as Pillow stores each pass; the gradient passes straight
+    through."""
+    return grey + (torch.floor(grey + 0.5).clamp(0, 255) - grey).detach()
+
+
+def box_resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Pillow's ``Image.resize((width, height), Image.BOX)`` of the 8-bit image ``x`` given as (B, C, H, W) pixels in
+    [0, 1], ``size = (height, width)``: rounded to 8 bits first (Pillow's input), resampled horizontally, rounded,
+    resampled vertically, rounded (Pillow's two passes; a pass whose size does not change is skipped, as Pillow does).
+    The result is a multiple of 1/255."""
+    height, width = x.shape[-2:]
+    grey = _round_8bit(x * 255)
+    if size[1] != width:
+        cols = _box_resize_matrix(width, size[1]).to(dtype=x.dtype, device=x.device)
+        grey = _round_8bit(grey @ cols.T)
+    if size[0] != height:
+        rows = _box_resize_matrix(height, size[0]).to(dtype=x.dtype, device=x.device)
+        grey = _round_8bit(rows @ grey)
+    return grey / 255
+
+
+def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, generator: Optional[torch.Generator] = None,
+                   device=None) -> torch.Tensor:
+    """ImageNet-C's ``plasma_fractal``, one independent map per image: (batch, mapsize, mapsize) float32 in [0, 1].
+
+    The diamond-square algorithm on a torus (the reference's ``np.roll``): at each of the log2(mapsize) levels the
+    centres of the current squares, then the edge midpoints (left, then top), get the mean of their four neighbours
+    plus ``wibble * U(-wibble, wibble)``; ``wibble`` starts at 100 and is divided by ``wibbledecay`` per level; the map
+    is finally rescaled to [0, 1]. The uniform draws are ``torch.rand`` of shape (batch, n, n), three per level in the
+    reference's order, so a map equals the reference's given the same draws."""
+    if mapsize < 2 or mapsize & (mapsize - 1):
+        raise ValueError(f'mapsize must be a power of two, got {mapsize}.')
+    field = torch.zeros(batch, mapsize, mapsize, dtype=torch.float32, device=device)
+    step, wibble = mapsize, 100.0
+
+    def wibbled_mean(total):
+        draw = torch.rand(total.shape, generator=generator, dtype=torch.float32, device=device)
+        return total / 4 + wibble * (-wibble + (2 * wibble) * draw)
+
+    while step >= 2:
+        half = step // 2
+        corners = field[:, ::step, ::step]
+        total = corners + corners.roll(-1, 1)
+        field[:, half::step, half::step] = wibbled_mean(total + total.roll(-1, 2))
+        centres, corners = field[:, half::step, half::step], field[:, ::step, ::step]
+        field[:, ::step, half::step] = wibbled_mean(
+            (centres + centres.roll(1, 1)) + (corners + corners.roll(-1, 2)))
+        field[:, half::step, ::step] = wibbled_mean(
+            (centres + centres.roll(1, 2)) + (corners + corners.roll(-1, 1)))
+        step, wibble = half, wibble / wibbledecay
+    field = field - field.amin(dim=(1, 2), keepdim=True)
+    return field / field.amax(dim=(1, 2), keepdim=True)
