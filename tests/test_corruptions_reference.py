@@ -36,7 +36,7 @@ import skimage.data  # noqa: E402
 import skimage.filters  # noqa: E402
 import skimage.util  # noqa: E402
 
-from timm_rspc.corruptions import corrupt  # noqa: E402
+from timm_rspc.corruptions import SEVERITIES, corrupt  # noqa: E402
 
 REFERENCE_PACKAGE, REFERENCE_VERSION = 'imagenet_c', '0.0.3'
 REFERENCE_MODULE = f'{REFERENCE_PACKAGE}-{REFERENCE_VERSION}/imagenet_c/corruptions.py'
@@ -134,3 +134,116 @@ def grey_level_differences(reference, name: str, photos):
 def test_deterministic_corruptions_match_the_reference(reference, photos, name):
     rows = grey_level_differences(reference, name, photos)
     assert all(worst <= 1 for worst, _ in rows.values()), f'{name}: (max, mean) grey levels per severity: {rows}'
+
+
+class NumpyWith:
+    """numpy, with ``numpy.random`` replaced by ``random`` (in the reference's namespace only)."""
+
+    def __init__(self, random):
+        self.random = random
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def replayed_uniform(draws):
+    """``np.random.uniform(low, high, size)`` returning ``low + (high - low) * U`` (numpy's formula) for the given
+    draws U, in order."""
+    draws = iter(draws)
+
+    def uniform(low, high, size):
+        unit = next(draws)
+        assert unit.shape == tuple(size)
+        return low + (high - low) * unit
+    return uniform
+
+
+def plasma_draws(batch: int, mapsize: int, seed: int):
+    """The uniform draws `plasma_fractal` makes from ``torch.Generator().manual_seed(seed)``: three of shape
+    (batch, n, n) per level, n = 1, 2, 4, .. mapsize / 2, as float64 numpy arrays."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [1 << level for level in range(mapsize.bit_length() - 1)]
+    return [torch.rand((batch, n, n), generator=generator).double().numpy() for n in sizes for _ in range(3)]
+
+
+@pytest.mark.parametrize('decay', sorted({d for _, d in SEVERITIES['fog']}))
+def test_plasma_fractal_is_the_references_given_the_same_draws(reference, monkeypatch, decay):
+    from timm_rspc.corruptions import plasma_fractal
+    ours = plasma_fractal(2, 256, decay, torch.Generator().manual_seed(3)).double().numpy()
+    draws = plasma_draws(2, 256, seed=3)
+    for image in range(2):
+        uniform = replayed_uniform([draw[image] for draw in draws])
+        monkeypatch.setitem(reference.namespace, 'np', NumpyWith(types.SimpleNamespace(uniform=uniform)))
+        expected = reference.plasma_fractal(mapsize=256, wibbledecay=decay)
+        assert np.abs(expected - ours[image]).max() < 1e-5
+
+
+def test_fog_matches_the_reference_given_the_same_draws(reference, photos, monkeypatch):
+    views, batch = photos
+    rows = {}
+    for severity in range(1, 6):
+        ours = to_uint8(corrupt('fog', batch, severity, torch.Generator().manual_seed(severity)))
+        draws = plasma_draws(len(views), 256, seed=severity)
+        expected = []
+        for image, view in enumerate(views):
+            uniform = replayed_uniform([draw[image] for draw in draws])
+            monkeypatch.setitem(reference.namespace, 'np', NumpyWith(types.SimpleNamespace(uniform=uniform)))
+            expected.append(reference_uint8(reference.fog, view, severity))
+        diff = np.abs(np.stack(expected).astype(np.int16) - ours.astype(np.int16))
+        rows[severity] = (int(diff.max()), float(diff.mean()))
+    assert all(worst <= 1 for worst, _ in rows.values()), f'fog: (max, mean) grey levels per severity: {rows}'
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic of two samples of integers in -255..255."""
+    cdf_a = np.cumsum(np.bincount(a.ravel() + 255, minlength=511)) / a.size
+    cdf_b = np.cumsum(np.bincount(b.ravel() + 255, minlength=511)) / b.size
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def ks_critical(n: int, m: int, alpha: float = 1e-3) -> float:
+    """The asymptotic two-sample KS critical value (conservative for discrete samples)."""
+    return float(np.sqrt(-0.5 * np.log(alpha / 2)) * np.sqrt((n + m) / (n * m)))
+
+
+def correlations(residual: np.ndarray) -> np.ndarray:
+    """Correlations of (B, H, W, 3) residuals: between channels (R-G, R-B, G-B) and between horizontal and vertical
+    neighbours (same channel)."""
+    pairs = [(residual[..., 0], residual[..., 1]), (residual[..., 0], residual[..., 2]),
+             (residual[..., 1], residual[..., 2]), (residual[:, :, :-1], residual[:, :, 1:]),
+             (residual[:, :-1], residual[:, 1:])]
+    return np.array([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in pairs])
+
+
+RANDOM = ('gaussian_noise', 'impulse_noise')
+
+
+@pytest.mark.parametrize('name', RANDOM)
+def test_random_corruptions_have_the_references_distribution(reference, photos, monkeypatch, name):
+    """Per severity, on the corrupted-minus-clean grey levels of all values: the same distribution overall and within
+    each quarter of the clean grey levels (two-sample KS at alpha = 0.001), and the same correlations between
+    channels and between neighbouring pixels (within 5 standard errors)."""
+    views, batch = photos
+    clean = np.stack([np.asarray(view) for view in views]).astype(np.int16)
+    strata = [(clean >= low) & (clean < low + 64) for low in range(0, 256, 64)]
+    rng = np.random.default_rng(0)
+    numpy_random = types.SimpleNamespace(normal=rng.normal)
+    seeded_skimage = types.SimpleNamespace(
+        color=skimage.color, util=types.SimpleNamespace(random_noise=lambda *a, **k: skimage.util.random_noise(
+            *a, rng=rng, **k)))
+    monkeypatch.setitem(reference.namespace, 'np', NumpyWith(numpy_random))
+    monkeypatch.setitem(reference.namespace, 'sk', seeded_skimage)
+    failures = []
+    for severity in range(1, 6):
+        expected = np.stack([reference_uint8(getattr(reference, name), view, severity) for view in views]) - clean
+        ours = to_uint8(corrupt(name, batch, severity, torch.Generator().manual_seed(severity))) - clean
+        for label, where in [('all', np.ones_like(clean, dtype=bool))] + list(zip(('q1', 'q2', 'q3', 'q4'), strata)):
+            if where.sum() < 1000:
+                continue
+            distance, critical = ks_distance(expected[where], ours[where]), ks_critical(where.sum(), where.sum())
+            if distance > critical:
+                failures.append(f'severity {severity}, {label}: KS {distance:.4f} > {critical:.4f}')
+        corr_expected, corr_ours = correlations(expected.astype(float)), correlations(ours.astype(float))
+        if np.abs(corr_expected - corr_ours).max() > 5 / np.sqrt(clean[..., 0].size):
+            failures.append(f'severity {severity}: correlations {corr_ours.round(4)} vs {corr_expected.round(4)}')
+    assert not failures, f'{name}: ' + '; '.join(failures)
