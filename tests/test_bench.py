@@ -201,7 +201,11 @@ def test_resume_after_a_kill_gives_the_same_results(data, tmp_path, monkeypatch)
     for key in ('results', 'summary', 'splits', 'settings'):
         assert resumed[key] == full[key]
     with pytest.raises(FileExistsError, match='finished'):
-        _run(tmp_path, 'killed', resume=True, **kwargs)
+        _run(tmp_path, 'killed', **kwargs)
+    # --resume of a finished run (a multi-model command resumed) reads its results and writes nothing.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'killed').iterdir()}
+    assert _run(tmp_path, 'killed', resume=True, **kwargs)['summary'] == json.loads(json.dumps(full['summary']))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'killed').iterdir()} == before
 
 
 def test_bad_input_names_the_file_and_writes_no_result(data, tmp_path):

@@ -17,9 +17,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .datasets import UnreadableFile, collate_videos
 from .perturbation_metrics import top5_classes, video_stability
 
-__all__ = ['Evaluator', 'AMP_DTYPES']
+__all__ = ['Evaluator', 'AMP_DTYPES', 'amp_dtype_name']
 
-AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+# timm's --amp-dtype names, and the short names of earlier versions (same meaning).
+AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def amp_dtype_name(amp: Optional[str]) -> Optional[str]:
+    """timm's name of an autocast dtype ('bf16' -> 'bfloat16'); None for float32."""
+    return None if amp is None else str(AMP_DTYPES[amp]).replace('torch.', '')
 
 
 @contextlib.contextmanager

@@ -48,12 +48,34 @@ def table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> str:
     for name, summary in runs:
         c, p = summary.get('imagenet_c', {}), summary.get('imagenet_p', {})
         if c.get('partial'):
-            notes.append(f'{name}: ImageNet-C is partial (missing {", ".join(c["missing"])}): no mCE.')
+            notes.append(f'{name}: ImageNet-C is PARTIAL (missing {", ".join(c.get("missing_splits", c["missing"]))})'
+                         f': no mCE; its errors per corruption are below.')
         elif c:
             notes.append(f'{name}: ImageNet-C preprocessing: {c["transform"]}.')
         if p and not p.get('normalised'):
             notes.append(f'{name}: ImageNet-P not normalised by AlexNet (give --imagenet-p-reference for mFR).')
-    return '\n'.join(lines + notes)
+    return '\n'.join(lines + notes + _partial_imagenet_c_table(runs))
+
+
+def _partial_imagenet_c_table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> List[str]:
+    """Runs with a partial ImageNet-C: top-1 error (%) per corruption evaluated, '*' where severities are missing."""
+    partial = [(name, s['imagenet_c']) for name, s in runs if s.get('imagenet_c', {}).get('partial')]
+    if not partial:
+        return []
+    from .reference import IMAGENET_C_CORRUPTIONS
+    names = [n for n in IMAGENET_C_CORRUPTIONS if any(n in c['error'] for _, c in partial)]
+    header = ['model'] + names
+    rows = [[name] + [('-' if n not in c['error'] else f"{c['error'][n]:.2f}" + ('*' if n in c['missing'] else ''))
+                      for n in names] for name, c in partial]
+    widths = [max(len(r[j]) for r in [header] + rows) for j in range(len(header))]
+    lines = ['', 'ImageNet-C PARTIAL: top-1 error (%) per corruption (mean over the severities evaluated; '
+                 '* = some severities missing; no mCE)']
+    lines += ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    lines.insert(3, '  '.join('-' * w for w in widths))
+    missing = sorted({m for _, c in partial for m in IMAGENET_C_CORRUPTIONS if m not in c['error']})
+    if missing:
+        lines.append(f'not evaluated at any severity: {", ".join(missing)}')
+    return lines
 
 
 def _rows(summary: Dict[str, Any], prefix: str = ''):
@@ -62,9 +84,10 @@ def _rows(summary: Dict[str, Any], prefix: str = ''):
         name = f'{prefix}{key}'
         if isinstance(value, dict):
             yield from _rows(value, name + '.')
-        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        elif isinstance(value, list) and all(v is None or isinstance(v, (int, float)) for v in value):
             for i, v in enumerate(value, 1):
-                yield f'{name}.{i}', v
+                if v is not None:  # a severity a partial run did not evaluate
+                    yield f'{name}.{i}', v
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             yield name, value
 
@@ -80,34 +103,66 @@ def write_csv(path: str, summary: Dict[str, Any]) -> None:
 
 
 def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
-    """Error per corruption (bars, ImageNet-C and CIFAR-C) and per severity (lines); False if nothing to plot."""
+    """Error per corruption (bars, ImageNet-C and CIFAR-C) and per severity (lines); False if nothing to plot.
+
+    A partial ImageNet-C keeps every corruption on the axis: one not evaluated is marked 'not evaluated' (red
+    label), one with missing severities is hatched and starred, and the panel's title names the missing splits.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from .reference import IMAGENET_C_CORRUPTIONS
     panels = []
     for dataset, key, label in (('imagenet_c', 'error_per_severity', 'ImageNet-C top-1 error (%)'),
                                 ('cifar10_c', 'top1_per_corruption_severity', 'CIFAR-10-C top-1 error (%)'),
                                 ('cifar100_c', 'top1_per_corruption_severity', 'CIFAR-100-C top-1 error (%)')):
         table_ = summary.get(dataset, {}).get(key)
-        if table_:
-            errors = {n: [100 - v for v in row] if dataset != 'imagenet_c' else row for n, row in table_.items()}
+        partial = dataset == 'imagenet_c' and summary.get(dataset, {}).get('partial')
+        if table_ or partial:
+            errors = {n: [100 - v for v in row] if dataset != 'imagenet_c' else row for n, row in (table_ or {}).items()}
+            if partial:  # every corruption, in the published order; None where not evaluated
+                errors = {n: errors.get(n, [None] * 5) for n in IMAGENET_C_CORRUPTIONS}
+                missing = summary[dataset].get('missing_splits', [])
+                label = f'ImageNet-C top-1 error (%)\nPARTIAL, no mCE: {len(missing)} of 75 splits missing'
             panels.append((label, errors))
     if not panels:
         return False
-    fig, axes = plt.subplots(len(panels), 2, figsize=(14, 4 * len(panels)), squeeze=False,
+    fig, axes = plt.subplots(len(panels), 2, figsize=(14, 4.5 * len(panels)), squeeze=False,
                              gridspec_kw={'width_ratios': [3, 1]})
     for (label, errors), (bar_ax, line_ax) in zip(panels, axes):
         names = list(errors)
-        bar_ax.bar(range(len(names)), [sum(v) / len(v) for v in errors.values()])
+        means = [_mean([v for v in row if v is not None]) for row in errors.values()]
+        incomplete = [None in row and any(v is not None for v in row) for row in errors.values()]
+        bars = bar_ax.bar(range(len(names)), [0 if m is None else m for m in means],
+                          hatch=None, color=['tab:orange' if i else 'tab:blue' for i in incomplete])
+        top = max([m for m in means if m is not None] or [1])
+        for i, (bar, m) in enumerate(zip(bars, means)):
+            if m is None:
+                bar_ax.text(i, top * 0.02, 'not evaluated', rotation=90, ha='center', va='bottom', color='tab:red')
+            elif incomplete[i]:
+                bar.set_hatch('//')
+                bar_ax.text(i, m, '*', ha='center', va='bottom', color='tab:orange', fontsize=14)
         bar_ax.set_xticks(range(len(names)), names, rotation=45, ha='right')
+        for tick, m in zip(bar_ax.get_xticklabels(), means):
+            if m is None:
+                tick.set_color('tab:red')
         bar_ax.set_ylabel(label)
+        if any(incomplete) or any(m is None for m in means):
+            bar_ax.set_title('orange / * = some severities missing (mean of those evaluated); red = not evaluated',
+                             fontsize=9)
         severities = range(1, 6)
-        line_ax.plot(severities, [sum(v[s - 1] for v in errors.values()) / len(names) for s in severities], 'o-')
+        per_severity = [_mean([row[s - 1] for row in errors.values() if row[s - 1] is not None]) for s in severities]
+        line_ax.plot([s for s, v in zip(severities, per_severity) if v is not None],
+                     [v for v in per_severity if v is not None], 'o-')
         line_ax.set_xlabel('severity')
-        line_ax.set_ylabel('mean ' + label)
+        line_ax.set_ylabel('mean ' + label.split('\n')[0])
         line_ax.set_xticks(list(severities))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None

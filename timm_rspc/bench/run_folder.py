@@ -1,8 +1,9 @@
 """The run folder: settings, one file per finished split (written at once, atomically), then the results.
 
-A folder with ``results.json`` is finished and never written again. A folder with splits but no results is an
-interrupted run: it is continued only with ``resume=True`` and only with the same settings, so that its splits and
-the new ones describe the same evaluation.
+A folder with ``results.json`` is finished and never written again (``resume=True`` with the same settings reads it).
+A folder with splits but no results is an interrupted run: it is continued only with ``resume=True`` and only with
+the same settings, so that its splits and the new ones describe the same evaluation. A folder whose run stopped
+before its first split finished holds nothing to continue: it is started again, with or without ``resume``.
 """
 import json
 import os
@@ -40,10 +41,11 @@ class RunFolder:
         self.splits_dir = os.path.join(path, SPLITS_DIR)
         results = os.path.join(path, RESULTS_FILE)
         settings_path = os.path.join(path, SETTINGS_FILE)
-        if os.path.exists(results):
+        self.finished = os.path.exists(results)
+        if self.finished and not resume:
             raise FileExistsError(f"'{path}' holds a finished benchmark ({RESULTS_FILE}); choose another output "
                                   "folder (--output DIR).")
-        if os.path.exists(settings_path):
+        if os.path.exists(settings_path) and (self.finished or self.finished_splits()):
             if not resume:
                 raise FileExistsError(f"'{path}' holds an unfinished benchmark; continue it with --resume, or choose "
                                       "another output folder (--output DIR).")
@@ -53,6 +55,10 @@ class RunFolder:
             if changed:
                 raise ValueError(f"--resume: the settings differ from those of the run in '{path}' "
                                  f"({', '.join(changed)}); resume with the same settings or start a new output folder.")
+        elif os.path.exists(settings_path):
+            # A run that stopped before its first split finished: nothing to continue, start it again.
+            os.makedirs(self.splits_dir, exist_ok=True)
+            write_json_atomic(settings_path, settings)
         else:
             if os.path.isdir(path) and os.listdir(path):
                 raise FileExistsError(f"'{path}' exists and is not a benchmark run folder; choose another output "

@@ -1,74 +1,47 @@
 """``run_benchmark``: one model over the given benchmark data sets, into a resumable run folder."""
-import hashlib
 import json
 import os
 import platform
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
-from .evaluate import AMP_DTYPES, Evaluator
+from .evaluate import AMP_DTYPES, Evaluator, amp_dtype_name
+from .model import EvalModel, build_eval_model, check_input_size, eval_data_config
 from .reference import IMAGENET_P_PERTURBATIONS
 from .report import table, write_csv, write_plot
 from .run_folder import RESULTS_FILE, RunFolder, write_json_atomic
 from .splits import DATASET_ROOTS, Split, plan_splits
 from .summary import paper_results, summarise
 
-__all__ = ['load_model', 'run_benchmark', 'IMAGENET_C_TRANSFORMS']
+__all__ = ['load_model', 'run_benchmark', 'BenchmarkInterrupted', 'IMAGENET_C_TRANSFORMS']
 
 IMAGENET_C_TRANSFORMS = ('authors', 'model')
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_model(model_name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
-               model_kwargs: Optional[Dict[str, Any]] = None):
-    """``timm.create_model`` + the package's safe checkpoint loader (non-EMA, strict load); returns (model, source)."""
-    import timm
-    import timm_rspc  # noqa: F401  (registers RVT / FAN)
-    from timm_rspc.models import load_checkpoint
-    if pretrained and checkpoint:
-        raise ValueError('give one source of weights: pretrained=True (--pretrained) or a checkpoint file, not both.')
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # a randomly initialised model is the same in every process and every run
-            model = timm.create_model(model_name, pretrained=pretrained, **(model_kwargs or {}))
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f"unknown model '{model_name}'; list the package's models with `timm-rspc models`.") from e
-        raise
-    if checkpoint:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist.")
-        load_checkpoint(model, checkpoint)
-        source = {'checkpoint': os.path.abspath(checkpoint), 'sha256': _sha256(checkpoint), 'weights': 'non-ema'}
-    elif pretrained:
-        cfg = model.pretrained_cfg
-        source = {'pretrained': f"{cfg.get('architecture', model_name)}.{cfg.get('tag', '')}".rstrip('.'),
-                  'hf_hub_id': cfg.get('hf_hub_id'), 'url': cfg.get('url')}
-    else:
-        source = {'random_init': True}
-    return model.eval(), source
+               model_kwargs: Optional[Dict[str, Any]] = None, **kwargs):
+    """The model built the way it was trained, its weights loaded strictly; returns (model, source).
+
+    `model.build_eval_model` with the arguments stored in the checkpoint as defaults (``num_classes``,
+    ``img_size``, ``input_size``, ``use_ema``, ``use_recorded_args`` are passed on).
+    """
+    built = build_eval_model(model_name, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs,
+                             **kwargs)
+    return built.model, built.source
 
 
-def _transforms(model: nn.Module, imagenet_c_transform: str):
+def _transforms(built: EvalModel, imagenet_c_transform: str):
     """The model's eval transform (uint8 output; normalised on the device) and the one for ImageNet-C."""
-    from timm.data import create_transform, resolve_data_config
+    from timm.data import create_transform
     from timm.data.transforms import MaybePILToTensor
     from torchvision import transforms
     if imagenet_c_transform not in IMAGENET_C_TRANSFORMS:
         raise ValueError(f"imagenet_c_transform must be one of {IMAGENET_C_TRANSFORMS}, got '{imagenet_c_transform}'.")
-    config = resolve_data_config(model=model)
+    config = eval_data_config(built)
     eval_transform = create_transform(**config, is_training=False, use_prefetcher=True)
     crop = tuple(config['input_size'][1:])
     # The authors' ImageNet-C evaluation: the images are already 224 x 224; center crop, no resize.
@@ -79,6 +52,8 @@ def _transforms(model: nn.Module, imagenet_c_transform: str):
 def _read_imagenet_p_reference(path: Optional[str]) -> Optional[Dict[str, Dict[str, float]]]:
     if not path:
         return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--imagenet-p-reference file '{path}' does not exist.")
     with open(path) as f:
         try:
             data = json.load(f)
@@ -149,6 +124,55 @@ def _one_line(split: Split, record: Dict[str, Any]) -> str:
             f"({record['videos']} videos)")
 
 
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: what is saved (``finished`` of ``total`` splits in ``output``) for the message."""
+
+    def __init__(self, output: Optional[str], finished: int, total: int):
+        super().__init__(output, finished, total)
+        self.output, self.finished, self.total = output, finished, total
+
+
+def _check_run_values(batch_size: int, workers: int, device: Optional[str], amp: Optional[str]) -> str:
+    """The run's own values, checked before a model is built or a folder created; returns the device."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'--batch-size must be at least 1, got {batch_size}.')
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f'--workers must be 0 or more, got {workers}.')
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"--amp-dtype must be float16 or bfloat16, got '{amp}'.")
+    if device is None:
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        return f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        available = 'cuda' if torch.cuda.is_available() else 'cpu'
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"--device {device} is not usable here ({reason}); use --device {available} or leave "
+                         "--device out.") from None
+    return device
+
+
+def _check_paths(roots: Dict[str, Optional[str]], imagenet_c_labels: Optional[str]) -> None:
+    for key, root in roots.items():
+        if root and not os.path.isdir(root):
+            raise FileNotFoundError(f"--{key.replace('_', '-')} folder '{root}' does not exist.")
+    if imagenet_c_labels and not os.path.isfile(imagenet_c_labels):
+        raise FileNotFoundError(f"--imagenet-c-labels file '{imagenet_c_labels}' does not exist.")
+
+
+def _check_every_dataset_has_splits(roots: Dict[str, Optional[str]], splits) -> None:
+    """``allow_partial`` evaluates an incomplete copy; a data set without a single split is an error."""
+    for key, root in roots.items():
+        if root and not any(s.dataset == key for s in splits):
+            expected = {'imagenet_c': '<corruption>/<severity>/ folders such as gaussian_noise/1',
+                        'imagenet_p': '<perturbation>/ folders such as gaussian_noise',
+                        }.get(key, '<corruption>.npy files such as gaussian_noise.npy')
+            raise FileNotFoundError(f"--{key.replace('_', '-')}: '{root}' holds none of {DATASET_ROOTS[key]}'s "
+                                    f"splits (expected {expected}); --allow-partial evaluates an incomplete copy, "
+                                    "not an empty one.")
+
+
 def run_benchmark(
         model_name: str,
         output: str,
@@ -177,32 +201,50 @@ def run_benchmark(
         progress: bool = True,
         plot: bool = True,
         verbose: bool = True,
+        num_classes: Optional[int] = None,
+        img_size: Optional[int] = None,
+        input_size: Optional[Sequence[int]] = None,
+        use_ema: bool = False,
+        use_recorded_args: bool = True,
 ) -> Dict[str, Any]:
     """Benchmark ``model_name`` on every data set folder given; returns what ``output/results.json`` holds.
 
     ``results`` holds the paper's metrics (``imagenet_top1``, ``imagenet_c_mce``, ... in percent, the names
     ``timm-rspc export --results`` reads), ``summary`` every figure per data set, ``splits`` the raw per-split counts.
     Under ``torchrun`` (an initialised process group) the images are split over the processes.
+
+    The model is built the way it was trained: a checkpoint's stored training arguments (or the ``args.yaml``
+    beside it) give ``model_kwargs``, ``num_classes`` and the input size unless given here (``use_recorded_args``
+    off ignores them); ``img_size`` / ``input_size`` set the evaluated size as in timm's validate.py; ``use_ema``
+    loads the checkpoint's EMA weights. ``amp``: ``'float16'`` or ``'bfloat16'`` autocast. Every mistake that can
+    be seen before evaluating (values, device, paths, model, input size, empty data sets) raises before the run
+    folder is created. Ctrl-C raises `BenchmarkInterrupted`, which says what is saved.
     """
-    if amp is not None and amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got '{amp}'.")
     roots = dict(imagenet=imagenet, imagenet_c=imagenet_c, imagenet_a=imagenet_a, imagenet_r=imagenet_r,
                  imagenet_p=imagenet_p, imagenet_sketch=imagenet_sketch, imagenet_v2=imagenet_v2,
                  cifar10_c=cifar10_c, cifar100_c=cifar100_c)
+    device = _check_run_values(batch_size, workers, device, amp)
+    amp = amp_dtype_name(amp)
+    _check_paths(roots, imagenet_c_labels)
     p_reference = _read_imagenet_p_reference(imagenet_p_reference)
-    model, source = load_model(model_name, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs)
-    config, eval_transform, c_transform, crop = _transforms(model, imagenet_c_transform)
+    built = build_eval_model(model_name, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs,
+                             num_classes=num_classes, img_size=img_size, input_size=input_size, use_ema=use_ema,
+                             use_recorded_args=use_recorded_args)
+    model, source = built.model, built.source
+    config, eval_transform, c_transform, crop = _transforms(built, imagenet_c_transform)
+    check_input_size(model, config['input_size'], model_name)
     if imagenet_c and imagenet_c_transform == 'authors' and max(crop) > 224:
         raise ValueError(f"the authors' ImageNet-C preprocessing center-crops the 224 x 224 images, but this model "
                          f"takes {crop[0]} x {crop[1]}; pass --imagenet-c-transform model (its own resize and crop).")
     splits, missing = plan_splits(roots, model.num_classes, eval_transform, c_transform, crop,
                                   imagenet_c_labels=imagenet_c_labels, allow_partial=allow_partial)
+    _check_every_dataset_has_splits(roots, splits)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if device is None:
-        local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        device = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
     settings = {
-        'model': model_name, 'weights': source, 'model_kwargs': dict(model_kwargs or {}),
+        'model': model_name, 'weights': source,
+        'model_kwargs': {k: v for k, v in built.build.items() if k != 'num_classes'},
+        'num_classes': model.num_classes, 'build_args_from': built.recorded_from,
+        'input_size': list(config['input_size']),
         'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         'imagenet_c_transform': imagenet_c_transform, 'amp': amp,
         'channels_last': torch.device(device).type == 'cuda' if channels_last is None else channels_last,
@@ -211,25 +253,35 @@ def run_benchmark(
         'imagenet_p_reference': p_reference, 'allow_partial': allow_partial,
     }
     folder = None
+    say = print if verbose and rank == 0 else (lambda *a, **k: None)
 
     def open_folder():
         nonlocal folder
         folder = RunFolder(output, settings, resume=resume)
         return folder.finished_splits()
     records = _on_first_process(open_folder)
-    say = print if verbose and rank == 0 else (lambda *a, **k: None)
-    say(f"timm-rspc bench: {model_name} ({len(splits)} splits, {len(records)} already done) -> {output}")
+    if folder is not None and folder.finished:  # --resume of a finished run: its results, nothing written
+        with open(folder.file(RESULTS_FILE)) as f:
+            results = json.load(f)
+        say(f"timm-rspc bench: {model_name}: '{output}' is finished; its results:")
+        say(table([(model_name, results['summary'])]))
+        return results
+    size = 'x'.join(str(v) for v in config['input_size'])
+    say(f"timm-rspc bench: {model_name} at {size} ({len(splits)} splits, {len(records)} already done) -> {output}")
     evaluator = Evaluator(model, config['mean'], config['std'], device=device, batch_size=batch_size,
                           workers=workers, amp=amp, channels_last=settings['channels_last'], progress=progress)
     started = time.time()
-    for split in splits:
-        if split.key in records:
-            continue
-        record = _evaluate(evaluator, split)
-        records[split.key] = record
-        if folder is not None:
-            folder.write_split(split.key, record)
-        say(_one_line(split, record))
+    try:
+        for split in splits:
+            if split.key in records:
+                continue
+            record = _evaluate(evaluator, split)
+            records[split.key] = record
+            if folder is not None:
+                folder.write_split(split.key, record)
+            say(_one_line(split, record))
+    except KeyboardInterrupt:
+        raise BenchmarkInterrupted(output, sum(s.key in records for s in splits), len(splits)) from None
     summary = summarise(records, imagenet_c_transform, p_reference)
     results = {
         'results': paper_results(summary),

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from .corruption_metrics import cifar_c_summary, imagenet_c_summary
 from .reference import (
-    CIFAR_C_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES, IMAGENET_P_PERTURBATIONS,
+    ALEXNET_IMAGENET_C_ERROR, CIFAR_C_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES, IMAGENET_P_PERTURBATIONS,
 )
 
 __all__ = ['summarise', 'paper_results']
@@ -31,14 +31,40 @@ def _per_severity(records: Records, dataset: str, names, accuracy: bool) -> Dict
     return table
 
 
+def _imagenet_c_partial(records: Records, extra: Dict[str, List[float]], transform: str) -> Dict[str, Any]:
+    """What an incomplete ImageNet-C gives: errors per corruption and severity for what exists, never an mCE."""
+    per_severity: Dict[str, List[Optional[float]]] = {}
+    for name in IMAGENET_C_CORRUPTIONS:
+        keys = [f'imagenet_c/{name}/{s}' for s in IMAGENET_C_SEVERITIES]
+        if any(k in records for k in keys):
+            per_severity[name] = [100 * (1 - _accuracy(records[k])) if k in records else None for k in keys]
+    missing_splits = [f'{name}/{s}' for name in IMAGENET_C_CORRUPTIONS for s in IMAGENET_C_SEVERITIES
+                      if f'imagenet_c/{name}/{s}' not in records]
+    missing = [name for name in IMAGENET_C_CORRUPTIONS if any(m.startswith(name + '/') for m in missing_splits)]
+    error = {n: sum(v for v in row if v is not None) / sum(v is not None for v in row)
+             for n, row in per_severity.items()}
+    complete = [n for n, row in per_severity.items() if None not in row]
+    summary: Dict[str, Any] = {
+        'partial': True,
+        'note': f'{75 - len(missing_splits)} of the 75 corruption x severity splits evaluated (missing: '
+                f'{", ".join(missing_splits)}): this is not an mCE',
+        'transform': transform,
+        'error': error,  # mean over the severities evaluated
+        'error_per_severity': per_severity,  # None where a severity is missing
+        'ce': {n: 100 * (sum(per_severity[n]) / 500) / ALEXNET_IMAGENET_C_ERROR[n] for n in complete},
+        'missing': missing,  # corruptions with at least one severity missing
+        'missing_splits': missing_splits,
+    }
+    if extra:
+        summary['extra_error'] = {n: 100 * sum(v) / len(v) for n, v in sorted(extra.items())}
+    return summary
+
+
 def _imagenet_c(records: Records, clean_error: Optional[float], transform: str) -> Dict[str, Any]:
     errors = _per_severity(records, 'imagenet_c', IMAGENET_C_CORRUPTIONS, accuracy=False)
     extra = _per_severity(records, 'imagenet_c', IMAGENET_C_EXTRA, accuracy=False)
     if len(errors) < len(IMAGENET_C_CORRUPTIONS):
-        partial = {n: [100 * e for e in v] for n, v in errors.items()}
-        return {'partial': True, 'note': 'not all 15 corruptions x 5 severities were evaluated: this is not an mCE',
-                'error_per_severity': partial, 'transform': transform,
-                'missing': [c for c in IMAGENET_C_CORRUPTIONS if c not in errors]}
+        return _imagenet_c_partial(records, extra, transform)
     summary = imagenet_c_summary(errors, clean_error=clean_error, extra_errors=extra or None)
     summary['transform'] = transform
     return summary

@@ -28,13 +28,28 @@ DATASETS = {
 DATASET_FLAGS = tuple(DATASETS)
 
 
+def _old_amp(text: str) -> str:
+    """``--amp`` alone (timm's spelling: --amp-dtype picks the dtype); ``--amp bf16|fp16`` is the old spelling."""
+    if text not in ('bf16', 'fp16'):
+        raise argparse.ArgumentTypeError(f"--amp takes no value (choose the dtype with --amp-dtype), got '{text}'")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group('Model and weights')
-    g.add_argument('--model', nargs='+', metavar='NAME', help='timm model name(s); several give one table')
+    g.add_argument('--model', '-m', action='extend', nargs='+', metavar='NAME',
+                   help='timm model name; repeat (--model A --model B) to benchmark several into one table')
     source = g.add_mutually_exclusive_group()
     source.add_argument('--pretrained', action='store_true', help="the registry's pretrained weights of --model")
-    source.add_argument('--checkpoint', nargs='+', metavar='PATH',
-                        help='checkpoint file(s), one per --model (non-EMA weights, loaded strictly)')
+    source.add_argument('--checkpoint', action='extend', nargs='+', metavar='PATH',
+                        help='checkpoint file, one per --model in the same order (non-EMA weights unless --use-ema, '
+                             'loaded strictly); the training arguments stored in it, or in the args.yaml beside it, '
+                             'build the model (model_kwargs, num_classes) and set the input size unless given here')
+    g.add_argument('--use-ema', action='store_true', help="the checkpoint's EMA weights (default: non-EMA)")
+    g.add_argument('--num-classes', type=int, metavar='N', help='number of classes (default: checkpoint / cfg)')
+    g.add_argument('--img-size', type=int, metavar='N',
+                   help="input image size (default: the checkpoint's, else the size the model was built for)")
+    g.add_argument('--input-size', type=int, nargs=3, metavar='N', help='input dimensions C H W, e.g. 3 224 224')
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='extra model build arguments, e.g. img_size=224')
     d = parser.add_argument_group('Data sets (give any of them)')
@@ -52,10 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group('Run')
     r.add_argument('--output', metavar='DIR', help='run folder (default: output/bench/<model>); one per model')
     r.add_argument('--resume', action='store_true', help='continue an interrupted run in its folder')
-    r.add_argument('-b', '--batch-size', type=int, default=128)
-    r.add_argument('-j', '--workers', type=int, default=4)
+    r.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='images per batch (default 128)')
+    r.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loading processes (default 4)')
     r.add_argument('--device', help='default: cuda (LOCAL_RANK under torchrun) if available, else cpu')
-    r.add_argument('--amp', choices=('bf16', 'fp16'), help='autocast dtype (default: float32)')
+    r.add_argument('--amp', nargs='?', const=True, default=False, type=_old_amp, metavar='',
+                   help='mixed precision (autocast) in --amp-dtype (default: float32)')
+    r.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default='float16',
+                   help='autocast dtype of --amp (default: float16)')
     r.add_argument('--no-channels-last', action='store_true', help='keep NCHW on GPU (channels_last is the default)')
     r.add_argument('--no-plot', action='store_true', help='do not write results.png')
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -71,16 +89,62 @@ def _output_folder(args: argparse.Namespace, model: str, index: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from timm_rspc.bench.runner import BenchmarkInterrupted
     try:
         with reported_errors('bench'):
             return _run(args)
     except ImportError as e:  # an optional extra (video, plot) is missing: the message names it
         print(f'timm-rspc bench: error: {e}', file=sys.stderr)
         raise CommandFailed(2) from None
+    except BenchmarkInterrupted as e:
+        if _is_first_process():
+            print(f'\n{_interrupted_line(args, e)}', file=sys.stderr)
+        raise CommandFailed(130) from None
+    except KeyboardInterrupt:
+        if _is_first_process():
+            print('\ntimm-rspc bench: interrupted before the first split was evaluated; nothing to resume.',
+                  file=sys.stderr)
+        raise CommandFailed(130) from None
+
+
+def _interrupted_line(args: argparse.Namespace, e) -> str:
+    done = args._finished_models
+    before = f'{len(done)} model(s) finished ({", ".join(done)}); ' if done else ''
+    if e.finished == 0:
+        return (f"timm-rspc bench: interrupted: {before}no split of '{e.output}' finished yet; run the same command "
+                "again to start it.")
+    return (f"timm-rspc bench: interrupted: {before}{e.finished} of {e.total} splits finished and saved in "
+            f"'{e.output}'; continue with: {_command_line(args, resume=True)}")
+
+
+def _command_line(args: argparse.Namespace, resume: bool = False) -> str:
+    """The command that gives these arguments (non-default values only), for the resume hint."""
+    import shlex
+    words = ['timm-rspc', 'bench']
+    for action in args._parser._actions:
+        if not action.option_strings or action.dest in ('help', '_parser'):
+            continue
+        value = getattr(args, action.dest, None)
+        if value == action.default or value is None or value is False:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[0] in ('-b', '-j', '-m') else \
+            action.option_strings[0]
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, dict):
+            words += [flag] + [f'{k}={v}' for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            words += [flag] + [str(v) for v in value]
+        else:
+            words += [flag, str(value)]
+    if resume and not args.resume:
+        words.append('--resume')
+    return shlex.join(words)
 
 
 def _run(args: argparse.Namespace) -> int:
     from timm_rspc.bench import compare
+    args._finished_models = []
     if args.compare:
         if args.model:
             args._parser.error('--compare reads finished results; drop --model')
@@ -94,6 +158,17 @@ def _run(args: argparse.Namespace) -> int:
     if not any(getattr(args, flag) for flag in DATASET_FLAGS):
         args._parser.error('give at least one data set folder: ' + ', '.join(
             '--' + f.replace('_', '-') for f in DATASET_FLAGS))
+    for path in args.checkpoint or ():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--checkpoint file '{path}' does not exist.")
+    if args.use_ema and not args.checkpoint:
+        raise ValueError('--use-ema picks the EMA weights of a checkpoint file; give --checkpoint.')
+    if args.img_size is not None and args.input_size is not None:
+        raise ValueError('give --img-size or --input-size, not both.')
+    from timm_rspc.bench.model import check_model_name
+    for model in args.model:
+        check_model_name(model)
+    amp = args.amp if isinstance(args.amp, str) else (args.amp_dtype if args.amp else None)
     from timm.utils.distributed import init_distributed_device_so, is_distributed_env
     from timm_rspc.bench import run_benchmark
     device = args.device
@@ -104,12 +179,14 @@ def _run(args: argparse.Namespace) -> int:
         results.append(run_benchmark(
             model, _output_folder(args, model, i), pretrained=args.pretrained,
             checkpoint=args.checkpoint[i] if args.checkpoint else None, model_kwargs=dict(args.model_kwargs or {}),
+            num_classes=args.num_classes, img_size=args.img_size, input_size=args.input_size, use_ema=args.use_ema,
             imagenet_c_labels=args.imagenet_c_labels, imagenet_c_transform=args.imagenet_c_transform,
             imagenet_p_reference=args.imagenet_p_reference, allow_partial=args.allow_partial,
-            batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+            batch_size=args.batch_size, workers=args.workers, device=device, amp=amp,
             channels_last=False if args.no_channels_last else None, resume=args.resume,
             progress=not args.no_progress, plot=not args.no_plot,
             **{flag: getattr(args, flag) for flag in DATASET_FLAGS}))
+        args._finished_models.append(model)
     if len(results) > 1 and _is_first_process():
         print()
         print(compare(results))
