@@ -4,14 +4,14 @@ gaussian) at many sizes, and the torch contract (any size, batching, generators,
 The corruptions against the reference implementation itself: ``test_corruptions_reference.py``.
 """
 import numpy as np
+import PIL.Image as PIL_Image
 import pytest
+import skimage.filters
 import torch
 
 from timm_rspc.corruptions import (
     CATEGORIES, CORRUPTIONS, FIDELITY, SEVERITIES, box_resize, corrupt, gaussian_filter, plasma_fractal,
 )
-
-PIL_Image = pytest.importorskip('PIL.Image')
 
 
 def random_8bit(shape, seed=0) -> np.ndarray:
@@ -37,9 +37,8 @@ def test_box_resize_is_pillows_box_resize(in_size, out_size):
 @pytest.mark.parametrize('size', [(224, 224), (32, 32), (20, 35), (7, 5)])
 @pytest.mark.parametrize('sigma', [0.5, 1, 2.5, 6])
 def test_gaussian_filter_is_scikit_images_gaussian(size, sigma):
-    skimage_filters = pytest.importorskip('skimage.filters')
     images = np.random.default_rng(1).random((2, *size, 3))
-    expected = np.stack([skimage_filters.gaussian(image, sigma=sigma, channel_axis=-1) for image in images])
+    expected = np.stack([skimage.filters.gaussian(image, sigma=sigma, channel_axis=-1) for image in images])
     ours = gaussian_filter(torch.from_numpy(images).permute(0, 3, 1, 2), sigma).permute(0, 2, 3, 1).numpy()
     assert np.abs(expected - ours).max() < 1e-12   # float64 in, float64 out: the same arithmetic up to rounding
 

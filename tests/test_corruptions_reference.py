@@ -18,6 +18,7 @@ ones (random) must have the same per-pixel distribution (checked on the corrupte
 independence between pixels and channels.
 """
 import ast
+import hashlib
 import os
 import subprocess
 import sys
@@ -26,19 +27,19 @@ import types
 from pathlib import Path
 
 import numpy as np
+import PIL.Image as PIL_Image
 import pytest
+import skimage  # the dev extra: the reference's own dependency, and its sample photographs
+import skimage.color
+import skimage.data
+import skimage.filters
+import skimage.util
 import torch
 
-PIL_Image = pytest.importorskip('PIL.Image')
-skimage = pytest.importorskip('skimage', reason='the reference corruptions need scikit-image (the dev extra)')
-import skimage.color  # noqa: E402
-import skimage.data  # noqa: E402
-import skimage.filters  # noqa: E402
-import skimage.util  # noqa: E402
-
-from timm_rspc.corruptions import SEVERITIES, corrupt  # noqa: E402
+from timm_rspc.corruptions import SEVERITIES, corrupt
 
 REFERENCE_PACKAGE, REFERENCE_VERSION = 'imagenet_c', '0.0.3'
+REFERENCE_SHA256 = '93f8ed69710615bdaf9e90805b01c2ba8790bba2095c91db874560eca79696f9'  # the sdist on PyPI
 REFERENCE_MODULE = f'{REFERENCE_PACKAGE}-{REFERENCE_VERSION}/imagenet_c/corruptions.py'
 # (old text, new text, how often it must occur in the reference file): the only changes made to the reference.
 ADAPTATIONS = (
@@ -73,7 +74,10 @@ def reference_sdist() -> Path:
 
 
 def reference_source() -> str:
-    with tarfile.open(reference_sdist()) as tar:
+    sdist = reference_sdist()
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    assert digest == REFERENCE_SHA256, f'{sdist} is not the {REFERENCE_PACKAGE} {REFERENCE_VERSION} sdist (sha256 {digest})'
+    with tarfile.open(sdist) as tar:
         source = tar.extractfile(REFERENCE_MODULE).read().decode()
     for old, new, count in ADAPTATIONS:
         assert source.count(old) == count, f'the reference file changed: {old!r} occurs {source.count(old)} times'
