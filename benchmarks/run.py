@@ -20,6 +20,8 @@ load on the machine hits both sides alike; the median of the repeats is reported
   reference) path.
 * ``kernels``: each Triton kernel against its PyTorch reference (CUDA only).
 * ``sync``: one RSPC step under ``torch.cuda.set_sync_debug_mode('error')`` (CUDA only): no host-device sync.
+* ``families``: the ``step`` and ``memory`` measurements at 224 px for a Swin, a ConvNeXt and a PVT-v2 (C with 16 px
+  patches, see README's families table), with C's parameter count against the backbone's.
 """
 import argparse
 import json
@@ -43,7 +45,8 @@ from timm_rspc.method import (
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEP_MODELS = ('rvt_tiny_plus', 'fan_tiny_8_p4_hybrid', 'vit_tiny_patch16_224')
-SECTIONS = ('step', 'memory', 'authors', 'inference', 'kernels', 'sync')
+FAMILY_MODELS = ('swin_tiny_patch4_window7_224', 'convnext_atto', 'pvt_v2_b0')
+SECTIONS = ('step', 'memory', 'authors', 'inference', 'kernels', 'sync', 'families')
 
 
 # --- timing ------------------------------------------------------------------------------------------------------
@@ -75,7 +78,11 @@ def interleaved_medians(runs: Dict[str, Callable[[], None]], warmup: int, repeat
 
 def _model(name: str, img_size: int, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    return timm.create_model(name, num_classes=1000, img_size=img_size).to(device).train()
+    try:
+        model = timm.create_model(name, num_classes=1000, img_size=img_size)
+    except TypeError:  # convolutional families take any input size and no img_size argument
+        model = timm.create_model(name, num_classes=1000)
+    return model.to(device).train()
 
 
 def _stepper(task, device: torch.device, batch_size: int, img_size: int) -> Callable[[], None]:
@@ -98,7 +105,7 @@ def make_step(kind: str, model_name: str, batch_size: int, img_size: int, device
     if kind == 'plain':
         task = PlainClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
     elif kind == 'rspc':
-        task = RSPCTask(model, nn.CrossEntropyLoss(), verbose=False, device=device)
+        task = RSPCTask(model, nn.CrossEntropyLoss(), img_size=img_size, verbose=False, device=device)
     elif kind == 'authors':
         return _authors_recipe_step(model, batch_size, img_size, device)
     else:
@@ -162,20 +169,23 @@ def _authors_recipe_step(model: nn.Module, batch_size: int, img_size: int, devic
     return step
 
 
+def _step_row(model_name: str, batch: int, args, device) -> Dict:
+    runs = {
+        'plain_B': make_step('plain', model_name, batch, args.img_size, device),
+        'plain_2B': make_step('plain', model_name, 2 * batch, args.img_size, device),
+        'rspc_B': make_step('rspc', model_name, batch, args.img_size, device),
+    }
+    t = interleaved_medians(runs, args.warmup, args.repeats, device)
+    return dict(model=model_name, batch=batch, **{f'{k}_s': v for k, v in t.items()},
+                rspc_vs_plain_B=t['rspc_B'] / t['plain_B'], rspc_vs_floor=t['rspc_B'] / t['plain_2B'],
+                floor_vs_plain_B=t['plain_2B'] / t['plain_B'])
+
+
 def bench_step(args, device) -> Dict:
     rows = []
     for model_name in args.models:
         for batch in args.batch_sizes:
-            runs = {
-                'plain_B': make_step('plain', model_name, batch, args.img_size, device),
-                'plain_2B': make_step('plain', model_name, 2 * batch, args.img_size, device),
-                'rspc_B': make_step('rspc', model_name, batch, args.img_size, device),
-            }
-            t = interleaved_medians(runs, args.warmup, args.repeats, device)
-            rows.append(dict(model=model_name, batch=batch, **{f'{k}_s': v for k, v in t.items()},
-                             rspc_vs_plain_B=t['rspc_B'] / t['plain_B'],
-                             rspc_vs_floor=t['rspc_B'] / t['plain_2B'],
-                             floor_vs_plain_B=t['plain_2B'] / t['plain_B']))
+            rows.append(_step_row(model_name, batch, args, device))
             _progress(rows[-1])
     return dict(rows=rows, target_rspc_vs_floor=1.02)
 
@@ -221,30 +231,56 @@ def _peak_memory_child(kind: str, model_name: str, batch: int, img_size: int, de
     return _proc_status_bytes('VmHWM')
 
 
+def _memory_row(model_name: str, batch: int, args, device) -> Dict:
+    peaks = {}
+    for kind, factor in (('plain', 2), ('rspc', 1), ('plain', 1)):
+        label = f'{kind}_{"2B" if factor == 2 else "B"}'
+        if device.type == 'cuda':
+            peaks[label] = _peak_memory_child(kind, model_name, factor * batch, args.img_size, device, 2)
+            torch.cuda.empty_cache()
+        else:
+            cmd = [sys.executable, os.path.abspath(__file__), '--_peak-child', kind, model_name,
+                   str(factor * batch), str(args.img_size)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
+            peaks[label] = int(out.stdout.strip().splitlines()[-1])
+    return dict(model=model_name, batch=batch, **{f'{k}_bytes': v for k, v in peaks.items()},
+                rspc_vs_floor=peaks['rspc_B'] / peaks['plain_2B'], rspc_vs_plain_B=peaks['rspc_B'] / peaks['plain_B'])
+
+
+def _memory_measure(device) -> str:
+    return ('torch.cuda.max_memory_allocated' if device.type == 'cuda'
+            else 'peak RSS (VmHWM) of a fresh process per configuration, reset after its first step')
+
+
 def bench_memory(args, device) -> Dict:
     rows = []
-    configs = (('plain', 2), ('rspc', 1), ('plain', 1))
     for model_name in args.models:
-        batch = args.batch_sizes[0]
-        peaks = {}
-        for kind, factor in configs:
-            label = f'{kind}_{"2B" if factor == 2 else "B"}'
-            if device.type == 'cuda':
-                peaks[label] = _peak_memory_child(kind, model_name, factor * batch, args.img_size, device, 2)
-                torch.cuda.empty_cache()
-            else:
-                cmd = [sys.executable, os.path.abspath(__file__), '--_peak-child', kind, model_name,
-                       str(factor * batch), str(args.img_size)]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                     env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))
-                peaks[label] = int(out.stdout.strip().splitlines()[-1])
-        rows.append(dict(model=model_name, batch=batch, **{f'{k}_bytes': v for k, v in peaks.items()},
-                         rspc_vs_floor=peaks['rspc_B'] / peaks['plain_2B'],
-                         rspc_vs_plain_B=peaks['rspc_B'] / peaks['plain_B']))
+        rows.append(_memory_row(model_name, args.batch_sizes[0], args, device))
         _progress(rows[-1])
-    measure = ('torch.cuda.max_memory_allocated' if device.type == 'cuda'
-               else 'peak RSS (VmHWM) of a fresh process per configuration, reset after its first step')
-    return dict(rows=rows, measure=measure, target_rspc_vs_floor=1.02)
+    return dict(rows=rows, measure=_memory_measure(device), target_rspc_vs_floor=1.02)
+
+
+def bench_families(args, device) -> Dict:
+    """Time and peak memory of the RSPC step on hierarchical and convolutional families, and C's size."""
+    rows = []
+    for model_name in args.family_models:
+        batch = args.batch_sizes[0]
+        task = RSPCTask(_model(model_name, args.img_size, torch.device('cpu')), nn.CrossEntropyLoss(),
+                        img_size=args.img_size, verbose=False)
+        corruption = task.corruption_model
+        c_params = sum(p.numel() for p in corruption.parameters())
+        backbone_params = sum(p.numel() for p in task.get_eval_model().parameters())
+        time_row = _step_row(model_name, batch, args, device)
+        memory_row = _memory_row(model_name, batch, args, device)
+        rows.append(dict(
+            model=model_name, batch=batch, c_patch=corruption.patch_size, c_grid=f'{corruption.grid_size[0]}x'
+            f'{corruption.grid_size[1]}', c_params=c_params, c_share_pct=100 * c_params / backbone_params,
+            time_rspc_vs_floor=time_row['rspc_vs_floor'], memory_rspc_vs_floor=memory_row['rspc_vs_floor'],
+            rspc_B_s=time_row['rspc_B_s'], plain_2B_s=time_row['plain_2B_s'],
+            rspc_B_bytes=memory_row['rspc_B_bytes'], plain_2B_bytes=memory_row['plain_2B_bytes']))
+        _progress(rows[-1])
+    return dict(rows=rows, measure=_memory_measure(device), target_rspc_vs_floor=1.05)
 
 
 # --- inference ---------------------------------------------------------------------------------------------------
@@ -391,6 +427,14 @@ def write_report(results: Dict, path_md: str) -> None:
         lines += ['## Inference: fused attention vs the eager (non-fused) path', '']
         lines += _table(sections['inference']['rows'], ['model', 'batch', 'fused_img_s', 'eager_img_s', 'speedup'])
         lines.append('')
+    if 'families' in sections:
+        lines += ['## Hierarchical and convolutional families', '',
+                  f"RSPC step at B vs plain step at 2B, time and peak memory ({sections['families']['measure']}); "
+                  'target <= 1.05. C: its patch size, grid and parameters (and their fraction of the backbone).', '']
+        lines += _table(sections['families']['rows'], [
+            'model', 'batch', 'c_patch', 'c_grid', 'c_params', 'c_share_pct', 'rspc_B_s', 'plain_2B_s',
+            'time_rspc_vs_floor', 'rspc_B_bytes', 'plain_2B_bytes', 'memory_rspc_vs_floor'])
+        lines.append('')
     for name, title in (('kernels', 'Triton kernels vs PyTorch references'), ('sync', 'Host-device syncs')):
         if name in sections:
             lines += [f'## {title}', '']
@@ -407,6 +451,7 @@ def write_report(results: Dict, path_md: str) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=list(STEP_MODELS))
+    parser.add_argument('--family-models', nargs='+', default=list(FAMILY_MODELS))
     parser.add_argument('--batch-sizes', nargs='+', type=int, default=[8, 16])
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--warmup', type=int, default=2)
@@ -430,7 +475,7 @@ def main(argv=None):
     results = dict(argv=sys.argv[1:] if argv is None else list(argv), machine=describe_machine(device),
                    img_size=args.img_size, repeats=args.repeats, sections={})
     runners = dict(step=bench_step, memory=bench_memory, authors=bench_authors, inference=bench_inference,
-                   kernels=bench_kernels, sync=bench_sync)
+                   kernels=bench_kernels, sync=bench_sync, families=bench_families)
     for name in args.only:
         print(f'[{name}]', flush=True)
         results['sections'][name] = runners[name](args, device)
