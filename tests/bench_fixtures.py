@@ -63,3 +63,24 @@ def write_video(path: str, classes, size: int = 32) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def write_imagenet_c(root: str, skip=(), images=((2, 2), (2, 7))) -> None:
+    """The official ImageNet-C layout (15 corruptions x 5 severities, 2 images each, one of them wrong) without the
+    ``skip`` entries ('fog' or 'fog/3')."""
+    from timm_rspc.bench.reference import IMAGENET_C_CORRUPTIONS
+    for corruption in IMAGENET_C_CORRUPTIONS:
+        for s in range(1, 6):
+            if corruption not in skip and f'{corruption}/{s}' not in skip:
+                write_wnid_folder(os.path.join(root, corruption, str(s)), list(images))
+
+
+def timm_checkpoint(path: str, state_dict, args: dict = None, ema=None) -> None:
+    """A checkpoint as timm's train.py / `timm-rspc train` save it: weights, EMA weights, the run's Namespace."""
+    import argparse
+    saved = {'epoch': 0, 'arch': (args or {}).get('model'), 'state_dict': state_dict}
+    if ema is not None:
+        saved['state_dict_ema'] = ema
+    if args is not None:
+        saved['args'] = argparse.Namespace(**args)
+    torch.save(saved, path)

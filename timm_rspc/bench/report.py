@@ -2,7 +2,7 @@
 import csv
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['COLUMNS', 'table', 'write_csv', 'write_plot']
+__all__ = ['COLUMNS', 'table', 'write_csv', 'write_plot', 'missing_imagenet_c']
 
 # (label, dataset, key in its summary, higher is better): the poster's columns first, then the other benchmarks.
 COLUMNS: Tuple[Tuple[str, str, str, bool], ...] = (
@@ -48,13 +48,22 @@ def table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> str:
     for name, summary in runs:
         c, p = summary.get('imagenet_c', {}), summary.get('imagenet_p', {})
         if c.get('partial'):
-            notes.append(f'{name}: ImageNet-C is PARTIAL (missing {", ".join(c.get("missing_splits", c["missing"]))})'
-                         f': no mCE; its errors per corruption are below.')
+            notes.append(f'{name}: ImageNet-C is PARTIAL (missing {missing_imagenet_c(c)}): no mCE; its errors per '
+                         'corruption are below.')
         elif c:
             notes.append(f'{name}: ImageNet-C preprocessing: {c["transform"]}.')
         if p and not p.get('normalised'):
             notes.append(f'{name}: ImageNet-P not normalised by AlexNet (give --imagenet-p-reference for mFR).')
+    if not columns:  # e.g. only a partial ImageNet-C: its own table below
+        lines = []
     return '\n'.join(lines + notes + _partial_imagenet_c_table(runs))
+
+
+def missing_imagenet_c(summary: Dict[str, Any]) -> str:
+    """'snow, fog/3': corruptions missing at every severity by name, the others as corruption/severity."""
+    missing = summary.get('missing_splits', [])
+    whole = [c for c in summary.get('missing', []) if all(f'{c}/{s}' in missing for s in range(1, 6))]
+    return ', '.join(whole + [m for m in missing if m.split('/')[0] not in whole])
 
 
 def _partial_imagenet_c_table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> List[str]:
@@ -122,8 +131,8 @@ def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
             errors = {n: [100 - v for v in row] if dataset != 'imagenet_c' else row for n, row in (table_ or {}).items()}
             if partial:  # every corruption, in the published order; None where not evaluated
                 errors = {n: errors.get(n, [None] * 5) for n in IMAGENET_C_CORRUPTIONS}
-                missing = summary[dataset].get('missing_splits', [])
-                label = f'ImageNet-C top-1 error (%)\nPARTIAL, no mCE: {len(missing)} of 75 splits missing'
+                label = 'ImageNet-C top-1 error (%)\nPARTIAL, no mCE'
+                title = f'{title}: ImageNet-C PARTIAL (no mCE), missing {missing_imagenet_c(summary[dataset])}'
             panels.append((label, errors))
     if not panels:
         return False

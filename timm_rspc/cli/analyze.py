@@ -1,9 +1,10 @@
 """``timm-rspc analyze sensitivity|attention``: the paper's two analyses for up to two models, side by side.
 
-Models come by timm name with ``--pretrained`` or ``--checkpoint`` (read by `timm_rspc.models.load_checkpoint`), one
-``--model`` per model; ``--demo-run DIR`` takes both models and the data of a finished ``timm-rspc demo`` run. Data
-is an image folder in timm's layout. Everything goes into a new run folder (``analysis.json``, CSV, PNG figures);
-an existing non-empty folder is refused.
+Models come by timm name with ``--pretrained`` or ``--checkpoint``, one ``--model`` per model, built the way they
+were trained (`timm_rspc.bench.model.build_eval_model`: the checkpoint's stored arguments unless given here);
+``--demo-run DIR`` takes both models and the data of a finished ``timm-rspc demo`` run. Data is an image folder
+in timm's layout. Everything goes into a new run folder (``analysis.json``, CSV, PNG figures); an existing
+non-empty folder is refused.
 """
 import argparse
 import json
@@ -31,15 +32,21 @@ def _fraction(text: str) -> float:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group('Models (up to two, compared side by side)')
-    g.add_argument('--model', action='append', default=[], metavar='NAME',
+    g.add_argument('--model', '-m', action='extend', nargs='+', default=[], metavar='NAME',
                    help='timm model name; repeat for a second model (e.g. a baseline and its RSPC counterpart)')
-    g.add_argument('--checkpoint', action='append', default=[], metavar='PATH',
+    g.add_argument('--checkpoint', action='extend', nargs='+', default=[], metavar='PATH',
                    help='weights of each --model, in the same order (release file, training checkpoint, '
-                        'safetensors)')
+                        'safetensors); the training arguments stored in it, or in the args.yaml beside it, build '
+                        'the model (model_kwargs, num_classes, image size) unless given here')
     g.add_argument('--pretrained', action='store_true', help="the registry's pretrained weights of every --model")
-    g.add_argument('--label', action='append', default=[], metavar='TEXT',
+    g.add_argument('--use-ema', action='store_true', help="the checkpoints' EMA weights (default: non-EMA)")
+    g.add_argument('--label', action='extend', nargs='+', default=[], metavar='TEXT',
                    help='display name of each model in tables and plots (default: model name)')
     g.add_argument('--num-classes', type=int, metavar='N', help='number of classes of the checkpoints')
+    g.add_argument('--img-size', type=int, metavar='N',
+                   help="input image size; the models are built for it (default: the checkpoint's, else the size "
+                        'the model was built for)')
+    g.add_argument('--input-size', type=int, nargs=3, metavar='N', help='input dimensions C H W, e.g. 3 224 224')
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='extra model build arguments for every model, e.g. img_size=32')
     g.add_argument('--demo-run', metavar='DIR',
@@ -49,9 +56,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     d.add_argument('--split', default='validation', help='split folder under --data-dir (default: validation)')
     d.add_argument('--crop-pct', type=float, metavar='PCT', help="centre-crop fraction (default: the model's)")
     d.add_argument('--num-images', type=int, metavar='N', help='a seeded random subset of N images (default: all)')
-    d.add_argument('--batch-size', type=int, default=None,
+    d.add_argument('-b', '--batch-size', type=int, default=None, metavar='N',
                    help="images per batch; the noise is drawn per batch (default: 64, a demo run's own)")
-    d.add_argument('--workers', type=int, default=2, help='data loading processes')
+    d.add_argument('-j', '--workers', type=int, default=2, metavar='N', help='data loading processes (default 2)')
     d.add_argument('--device', default='cpu', help='torch device, e.g. cuda')
     d.add_argument('--ratio', type=float, default=0.1, help='fraction of patches perturbed per image (default 0.1)')
     d.add_argument('--seed', type=int, default=None,
@@ -122,14 +129,47 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f'{len(args.model)} --model but {len(args.label)} --label; give one per model or none')
     if not args.data_dir:
         parser.error("give the images: --data-dir DIR (timm's image-folder layout)")
+    if args.use_ema and not args.checkpoint:
+        parser.error('--use-ema picks the EMA weights of the checkpoints; give --checkpoint')
+    if args.img_size is not None and args.input_size is not None:
+        parser.error('give --img-size or --input-size, not both')
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Files and folders named on the command line, before any model is built (one line each, exit 2)."""
+    for path in args.checkpoint:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--checkpoint file '{path}' does not exist.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f'--batch-size must be at least 1, got {args.batch_size}.')
+    if args.workers < 0:
+        raise ValueError(f'--workers must be 0 or more, got {args.workers}.')
+    if args.data_dir:
+        _check_image_folder(args.data_dir, args.split)
+    from timm_rspc.bench.model import check_model_name
+    for name in args.model:
+        check_model_name(name)
+
+
+def _check_image_folder(root: str, split: str) -> None:
+    """timm's image-folder reader reads ``root/split`` if it exists (``val`` and ``validation`` alike), else root."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"--data-dir folder '{root}' does not exist.")
+    aliases = {'validation': ('validation', 'val'), 'val': ('val', 'validation')}.get(split, (split,))
+    folder = next((os.path.join(root, a) for a in aliases if os.path.isdir(os.path.join(root, a))), root)
+    extensions = tuple(get_img_extensions())
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(extensions) for f in files):
+            return
+    raise FileNotFoundError(f"--data-dir: no images ({', '.join(extensions)}) under '{folder}'; give an image folder "
+                            "in timm's layout (<root>/<split>/<class>/<image>).")
 
 
 def _load_models(args: argparse.Namespace):
-    import timm
     import torch
-    import timm_rspc  # noqa: F401  (registers the RVT / FAN families)
     from timm_rspc.analysis import PixelModel
-    from timm_rspc.models import load_checkpoint
+    from timm_rspc.bench.model import build_eval_model
     if args.demo_run:
         demo = _demo_run_models(args.demo_run)
         names, labels, checkpoints = demo['names'], demo['labels'], demo['checkpoints']
@@ -146,15 +186,12 @@ def _load_models(args: argparse.Namespace):
         raise ValueError(f'the models need distinct --label values, got {labels}.')
     models = {}
     for name, label, checkpoint in zip(names, labels, checkpoints):
-        if not timm.is_model(name.split('.')[0]):
-            raise ValueError(f"unknown model '{name}'; see `timm-rspc models` or timm.list_models().")
-        build = dict(kwargs, **({'num_classes': num_classes} if num_classes else {}))
-        model = timm.create_model(name, pretrained=args.pretrained, **build)
-        if checkpoint:
-            if not os.path.isfile(checkpoint):
-                raise FileNotFoundError(f"checkpoint '{checkpoint}' not found.")
-            load_checkpoint(model, checkpoint)
-        models[label] = PixelModel(model.to(torch.device(args.device)).eval())
+        built = build_eval_model(
+            name, pretrained=bool(args.pretrained), checkpoint=checkpoint, model_kwargs=kwargs,
+            num_classes=num_classes or None, img_size=getattr(args, 'img_size', None),
+            input_size=getattr(args, 'input_size', None), use_ema=bool(getattr(args, 'use_ema', False)),
+            use_recorded_args=not args.demo_run, build_at_eval_size=True)
+        models[label] = PixelModel(built.model.to(torch.device(args.device)).eval())
     return models
 
 
@@ -269,4 +306,5 @@ def main(argv: List[str]) -> int:
     args = parser.parse_args(argv)
     _check(parser, args)
     with reported_errors('analyze'):
+        _check_paths(args)
         return run_analysis(args)
