@@ -24,13 +24,15 @@ import torch
 from .primitives import box_resize, gaussian_filter, plasma_fractal
 
 __all__ = [
-    'CORRUPTIONS', 'CATEGORIES', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'impulse_noise',
-    'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
+    'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
+    'impulse_noise', 'speckle_noise', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
 ]
 
 SEVERITIES = {
     'gaussian_noise': (.08, .12, .18, .26, .38),
+    'shot_noise': (60, 25, 12, 5, 3),
     'impulse_noise': (.03, .06, .09, .17, .27),
+    'speckle_noise': (.15, .2, .35, .45, .6),
     'gaussian_blur': (1, 2, 3, 4, 6),
     'brightness': (.1, .2, .3, .4, .5),
     'fog': ((1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)),
@@ -38,12 +40,15 @@ SEVERITIES = {
     'pixelate': (.6, .5, .4, .3, .25),
 }
 CATEGORIES = {
-    'gaussian_noise': 'noise', 'impulse_noise': 'noise', 'gaussian_blur': 'blur', 'brightness': 'weather',
-    'fog': 'weather', 'contrast': 'digital', 'pixelate': 'digital',
+    'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
+    'gaussian_blur': 'blur', 'brightness': 'weather', 'fog': 'weather', 'contrast': 'digital', 'pixelate': 'digital',
 }
+# ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
+EXTRA = ('speckle_noise', 'gaussian_blur')
 FIDELITY = {
-    'gaussian_noise': 'in distribution', 'impulse_noise': 'in distribution', 'gaussian_blur': 'exact',
-    'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact',
+    'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
+    'speckle_noise': 'in distribution', 'gaussian_blur': 'exact', 'brightness': 'exact', 'fog': 'in distribution',
+    'contrast': 'exact', 'pixelate': 'exact',
 }
 
 
@@ -59,12 +64,27 @@ def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch
     return (x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
 
 
+def shot_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Poisson photon noise: every value independently ``Poisson(c * x) / c``, c = 60, 25, 12, 5, 3 photons at full
+    intensity. In distribution (not differentiable: a Poisson draw)."""
+    c = _constant('shot_noise', severity)
+    rates = (x.clamp(0, 1) * c).float()
+    return (torch.poisson(rates, generator=generator).to(x.dtype) / c).clamp(0, 1)
+
+
 def impulse_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Salt and pepper (scikit-image's ``random_noise(mode='s&p')``): every value independently becomes 0 or 1, with
     probability c / 2 each, c = 0.03 .. 0.27. In distribution."""
     c = _constant('impulse_noise', severity)
     draw = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return torch.where(draw < c / 2, 0., torch.where(draw < c, 1., x.clamp(0, 1))).to(x.dtype)
+
+
+def speckle_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Multiplicative noise ``x + x * N(0, c)``, independent per value, c = 0.15 .. 0.6 (ImageNet-C's extra
+    corruption). In distribution."""
+    c = _constant('speckle_noise', severity)
+    return (x + x * c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
 
 
 def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -113,7 +133,8 @@ def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
 
 
 CORRUPTIONS: Dict[str, Callable] = {
-    'gaussian_noise': gaussian_noise, 'impulse_noise': impulse_noise, 'gaussian_blur': gaussian_blur,
+    'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
+    'speckle_noise': speckle_noise, 'gaussian_blur': gaussian_blur,
     'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate,
 }
 
