@@ -296,3 +296,49 @@ def test_analyze_command_writes_json_csv_and_plots_and_never_overwrites(tmp_path
     assert refused.value.code == 2
     assert 'already exists and is not empty' in capsys.readouterr().err
     assert (out / 'analysis.json').read_bytes() == before
+
+
+def _one_error_line(capsys, argv):
+    from timm_rspc.cli import main
+    with pytest.raises(SystemExit) as error:
+        main(['analyze', 'sensitivity', *argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert error.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_analyze_mistakes_are_one_line(tmp_path, image_folder, capsys):
+    (tmp_path / 'empty').mkdir()
+    nope = str(tmp_path / 'nope.pth')
+    line = _one_error_line(capsys, ['--model', 'vit_tiny_patch16_224', '--pretrained', '--data-dir',
+                                    str(tmp_path / 'empty'), '--output', str(tmp_path / 'o')])
+    assert '--data-dir: no images' in line  # was a traceback (timm's RuntimeError: Found 0 images ...)
+    line = _one_error_line(capsys, ['--model', 'vit_tiny_patch16_224', '--checkpoint', nope, '--data-dir',
+                                    str(image_folder)])
+    assert f"--checkpoint file '{nope}' does not exist" in line
+    line = _one_error_line(capsys, ['--model', 'vit_tiny_patch16_22', '--pretrained', '--data-dir', str(image_folder)])
+    assert 'Did you mean: vit_tiny_patch16_224' in line and 'timm-rspc models' not in line
+    assert not (tmp_path / 'o').exists()
+
+
+def test_analyze_builds_checkpoints_the_way_they_were_trained(tmp_path, image_folder, capsys):
+    # timm-rspc train / train.py checkpoints: the stored args build the model (no --model-kwargs, no --num-classes);
+    # --model A B and --model A --model B alike; -b / -j as in timm's scripts; --use-ema picks the EMA weights.
+    import argparse
+    from timm_rspc.cli import main
+    kwargs = dict(img_size=32, patch_size=PATCH, embed_dim=32, depth=2, num_heads=2)
+    for seed in (0, 1):
+        state = tiny_vit(seed).model.state_dict()
+        torch.save({'state_dict': {k: torch.zeros_like(v) for k, v in state.items()}, 'state_dict_ema': state,
+                    'args': argparse.Namespace(model='vit_tiny_patch16_224', model_kwargs=kwargs, num_classes=4,
+                                               img_size=None, input_size=None)}, tmp_path / f'm{seed}.pth.tar')
+    out = tmp_path / 'out'
+    assert main(['analyze', 'sensitivity', '--model', 'vit_tiny_patch16_224', 'vit_tiny_patch16_224', '--checkpoint',
+                 str(tmp_path / 'm0.pth.tar'), '--checkpoint', str(tmp_path / 'm1.pth.tar'), '--use-ema',
+                 '--label', 'a', 'b', '--data-dir', str(image_folder), '-b', '6', '-j', '0',
+                 '--perturbations', 'noise_occlusion', '--output', str(out)]) == 0
+    result = json.loads((out / 'analysis.json').read_text())
+    assert list(result['models']) == ['a', 'b'] and result['num_images'] == 12
+    assert result['arguments']['batch_size'] == 6
+    # the EMA weights are the trained ones: the two models differ (all-zero non-EMA weights would not)
+    assert result['models']['a'] != result['models']['b']
