@@ -23,6 +23,7 @@ summed per batch in float64 (`attention_change_sums`, a pure function) and divid
 grow with the number of images.
 """
 import contextlib
+import io
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -135,8 +136,18 @@ def attention_extractor(model: PixelModel, names: Optional[Sequence[str]] = None
         except RuntimeError as e:
             raise ValueError(f'{type(model.model).__name__}: {e} List the attention nodes / modules with '
                              f'--attention-layers, or try --attention-method hook.') from None
+        def run(pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):  # fx prints its own traceback before raising
+                    return extract(model.normalize(pixels))
+            except (RuntimeError, AttributeError, TypeError) as e:  # fx graphs of data-dependent forwards (Hiera)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"{type(model.model).__name__}: timm's AttentionExtract ({method}) cannot run this model "
+                    f"({reason}); try --attention-method {'hook' if method == 'fx' else 'fx'}.") from e
+
         try:
-            yield lambda pixels: extract(model.normalize(pixels))
+            yield run
         finally:
             hooks = getattr(extract, 'hooks', None)
             for handle in getattr(hooks, '_handles', ()):  # FeatureHooks keeps its handles but has no remove()
@@ -148,22 +159,27 @@ def token_corruption_mask(
 ) -> Optional[Tuple[torch.Tensor, int]]:
     """Which of a layer's ``num_tokens`` tokens are corrupted: ``((B, num_tokens) bool, num_prefix)`` or None.
 
-    Tokens are ``num_prefix`` prefix tokens followed by a row-major grid of patch tokens, the patch grid itself or
-    one pooled by an integer factor (a token is corrupted when any patch under it is). The first prefix count in
-    ``prefix_options`` that makes the numbers fit wins; None when none does (not a token-attention map).
+    Tokens are ``num_prefix`` prefix tokens followed by a row-major grid of patch tokens: the patch grid itself, one
+    pooled by an integer factor (a pooled stage, PVT's spatially reduced keys: a token is corrupted when any patch
+    under it is), or one finer by an integer factor (the 4 px tokens of Swin's, PVT's or MViT's early stages under
+    16 px patches: a token is corrupted when the patch it lies in is). The first prefix count in ``prefix_options``
+    that makes the numbers fit wins; None when none does (not a token-attention map).
     """
     gh, gw = grid_size
+    grid = corrupted_patches.float().reshape(-1, 1, gh, gw)
     for prefix in prefix_options:
         tokens = num_tokens - prefix
         if tokens <= 0:
             continue
         for factor in (1, 2, 4, 8):
-            if gh % factor or gw % factor or (gh // factor) * (gw // factor) != tokens:
+            if not (gh % factor or gw % factor) and (gh // factor) * (gw // factor) == tokens:
+                mapped = F.max_pool2d(grid, factor) if factor > 1 else grid
+            elif factor > 1 and gh * gw * factor * factor == tokens:
+                mapped = F.interpolate(grid, scale_factor=factor, mode='nearest')
+            else:
                 continue
-            grid = corrupted_patches.float().reshape(-1, 1, gh, gw)
-            pooled = F.max_pool2d(grid, factor).flatten(1) > 0 if factor > 1 else grid.flatten(1) > 0
-            prefix_part = torch.zeros(pooled.shape[0], prefix, dtype=torch.bool, device=pooled.device)
-            return torch.cat([prefix_part, pooled], dim=1), prefix
+            prefix_part = torch.zeros(grid.shape[0], prefix, dtype=torch.bool, device=grid.device)
+            return torch.cat([prefix_part, mapped.flatten(1) > 0], dim=1), prefix
     return None
 
 
@@ -172,6 +188,26 @@ def _prefix_options(model: PixelModel) -> List[int]:
     as FAN's), then one (a class token the model does not declare, as in FAN's class-attention blocks)."""
     prefix = int(getattr(model.model, 'num_prefix_tokens', 0) or 0)
     return list(dict.fromkeys([prefix, 0, 1]))
+
+
+def _layer_token_masks(
+        attention: torch.Tensor, corrupted_patches: torch.Tensor, grid: Tuple[int, int], prefix_options: Sequence[int],
+) -> Tuple[Optional[str], Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+    """``(None, (corrupted keys, corrupted queries))`` for a map that is token attention over the image, else
+    ``(why it cannot be mapped, None)``: maps with another batch size are per window (Swin's, MaxViT's, Hiera's
+    window-local keys, whose image position the map does not carry), and token counts that fit no grid."""
+    if attention.ndim != 4:
+        return f'output shaped {tuple(attention.shape)}, not (B, heads, Q, K)', None
+    if attention.shape[0] != corrupted_patches.shape[0]:
+        return (f'windowed attention: keys are window-local, not mapped to image patches ({attention.shape[0]} '
+                f'maps for {corrupted_patches.shape[0]} images)'), None
+    keys = token_corruption_mask(corrupted_patches, grid, attention.shape[-1], prefix_options)
+    queries = token_corruption_mask(corrupted_patches, grid, attention.shape[-2], prefix_options)
+    if keys is None or queries is None:
+        which = 'keys' if keys is None else 'queries'
+        count = attention.shape[-1] if keys is None else attention.shape[-2]
+        return f'{count} {which} do not form the {grid[0]}x{grid[1]} patch grid (or a multiple of it)', None
+    return None, (keys[0], queries[0])
 
 
 def evaluate_attention_stability(
@@ -205,17 +241,11 @@ def evaluate_attention_stability(
                     clean_maps = extractors[name](x)
                     corrupted_maps = extractors[name](corrupted)
                 for layer, clean in clean_maps.items():
-                    if clean.ndim != 4:
-                        skipped[name][layer] = f'output shaped {tuple(clean.shape)}, not (B, heads, Q, K)'
+                    problem, masks_ = _layer_token_masks(clean, batch_keep == 0, grid, _prefix_options(model))
+                    if problem is not None:
+                        skipped[name][layer] = problem
                         continue
-                    found = token_corruption_mask(batch_keep == 0, grid, clean.shape[-1], _prefix_options(model))
-                    if found is None:
-                        skipped[name][layer] = f'{clean.shape[-1]} keys do not form the {grid[0]}x{grid[1]} grid'
-                        continue
-                    keys, _ = found
-                    queries = keys if clean.shape[-2] == clean.shape[-1] else keys.new_zeros(keys.shape[0],
-                                                                                          clean.shape[-2])
-                    stats[name].update(layer, attention_change_sums(clean, corrupted_maps[layer], keys, queries))
+                    stats[name].update(layer, attention_change_sums(clean, corrupted_maps[layer], *masks_))
     if seen == 0:
         raise ValueError('The data source yielded no images.')
     return {
@@ -255,8 +285,8 @@ def query_attention_maps(
             clean_maps, corrupted_maps = extract(x), extract(corrupted)
         usable = {}
         for name_, attn in clean_maps.items():
-            found = attn.ndim == 4 and attn.shape[-2] == attn.shape[-1] and token_corruption_mask(
-                batch_keep == 0, grid, attn.shape[-1], _prefix_options(model))
+            found = attn.ndim == 4 and attn.shape[0] == x.shape[0] and attn.shape[-2] == attn.shape[-1] and \
+                token_corruption_mask(batch_keep == 0, grid, attn.shape[-1], _prefix_options(model))
             if found:
                 usable[name_] = found[1]
         if not usable:
@@ -266,10 +296,15 @@ def query_attention_maps(
             raise ValueError(f'{name}: unknown attention layer {chosen!r}; choose one of {", ".join(usable)}.')
         prefix = usable[chosen]
         tokens = clean_maps[chosen].shape[-1] - prefix
-        factor = int(round((grid[0] * grid[1] / tokens) ** 0.5))
-        layer_grid = (grid[0] // factor, grid[1] // factor)
         row, col = divmod(query_patch, grid[1])
-        query = prefix + (row // factor) * layer_grid[1] + col // factor
+        if tokens >= grid[0] * grid[1]:  # finer tokens: the one at the query patch's centre
+            finer = int(round((tokens / (grid[0] * grid[1])) ** 0.5))
+            layer_grid = (grid[0] * finer, grid[1] * finer)
+            query = prefix + (row * finer + finer // 2) * layer_grid[1] + col * finer + finer // 2
+        else:
+            factor = int(round((grid[0] * grid[1] / tokens) ** 0.5))
+            layer_grid = (grid[0] // factor, grid[1] // factor)
+            query = prefix + (row // factor) * layer_grid[1] + col // factor
 
         def patch_attention(maps):
             return maps[chosen][:, :, query, prefix:].mean(1).reshape(-1, *layer_grid).float().cpu()

@@ -4,7 +4,7 @@ The models normalise for themselves (`PixelModel`), so the loader applies the fi
 (resize, centre crop) with mean 0 and std 1. A ``num_images`` subset is a seeded random sample of the split (image
 folders are sorted by class, so the first images would all be of one class), kept in data-set order.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -12,15 +12,17 @@ import torch.nn as nn
 __all__ = ['pixel_data_config', 'image_folder_loader']
 
 
-def pixel_data_config(model: nn.Module, crop_pct: Optional[float] = None) -> Dict:
-    """timm's evaluation data config of ``model`` with the normalisation removed (mean 0, std 1), at the input size
-    the model's patch grid was built for (a model created with ``img_size=...`` keeps its cfg's size otherwise)."""
+def pixel_data_config(model: nn.Module, crop_pct: Optional[float] = None,
+                      img_size: Union[None, int, Sequence[int]] = None) -> Dict:
+    """timm's evaluation data config of ``model`` with the normalisation removed (mean 0, std 1), at ``img_size`` or
+    the input size the model's patch grid was built for (a model created with ``img_size=...`` keeps its cfg's size
+    otherwise)."""
     from timm.data import resolve_data_config
     from timm_rspc.method import find_patch_grid
     overrides = {} if crop_pct is None else {'crop_pct': crop_pct}
     config = resolve_data_config(overrides, model=model)
     channels = config['input_size'][0]
-    img_size, _ = find_patch_grid(model)
+    img_size, _ = find_patch_grid(model, img_size)
     return dict(config, input_size=(channels, *img_size), mean=(0.,) * channels, std=(1.,) * channels)
 
 

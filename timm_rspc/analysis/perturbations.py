@@ -34,8 +34,9 @@ BoundPerturbation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional
 
 
 def patch_grid(model: PixelModel) -> Tuple[Tuple[int, int], int]:
-    """``(grid_size, patch_size)`` of the model's patch tokens (RSPC's own patch-grid discovery)."""
-    img_size, patch_size = find_patch_grid(model.model)
+    """``(grid_size, patch_size)`` of the patches the analyses perturb: the corruption model's patches in training
+    (RSPC's own rule, `find_patch_grid`) at the model's input size."""
+    img_size, patch_size = find_patch_grid(model.model, model.img_size)
     return (img_size[0] // patch_size, img_size[1] // patch_size), patch_size
 
 

@@ -4,7 +4,7 @@ Perturbation budgets (PGD's epsilon, the corruptions' severities, uniform noise)
 the literature. Keeping the data in pixel space and moving the normalisation into the model also lets two models with
 different means and standard deviations see exactly the same perturbed images.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -18,10 +18,15 @@ class PixelModel(nn.Module):
     Args:
         model: a timm classifier taking normalised images.
         mean, std: its input normalisation (default: from ``timm.data.resolve_data_config(model=model)``).
+        img_size: the input size the analyses feed it, which sets their patch grid (default: the model's own, see
+            `timm_rspc.method.find_patch_grid`; pass it for models built at another size than their pretrained cfg's
+            that do not record it, e.g. a Hiera or a ConvNeXt).
     """
 
-    def __init__(self, model: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+    def __init__(self, model: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 img_size: Union[None, int, Sequence[int]] = None):
         super().__init__()
+        self.img_size = img_size
         if mean is None or std is None:
             from timm.data import resolve_data_config
             config = resolve_data_config({}, model=model)

@@ -75,4 +75,12 @@ def format_attention_table(result: Dict) -> str:
             mass = f"{_number(100 * s['attention_to_corrupted_clean'], 1):>24} -> " \
                    f"{_number(100 * s['attention_to_corrupted'], 1):>5}"
             lines.append(f"{name:<{model_width}}| {i:>5} | {js} | {cosine} | {mass}")
+    for name, res in result['models'].items():
+        # one line per model for the layers not measured, with the reason (Swin's windowed attention, ...)
+        reasons: Dict[str, List[str]] = {}
+        for layer, reason in res.get('skipped_layers', {}).items():
+            reasons.setdefault(reason.split(' (')[0], []).append(layer)
+        for reason, layers in reasons.items():
+            lines.append(f"{name}: {len(layers)} attention layer{'s' * (len(layers) > 1)} not measured "
+                         f"({', '.join(layers)}): {reason}")
     return '\n'.join(lines)

@@ -30,7 +30,7 @@ def fit_corruption_model(
     """
     if steps < 1:
         raise ValueError(f'The worst-case attacker needs at least one step, got {steps}.')
-    img_size, patch_size = find_patch_grid(model.model)
+    img_size, patch_size = find_patch_grid(model.model, model.img_size)
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator, device=generator.device))
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -1,0 +1,76 @@
+"""The analyses beyond plain ViTs: patch sensitivity with the training's patch rule on every family, and attention
+stability that measures what maps to image patches (pooled, spatially reduced and finer token grids) and names what
+does not (windowed attention), never silently and never with a wrong mapping."""
+import pytest
+import timm
+import torch
+
+import timm_rspc  # noqa: F401  (registers RVT / FAN)
+from timm_rspc.analysis import NoiseOcclusion, PixelModel, evaluate_attention_stability, evaluate_sensitivity
+from timm_rspc.analysis.attention import token_corruption_mask
+from timm_rspc.analysis.perturbations import patch_grid
+from timm_rspc.analysis.report import format_attention_table
+from timm_rspc.method import RSPCTask
+
+from test_rspc_families import FAMILY_MATRIX
+
+
+def _pixel_model(name):
+    kwargs, img_size, *_ = FAMILY_MATRIX[name]
+    torch.manual_seed(0)
+    return PixelModel(timm.create_model(name, num_classes=10, **kwargs).eval(), img_size=img_size), img_size
+
+
+def _batches(img_size, count=2, size=2):
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.rand(size, 3, img_size, img_size, generator=gen), torch.arange(size) % 10) for _ in range(count)]
+
+
+@pytest.mark.parametrize('name', ['swin_tiny_patch4_window7_224', 'pvt_v2_b0', 'convnext_atto', 'resnet18',
+                                  'vit_tiny_patch16_224'])
+def test_sensitivity_uses_the_training_patch_grid(name):
+    model, img_size = _pixel_model(name)
+    task = RSPCTask(model.model, img_size=img_size, verbose=False)
+    assert patch_grid(model) == (task.corruption_model.grid_size, task.corruption_model.patch_size)
+    result = evaluate_sensitivity({'m': model}, _batches(img_size), [NoiseOcclusion()], ratio=0.25, seed=0)
+    assert result['patches_per_image'] == 4  # a quarter of the 4x4 grid of 16 px patches at 64 px
+    assert 0 <= result['models']['m']['perturbed']['noise_occlusion']['accuracy'] <= 100
+
+
+def test_token_masks_map_finer_token_grids_to_their_patch():
+    corrupted = torch.tensor([[True, False, False, False]])  # 2x2 patches, the top-left one corrupted
+    mask, prefix = token_corruption_mask(corrupted, (2, 2), 16, [0])  # 4x4 tokens: each patch holds 2x2 tokens
+    assert prefix == 0
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:2, :2] = True
+    assert torch.equal(mask[0], expected.flatten())
+    pooled, _ = token_corruption_mask(corrupted, (2, 2), 1 + 1, [1])  # a class token and one pooled token
+    assert pooled.tolist() == [[False, True]]
+
+
+def test_swin_windowed_layers_are_named_and_the_global_one_measured():
+    model, img_size = _pixel_model('swin_tiny_patch4_window7_224')
+    result = evaluate_attention_stability({'swin': model}, _batches(img_size), ratio=0.25, seed=0)
+    swin = result['models']['swin']
+    # stages 0-2 attend within 2x2-token windows (B x windows maps); stage 3 is one window, the whole 2x2 grid
+    assert sorted(swin['skipped_layers']) == [f'layers.{i}.blocks.0.attn.softmax' for i in range(3)]
+    assert all(r.startswith('windowed attention: keys are window-local') for r in swin['skipped_layers'].values())
+    assert [layer['name'] for layer in swin['layers']] == ['layers.3.blocks.0.attn.softmax']
+    assert swin['layers'][0]['corrupted_rows'] > 0
+    table = format_attention_table(result)
+    assert table.splitlines()[-1] == (
+        'swin: 3 attention layers not measured (layers.0.blocks.0.attn.softmax, layers.1.blocks.0.attn.softmax, '
+        'layers.2.blocks.0.attn.softmax): windowed attention: keys are window-local, not mapped to image patches')
+
+
+def test_pvt_spatial_reduction_layers_map_queries_and_reduced_keys():
+    model, img_size = _pixel_model('pvt_v2_b0')
+    result = evaluate_attention_stability({'pvt': model}, _batches(img_size), ratio=0.25, seed=0)
+    pvt = result['models']['pvt']
+    assert pvt['skipped_layers'] == {}
+    assert len(pvt['layers']) == 4
+    # stage 0 has 16x16 queries (4 px tokens) under 4x4 patches: a quarter of the patches, a quarter of the rows
+    stage0 = pvt['layers'][0]
+    assert stage0['corrupted_rows'] * 4 == stage0['rows']
+    for layer in pvt['layers']:
+        assert 0 < layer['attention_to_corrupted_clean'] < 1 and layer['js'] >= 0
