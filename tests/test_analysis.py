@@ -339,6 +339,9 @@ def test_analyze_builds_checkpoints_the_way_they_were_trained(tmp_path, image_fo
                  '--perturbations', 'noise_occlusion', '--output', str(out)]) == 0
     result = json.loads((out / 'analysis.json').read_text())
     assert list(result['models']) == ['a', 'b'] and result['num_images'] == 12
-    assert result['arguments']['batch_size'] == 6
+    assert result['arguments']['batch_size'] == 6 and result['arguments']['input_size_evaluated'] == [3, 32, 32]
+    build = result['arguments']['model_builds']['a']
+    assert build['num_classes'] == 4 and build['model_kwargs'] == kwargs and build['weights']['weights'] == 'ema'
+    assert build['build_args_from'] == str(tmp_path / 'm0.pth.tar')
     # the EMA weights are the trained ones: the two models differ (all-zero non-EMA weights would not)
     assert result['models']['a'] != result['models']['b']

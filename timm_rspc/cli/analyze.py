@@ -192,6 +192,11 @@ def _load_models(args: argparse.Namespace):
             input_size=getattr(args, 'input_size', None), use_ema=bool(getattr(args, 'use_ema', False)),
             use_recorded_args=not args.demo_run, build_at_eval_size=True)
         models[label] = PixelModel(built.model.to(torch.device(args.device)).eval())
+        # recorded in analysis.json ('arguments'): how each model was built
+        args.model_builds = dict(getattr(args, 'model_builds', {}), **{label: dict(
+            model_kwargs={k: v for k, v in built.build.items() if k != 'num_classes'},
+            num_classes=built.build.get('num_classes'), build_args_from=built.recorded_from,
+            weights=built.source)})
     return models
 
 
@@ -252,8 +257,13 @@ def run_analysis(args: argparse.Namespace) -> int:
     models = _load_models(args)
     args.seed = 0 if args.seed is None else args.seed
     args.batch_size = 64 if args.batch_size is None else args.batch_size
-    first = next(iter(models.values())).model
-    loader = image_folder_loader(args.data_dir, args.split, pixel_data_config(first, args.crop_pct),
+    configs = {label: pixel_data_config(m.model, args.crop_pct) for label, m in models.items()}
+    sizes = {label: list(c['input_size']) for label, c in configs.items()}
+    if len({tuple(v) for v in sizes.values()}) > 1:
+        raise ValueError(f'the models take different input sizes ({sizes}); the analyses compare them on the same '
+                         'images: give --img-size.')
+    args.input_size_evaluated = next(iter(sizes.values()))  # recorded in analysis.json ('arguments')
+    loader = image_folder_loader(args.data_dir, args.split, next(iter(configs.values())),
                                  batch_size=args.batch_size, num_images=args.num_images, seed=args.seed,
                                  workers=args.workers)
     report.create_run_folder(output)
