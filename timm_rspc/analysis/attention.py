@@ -248,6 +248,11 @@ def evaluate_attention_stability(
                     stats[name].update(layer, attention_change_sums(clean, corrupted_maps[layer], *masks_))
     if seen == 0:
         raise ValueError('The data source yielded no images.')
+    for name in models:
+        if not stats[name].sums and not skipped[name]:
+            raise ValueError(
+                f'{name}: the matched attention layers produced no maps in the forward pass (they exist but do not '
+                f'run, as in models with factorised or fused attention); list other ones with --attention-layers.')
     return {
         'analysis': 'attention_stability',
         'measure': 'Jensen-Shannon divergence (nats) and cosine similarity of attention rows, clean vs corrupted',
