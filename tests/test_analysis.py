@@ -345,3 +345,19 @@ def test_analyze_builds_checkpoints_the_way_they_were_trained(tmp_path, image_fo
     assert build['build_args_from'] == str(tmp_path / 'm0.pth.tar')
     # the EMA weights are the trained ones: the two models differ (all-zero non-EMA weights would not)
     assert result['models']['a'] != result['models']['b']
+    # timm train.py --img-size 32 --model-kwargs dynamic_img_size=True: built at 224, analysed at 32 (was 224)
+    torch.manual_seed(0)
+    dynamic = dict(patch_size=PATCH, embed_dim=32, depth=2, num_heads=2, dynamic_img_size=True)
+    model = timm.create_model('vit_tiny_patch16_224', num_classes=4, **dynamic)
+    torch.save({'state_dict': model.state_dict(), 'args': argparse.Namespace(
+        model='vit_tiny_patch16_224', model_kwargs=dynamic, num_classes=4, img_size=32)}, tmp_path / 'dyn.pth.tar')
+    common = ['--model', 'vit_tiny_patch16_224', '--checkpoint', str(tmp_path / 'dyn.pth.tar'), '--data-dir',
+              str(image_folder), '-j', '0', '--perturbations', 'noise_occlusion']
+    assert main(['analyze', 'sensitivity', *common, '--num-images', '2', '--output', str(tmp_path / 'dyn')]) == 0
+    result = json.loads((tmp_path / 'dyn' / 'analysis.json').read_text())
+    assert result['arguments']['input_size_evaluated'] == [3, 32, 32]
+    capsys.readouterr()
+    # a size the model cannot take: one line
+    line = _one_error_line(capsys, [*common, '--model-kwargs', 'dynamic_img_size=False', '--img-size', '48',
+                                    '--output', str(tmp_path / 'x')])
+    assert 'does not take 3 x 48 x 48 input' in line and not (tmp_path / 'x').exists()

@@ -104,7 +104,8 @@ def test_model_kwargs_img_size_is_the_evaluated_size(val, tmp_path, capsys):
 def test_use_ema_and_num_classes(val, tmp_path, capsys):
     # The test model's 'scale' weight: 1 predicts right, -1 predicts the farthest class (always wrong).
     path = str(tmp_path / 'ema.pth.tar')
-    timm_checkpoint(path, {'scale': torch.tensor(1.)}, dict(model=MODEL, num_classes=1000), ema={'scale': -torch.ones(())})
+    timm_checkpoint(path, {'scale': torch.tensor(1.)}, dict(model=MODEL, num_classes=1000),
+                    ema={'scale': -torch.ones(())})
     plain = run_benchmark(MODEL, str(tmp_path / 'a'), checkpoint=path, imagenet=val, workers=0, progress=False,
                           plot=False, verbose=False)
     assert main(['bench', '--model', MODEL, '--checkpoint', path, '--use-ema', '--imagenet', val,

@@ -115,14 +115,8 @@ def build_eval_model(
         input_size: Optional[Sequence[int]] = None,
         use_ema: bool = False,
         use_recorded_args: bool = True,
-        build_at_eval_size: bool = False,
 ) -> EvalModel:
-    """Build ``model_name`` (timm.create_model) and load its weights strictly (non-EMA unless ``use_ema``).
-
-    ``build_at_eval_size``: a given or recorded evaluation size becomes the model's ``img_size`` too (the
-    analyses need the patch grid of the images they perturb; the family's checkpoint filter resamples position
-    embeddings and scaling maps).
-    """
+    """Build ``model_name`` (timm.create_model) and load its weights strictly (non-EMA unless ``use_ema``)."""
     import timm
     import timm_rspc  # noqa: F401  (registers RVT / FAN)
     from timm_rspc.models.checkpoint_loading import (
@@ -158,9 +152,6 @@ def build_eval_model(
         size = {'img_size': int(img_size)}
     elif 'img_size' in (model_kwargs or {}) or not size:
         size = _default_size(build) or size
-    if build_at_eval_size and size and 'img_size' not in (model_kwargs or {}):
-        h, w = (size['input_size'][1:] if 'input_size' in size else (size['img_size'],) * 2)
-        build['img_size'] = h if h == w else (h, w)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a randomly initialised model is the same in every process and every run

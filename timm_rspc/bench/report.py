@@ -128,7 +128,8 @@ def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
         table_ = summary.get(dataset, {}).get(key)
         partial = dataset == 'imagenet_c' and summary.get(dataset, {}).get('partial')
         if table_ or partial:
-            errors = {n: [100 - v for v in row] if dataset != 'imagenet_c' else row for n, row in (table_ or {}).items()}
+            errors = {n: [100 - v for v in row] if dataset != 'imagenet_c' else row
+                      for n, row in (table_ or {}).items()}
             if partial:  # every corruption, in the published order; None where not evaluated
                 errors = {n: errors.get(n, [None] * 5) for n in IMAGENET_C_CORRUPTIONS}
                 label = 'ImageNet-C top-1 error (%)\nPARTIAL, no mCE'

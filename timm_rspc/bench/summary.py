@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional
 
 from .corruption_metrics import cifar_c_summary, imagenet_c_summary
 from .reference import (
-    ALEXNET_IMAGENET_C_ERROR, CIFAR_C_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES, IMAGENET_P_PERTURBATIONS,
+    ALEXNET_IMAGENET_C_ERROR, CIFAR_C_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES,
+    IMAGENET_P_PERTURBATIONS,
 )
 
 __all__ = ['summarise', 'paper_results']

@@ -44,8 +44,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                    help='display name of each model in tables and plots (default: model name)')
     g.add_argument('--num-classes', type=int, metavar='N', help='number of classes of the checkpoints')
     g.add_argument('--img-size', type=int, metavar='N',
-                   help="input image size; the models are built for it (default: the checkpoint's, else the size "
-                        'the model was built for)')
+                   help="input image size (default: the checkpoint's, else the size the model was built for)")
     g.add_argument('--input-size', type=int, nargs=3, metavar='N', help='input dimensions C H W, e.g. 3 224 224')
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='extra model build arguments for every model, e.g. img_size=32')
@@ -169,7 +168,7 @@ def _check_image_folder(root: str, split: str) -> None:
 def _load_models(args: argparse.Namespace):
     import torch
     from timm_rspc.analysis import PixelModel
-    from timm_rspc.bench.model import build_eval_model
+    from timm_rspc.bench.model import build_eval_model, check_input_size, eval_data_config
     if args.demo_run:
         demo = _demo_run_models(args.demo_run)
         names, labels, checkpoints = demo['names'], demo['labels'], demo['checkpoints']
@@ -190,8 +189,12 @@ def _load_models(args: argparse.Namespace):
             name, pretrained=bool(args.pretrained), checkpoint=checkpoint, model_kwargs=kwargs,
             num_classes=num_classes or None, img_size=getattr(args, 'img_size', None),
             input_size=getattr(args, 'input_size', None), use_ema=bool(getattr(args, 'use_ema', False)),
-            use_recorded_args=not args.demo_run, build_at_eval_size=True)
-        models[label] = PixelModel(built.model.to(torch.device(args.device)).eval())
+            use_recorded_args=not args.demo_run)
+        # A given or recorded size is the analysed size (and sets the patch grid); else the model's own.
+        img_size = tuple(eval_data_config(built)['input_size'][1:]) if built.size else None
+        if img_size is not None:
+            check_input_size(built.model, (built.build.get('in_chans', 3), *img_size), name)
+        models[label] = PixelModel(built.model.to(torch.device(args.device)).eval(), img_size=img_size)
         # recorded in analysis.json ('arguments'): how each model was built
         args.model_builds = dict(getattr(args, 'model_builds', {}), **{label: dict(
             model_kwargs={k: v for k, v in built.build.items() if k != 'num_classes'},
@@ -257,7 +260,7 @@ def run_analysis(args: argparse.Namespace) -> int:
     models = _load_models(args)
     args.seed = 0 if args.seed is None else args.seed
     args.batch_size = 64 if args.batch_size is None else args.batch_size
-    configs = {label: pixel_data_config(m.model, args.crop_pct) for label, m in models.items()}
+    configs = {label: pixel_data_config(m.model, args.crop_pct, m.img_size) for label, m in models.items()}
     sizes = {label: list(c['input_size']) for label, c in configs.items()}
     if len({tuple(v) for v in sizes.values()}) > 1:
         raise ValueError(f'the models take different input sizes ({sizes}); the analyses compare them on the same '
