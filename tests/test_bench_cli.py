@@ -83,6 +83,17 @@ def test_train_py_img_size_of_a_dynamic_model_is_the_evaluated_size(val, tmp_pat
     assert settings(tmp_path / 'b')['input_size'] == [3, 48, 48]
 
 
+def test_deit_style_release_args_give_the_size(val, tmp_path):
+    # The authors' RVT / FAN releases: {'model', 'args'} with args.input_size one int (DeiT's main.py)
+    import argparse
+    path = str(tmp_path / 'release.pth')
+    torch.save({'model': _tiny_vit_state(dynamic_img_size=True),
+                'args': argparse.Namespace(model=VIT, input_size=32, nb_classes=1000)}, path)
+    out = run_benchmark(VIT, str(tmp_path / 'out'), checkpoint=path, model_kwargs=dict(TINY, dynamic_img_size=True),
+                        imagenet=val, workers=0, progress=False, plot=False, verbose=False)
+    assert out['settings']['input_size'] == [3, 32, 32]
+
+
 def test_model_kwargs_img_size_is_the_evaluated_size(val, tmp_path, capsys):
     kwargs = ['img_size=32'] + [f'{k}={v}' for k, v in TINY.items()]
     # was: AssertionError: Input height (224) doesn't match model (32) (a traceback)

@@ -76,22 +76,34 @@ def _same_architecture(name: str, other: Any) -> bool:
     return not isinstance(other, str) or get_arch_name(name) == get_arch_name(other)
 
 
+def _int(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _split_recorded(args: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """(create_model keyword arguments, evaluation size) of a training run's arguments."""
-    build = dict(args.get('model_kwargs') or {})
-    if args.get('num_classes') is not None:
-        build['num_classes'] = int(args['num_classes'])
-    input_size = args.get('input_size')
-    in_chans = args.get('in_chans') or (input_size[0] if input_size else None)
+    """(create_model keyword arguments, evaluation size) of a training run's arguments.
+
+    timm's train.py / ``timm-rspc train``: ``model_kwargs``, ``num_classes``, ``in_chans``, ``gp``, ``img_size``,
+    ``input_size`` (C, H, W). DeiT-style scripts (the authors' RVT / FAN releases) record ``input_size`` as one int.
+    """
+    build = dict(args.get('model_kwargs') or {}) if isinstance(args.get('model_kwargs'), dict) else {}
+    if _int(args.get('num_classes')) is not None:
+        build['num_classes'] = _int(args['num_classes'])
+    input_size, img_size = args.get('input_size'), _int(args.get('img_size'))
+    if _int(input_size) is not None:  # DeiT-style: one int
+        input_size, img_size = None, _int(input_size)
+    elif not (isinstance(input_size, (list, tuple)) and len(input_size) == 3 and all(map(_int, input_size))):
+        input_size = None
+    in_chans = _int(args.get('in_chans')) or (int(input_size[0]) if input_size else None)
     if in_chans is not None:
-        build['in_chans'] = int(in_chans)
-    if args.get('gp') is not None:
+        build['in_chans'] = in_chans
+    if isinstance(args.get('gp'), str):
         build['global_pool'] = args['gp']
-    size = {}
+    size: Dict[str, Any] = {}
     if input_size:
         size['input_size'] = [int(v) for v in input_size]
-    elif args.get('img_size') is not None:
-        size['img_size'] = int(args['img_size'])
+    elif img_size is not None:
+        size['img_size'] = img_size
     return build, size
 
 
