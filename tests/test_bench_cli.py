@@ -205,9 +205,26 @@ def test_a_run_with_no_finished_split_needs_no_resume(val, tmp_path, capsys, mon
     monkeypatch.setattr(Evaluator, 'top1_correct', interrupted)
     out = str(tmp_path / 'out')
     line = bench(['--model', MODEL, '--imagenet', val, '--output', out] + QUIET, capsys, code=130)
-    assert 'no split' in line and 'run the same command again' in line
+    assert 'nothing saved, run the same command again' in line
     monkeypatch.undo()
     assert main(['bench', '--model', MODEL, '--imagenet', val, '--output', out] + QUIET) == 0
+
+
+def test_ctrl_c_in_the_second_model_resumes_both(val, tmp_path, capsys, monkeypatch):
+    original, calls = Evaluator.top1_correct, {'n': 0}
+
+    def interrupted_in_the_second(self, *args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Evaluator, 'top1_correct', interrupted_in_the_second)
+    out = str(tmp_path / 'out')
+    line = bench(['--model', MODEL, '--model', MODEL, '--imagenet', val, '--output', out] + QUIET, capsys, code=130)
+    assert f'1 model(s) finished ({MODEL}); continue with: ' in line
+    monkeypatch.undo()
+    assert main(shlex.split(line.split('continue with: ')[1])[1:]) == 0  # the finished one is read, not redone
+    assert '75.00 (+0.00)' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('argv, message', [

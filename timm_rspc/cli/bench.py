@@ -89,32 +89,27 @@ def _output_folder(args: argparse.Namespace, model: str, index: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timm_rspc.bench.runner import BenchmarkInterrupted
     try:
         with reported_errors('bench'):
             return _run(args)
     except ImportError as e:  # an optional extra (video, plot) is missing: the message names it
         print(f'timm-rspc bench: error: {e}', file=sys.stderr)
         raise CommandFailed(2) from None
-    except BenchmarkInterrupted as e:
+    except KeyboardInterrupt as e:  # BenchmarkInterrupted says what is saved
         if _is_first_process():
             print(f'\n{_interrupted_line(args, e)}', file=sys.stderr)
         raise CommandFailed(130) from None
-    except KeyboardInterrupt:
-        if _is_first_process():
-            print('\ntimm-rspc bench: interrupted before the first split was evaluated; nothing to resume.',
-                  file=sys.stderr)
-        raise CommandFailed(130) from None
 
 
-def _interrupted_line(args: argparse.Namespace, e) -> str:
-    done = args._finished_models
-    before = f'{len(done)} model(s) finished ({", ".join(done)}); ' if done else ''
-    if e.finished == 0:
-        return (f"timm-rspc bench: interrupted: {before}no split of '{e.output}' finished yet; run the same command "
-                "again to start it.")
-    return (f"timm-rspc bench: interrupted: {before}{e.finished} of {e.total} splits finished and saved in "
-            f"'{e.output}'; continue with: {_command_line(args, resume=True)}")
+def _interrupted_line(args: argparse.Namespace, e: KeyboardInterrupt) -> str:
+    done = getattr(args, '_finished_models', [])
+    finished = getattr(e, 'finished', 0)
+    saved = [f'{len(done)} model(s) finished ({", ".join(done)})'] if done else []
+    if finished:
+        saved.append(f"{finished} of {e.total} splits finished and saved in '{e.output}'")
+    if not saved:
+        return 'timm-rspc bench: interrupted before any split finished; nothing saved, run the same command again.'
+    return f"timm-rspc bench: interrupted: {'; '.join(saved)}; continue with: {_command_line(args, resume=True)}"
 
 
 def _command_line(args: argparse.Namespace, resume: bool = False) -> str:
