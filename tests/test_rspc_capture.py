@@ -68,11 +68,23 @@ def test_find_blocks_error_names_the_model():
     assert select_blocks(regnet, spec)[:2] == ['s1.b1', 's2.b1'] and len(select_blocks(regnet, spec)) == 13
 
 
+def test_resnet_layer_pattern_with_grad_checkpointing_aligns_the_blocks():
+    """timm's checkpointing calls a stage's blocks, not the stage: 'layer*' selects the blocks themselves."""
+    from timm_rspc.method import RSPCTask
+    resnet = timm.create_model('resnet10t', num_classes=10)
+    resnet.set_grad_checkpointing(True)
+    task = RSPCTask(resnet, img_size=64, blocks='layer*', verbose=False)
+    assert task.alignment.block_names == ('layer1.0', 'layer2.0', 'layer3.0', 'layer4.0')
+    out = task(torch.randn(2, 3, 64, 64), torch.tensor([0, 1]))
+    assert torch.isfinite(out['align_loss']) and out['align_loss'] > 0
+
+
 def test_select_blocks_by_index_slice_and_pattern():
     model = RVTLike()
     assert select_blocks(model, [0, -1]) == ['transformers.0.blocks.0', 'transformers.1.blocks.1']
     assert select_blocks(model, '3:') == ['transformers.1.blocks.0', 'transformers.1.blocks.1']
-    assert select_blocks(model, 'transformers.1.*') == ['transformers.1.blocks']  # outermost match wins
+    # outermost match wins; a plain container stands for its blocks
+    assert select_blocks(model, 'transformers.1.*') == ['transformers.1.blocks.0', 'transformers.1.blocks.1']
     assert select_blocks(model, 'transformers.1.blocks.*') == ['transformers.1.blocks.0', 'transformers.1.blocks.1']
     assert select_blocks(model, 'transformers.*.blocks.*.attn') == [
         f'transformers.{s}.blocks.{i}.attn' for s, d in ((0, 3), (1, 2)) for i in range(d)]

@@ -131,7 +131,7 @@ def select_blocks(model: nn.Module, blocks: BlockSpec = None) -> List[str]:
 
     ``blocks``: None (all of `find_blocks`), or one or a list of: an int index or a slice into `find_blocks`'s list, or
     a name pattern (``fnmatch`` style, e.g. ``'blocks.1?'`` or Swin's ``'layers.2.blocks.*'``) matched against every
-    module name, keeping the outermost matches. A string with commas is parsed by `parse_block_spec`. An index out of
+    module name, keeping the outermost matches; a matched plain container stands for its blocks. A string with commas is parsed by `parse_block_spec`. An index out of
     range or a pattern matching nothing raises ValueError listing what is available.
     """
     if isinstance(blocks, str):
@@ -141,7 +141,8 @@ def select_blocks(model: nn.Module, blocks: BlockSpec = None) -> List[str]:
     if isinstance(blocks, (int, slice)):
         blocks = [blocks]
     model = unwrap_model(model)
-    module_names = [name for name, _ in model.named_modules() if name]
+    modules = dict(model.named_modules())
+    module_names = [name for name in modules if name]
     default: Optional[List[str]] = None
     chosen = set()
     for item in blocks:
@@ -170,7 +171,11 @@ def select_blocks(model: nn.Module, blocks: BlockSpec = None) -> List[str]:
                     hint = f'its top-level modules are {_preview([n for n in module_names if "." not in n])}'
                 raise ValueError(
                     f'Block pattern {item!r} matches no module of {type(model).__name__}; {hint}.')
-            chosen.update(_outermost(matched))
+            for name in _outermost(matched):
+                # a plain container is no block: its items are (timm's checkpointing and ModuleList loops call them,
+                # not it), so 'layer*' on a ResNet selects layer1.0, layer1.1, ...
+                items = list(_items(name + '.', modules[name])) if type(modules[name]) in _PLAIN_CONTAINERS else []
+                chosen.update(items or [name])
         else:
             raise TypeError(f'A block selection item must be an int, a slice or a str, got {item!r}.')
     return _outermost([name for name in module_names if name in chosen])
@@ -326,7 +331,8 @@ class PairedBlockDistance:
         if len(records) != len(self.blocks):
             raise RuntimeError(
                 f'Expected one output from each of the {len(self.blocks)} hooked blocks in this forward pass, '
-                f'recorded {len(records)}. Were the hooked blocks skipped, or called more than once?')
+                f'recorded {len(records)}: the forward skipped some or called them more than once. Choose modules '
+                f'that run once per forward with --rspc-blocks / blocks= (see README, Model families).')
         if torch.is_grad_enabled():
             without_grad = [name for name, (_, grad) in zip(self.block_names, records) if not grad]
             if without_grad:
