@@ -134,6 +134,21 @@ def test_torch_compile_inductor_gives_the_eager_step():
     assert_same_step(step(compiled, x2, target2, noise2), step(eager, x2, target2, noise2), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # inductor's C++ compilation: 25-40 s each on a 2-core CPU
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+def test_torch_compile_under_autocast_gives_the_eager_step(dtype):
+    """The compiled paired forward under float16 / bfloat16 autocast (the input-gradient split included)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    small = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    x, target, noise = fixed_batch(img_size=32)
+    eager = task_for(make_model('vit_tiny_patch16_224', **small))
+    compiled = task_for(make_model('vit_tiny_patch16_224', **small), like=eager)
+    compiled.compile(backend='inductor')
+    assert_same_step(step(compiled, x, target, noise, dtype), step(eager, x, target, noise, dtype),
+                     rtol=1e-2, atol=1e-3)
+
+
 def test_ema_and_copies_never_carry_hooks():
     model = make_model('vit_tiny_patch16_224')
     task = task_for(model)
