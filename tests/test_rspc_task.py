@@ -368,3 +368,24 @@ def test_hook_hooks_the_model_only_between_call_and_split():
     assert all(not m._forward_hooks for m in model.modules())
     expected = RSPCTrainableModule(model, PairedBlockDistance(model))(x, rspc.corruption(x, noise=noise).images)
     torch.testing.assert_close((output, align_loss), expected, rtol=0, atol=0)
+
+
+def test_log_line_names_the_grid_and_one_block(caplog):
+    with caplog.at_level('INFO', logger='timm_rspc.method.task'):
+        RSPCTask(make_vit(depth=2), blocks=-1)
+    assert 'corruption grid 4x4 of 16 px patches, aligning 1 block (blocks.1), C optimiser' in caplog.text
+
+
+def test_ddp_with_timm_train_py_kwargs_warns_nothing(tmp_path):
+    """timm's train.py calls prepare_distributed(broadcast_buffers=True); newer torch deprecates that argument."""
+    import warnings
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/rendezvous', rank=0, world_size=1)
+    try:
+        task = RSPCTask(make_vit(depth=1), verbose=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', FutureWarning)
+            task.prepare_distributed(device_ids=None, broadcast_buffers=True)
+        assert getattr(task.get_trainable_module(), 'forward_sync_buffers', True) is True  # torch < 2.13: no such arg
+    finally:
+        dist.destroy_process_group()

@@ -18,6 +18,7 @@ What a checkpoint holds: ``state_dict`` is the plain backbone (loadable with ``t
 overlay=dict(file=...))``); ``task_state`` holds C's weights and its optimiser state, so resume continues exactly. EMA
 covers the backbone only.
 """
+import inspect
 import logging
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -133,10 +134,12 @@ class RSPCTask(TrainingTask):
 
         if self.verbose:
             names = self.alignment.block_names
+            listed = ', '.join(names) if len(names) <= 2 else f'{names[0]} ... {names[-1]}'
             _logger.info(
                 f'RSPCTask: ratio={settings.ratio}, align_weight={settings.align_weight}, noise={settings.noise}, '
-                f'corruption grid {corruption_model.grid_size} of {corruption_model.patch_size}px patches, '
-                f'aligning {len(names)} blocks ({names[0]} ... {names[-1]}), C optimiser {self.corruption_optimizer}')
+                f'corruption grid {corruption_model.grid_size[0]}x{corruption_model.grid_size[1]} of '
+                f'{corruption_model.patch_size} px patches, aligning {len(names)} block{"s" * (len(names) != 1)} '
+                f'({listed}), C optimiser {self.corruption_optimizer}')
 
     @property
     def align_weight(self) -> float:
@@ -174,6 +177,11 @@ class RSPCTask(TrainingTask):
         """
         from torch.nn.parallel import DistributedDataParallel as DDP
         self.corruption_optimizer.broadcast_parameters(src=0)
+        if ddp_kwargs.get('broadcast_buffers') is True and 'forward_sync_buffers' in inspect.signature(DDP).parameters:
+            # timm's train.py passes broadcast_buffers=True (its default), which newer torch deprecates with a warning
+            # per process; forward_sync_buffers=True is the same behaviour (buffers synced at init and every forward)
+            ddp_kwargs = {k: v for k, v in ddp_kwargs.items() if k != 'broadcast_buffers'}
+            ddp_kwargs['forward_sync_buffers'] = True
         self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
         return self
 
