@@ -386,6 +386,6 @@ def test_ddp_with_timm_train_py_kwargs_warns_nothing(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter('error', FutureWarning)
             task.prepare_distributed(device_ids=None, broadcast_buffers=True)
-        assert getattr(task.get_trainable_module(), 'forward_sync_buffers', True) is True  # torch < 2.13: no such arg
+        assert getattr(task.get_trainable_module(), 'forward_sync_buffers', True) is True  # older torch: no such argument
     finally:
         dist.destroy_process_group()
