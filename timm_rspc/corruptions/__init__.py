@@ -1,29 +1,37 @@
 """Image corruptions of ImageNet-C in torch, batched, on any device, checked against the reference implementation.
 
-``corrupt(name, pixels, severity, generator)`` on (B, 3, H, W) pixels in [0, 1]; ``CORRUPTIONS`` (name -> function),
-``CATEGORIES`` (noise / blur / weather / digital), ``FIDELITY`` (*exact* or *in distribution*, see `imagenet_c`),
-``SEVERITIES`` (the reference's constants). So far (each with a reference test):
+``corrupt(name, pixels, severity, generator)`` on (B, 3, H, W) pixels in [0, 1]; ``CORRUPTIONS`` (name -> function
+``f(pixels, severity=1, generator=None)``), ``CATEGORIES`` (noise / blur / weather / digital), ``EXTRA`` (ImageNet-C's
+held-out corruptions), ``FIDELITY`` (*exact* or *in distribution*, see `imagenet_c`), ``SEVERITIES`` (the reference's
+constants). So far, each with a test against the reference code (``tests/test_corruptions_reference.py``):
 
 | corruption | category | fidelity |
 |---|---|---|
 | gaussian_noise | noise | in distribution |
+| shot_noise | noise | in distribution |
 | impulse_noise | noise | in distribution |
-| gaussian_blur | blur (ImageNet-C's extra) | exact |
+| speckle_noise | noise (extra) | in distribution |
+| zoom_blur | blur | exact |
+| gaussian_blur | blur (extra) | exact |
 | brightness | weather | exact |
 | fog | weather | in distribution (exact given the same draws) |
 | contrast | digital | exact |
-| pixelate | digital | exact |
+| pixelate | digital | exact (bit-identical) |
+| saturate | digital (extra) | exact |
+
+Not yet: glass, defocus and motion blur, snow, frost, elastic transform, JPEG, spatter.
 
 `primitives` holds the library operations the reference relies on (scikit-image's ``gaussian``, Pillow's BOX resize,
-the diamond-square plasma fractal).
+scipy.ndimage's linear zoom, the diamond-square plasma fractal).
 """
 from .imagenet_c import (
-    CATEGORIES, CORRUPTIONS, FIDELITY, SEVERITIES, brightness, contrast, corrupt, fog, gaussian_blur, gaussian_noise,
-    impulse_noise, pixelate,
+    CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, fog, gaussian_blur,
+    gaussian_noise, impulse_noise, pixelate, saturate, shot_noise, speckle_noise, zoom_blur,
 )
-from .primitives import box_resize, gaussian_filter, plasma_fractal
+from .primitives import box_resize, clipped_zoom, gaussian_filter, plasma_fractal
 
 __all__ = [
-    'CORRUPTIONS', 'CATEGORIES', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'impulse_noise',
-    'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate', 'box_resize', 'gaussian_filter', 'plasma_fractal',
+    'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
+    'impulse_noise', 'speckle_noise', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
+    'saturate', 'box_resize', 'clipped_zoom', 'gaussian_filter', 'plasma_fractal',
 ]

@@ -21,11 +21,12 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .primitives import box_resize, gaussian_filter, plasma_fractal
+from .primitives import box_resize, clipped_zoom, gaussian_filter, numpy_arange, plasma_fractal
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
-    'impulse_noise', 'speckle_noise', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
+    'impulse_noise', 'speckle_noise', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
+    'saturate',
 ]
 
 SEVERITIES = {
@@ -33,22 +34,26 @@ SEVERITIES = {
     'shot_noise': (60, 25, 12, 5, 3),
     'impulse_noise': (.03, .06, .09, .17, .27),
     'speckle_noise': (.15, .2, .35, .45, .6),
+    'zoom_blur': tuple(tuple(numpy_arange(1, stop, step))   # the reference's np.arange(1, stop, step)
+                       for stop, step in ((1.11, .01), (1.16, .01), (1.21, .02), (1.26, .02), (1.31, .03))),
     'gaussian_blur': (1, 2, 3, 4, 6),
     'brightness': (.1, .2, .3, .4, .5),
     'fog': ((1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)),
     'contrast': (.4, .3, .2, .1, .05),
     'pixelate': (.6, .5, .4, .3, .25),
+    'saturate': ((.3, 0), (.1, 0), (2, 0), (5, .1), (20, .2)),
 }
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
-    'gaussian_blur': 'blur', 'brightness': 'weather', 'fog': 'weather', 'contrast': 'digital', 'pixelate': 'digital',
+    'zoom_blur': 'blur', 'gaussian_blur': 'blur', 'brightness': 'weather', 'fog': 'weather', 'contrast': 'digital',
+    'pixelate': 'digital', 'saturate': 'digital',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
-EXTRA = ('speckle_noise', 'gaussian_blur')
+EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
 FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
-    'speckle_noise': 'in distribution', 'gaussian_blur': 'exact', 'brightness': 'exact', 'fog': 'in distribution',
-    'contrast': 'exact', 'pixelate': 'exact',
+    'speckle_noise': 'in distribution', 'zoom_blur': 'exact', 'gaussian_blur': 'exact', 'brightness': 'exact',
+    'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact', 'saturate': 'exact',
 }
 
 
@@ -85,6 +90,17 @@ def speckle_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.
     corruption). In distribution."""
     c = _constant('speckle_noise', severity)
     return (x + x * c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
+
+
+def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The image averaged with its centre zoomed by each factor of ``numpy.arange(1, 1 + z, step)`` (12, 16, 11, 13
+    and 11 factors up to 1.11, 1.15, 1.2, 1.24, 1.3), each zoom the reference's ``clipped_zoom`` (`clipped_zoom`:
+    scipy.ndimage's linear zoom of the centre crop). Exact."""
+    factors = _constant('zoom_blur', severity)
+    total = torch.zeros_like(x)
+    for factor in factors:   # a dozen zoom factors, each on the whole batch
+        total = total + clipped_zoom(x, factor)
+    return ((x + total) / (len(factors) + 1)).clamp(0, 1)
 
 
 def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -132,10 +148,28 @@ def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
     return box_resize(small, (height, width))
 
 
+def saturate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """HSV saturation scaled and shifted, ``clip(s * a + b, 0, 1)``, hue and value kept, with (a, b) = (0.3, 0),
+    (0.1, 0), (2, 0), (5, 0.1), (20, 0.2) (ImageNet-C's extra corruption; the reference's round trip through
+    scikit-image's ``rgb2hsv`` / ``hsv2rgb``, where grey pixels have hue 0, red, so a shift b > 0 tints them red).
+    Exact."""
+    scale, shift = _constant('saturate', severity)
+    value = x.amax(dim=1, keepdim=True)
+    delta = value - x.amin(dim=1, keepdim=True)
+    grey = delta <= 0
+    saturation = torch.where(grey, torch.zeros_like(delta), delta / value.clamp(min=1e-12))
+    saturation = (saturation * scale + shift).clamp(0, 1)
+    # With hue and value fixed, channel k is value * (1 - saturation * w_k): w = 0 for the largest channel, 1 for the
+    # smallest, set by the hue in between; grey pixels (hue 0) get red's (0, 1, 1).
+    red = torch.tensor([0., 1., 1.], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    weight = torch.where(grey, red, (value - x) / delta.clamp(min=1e-12))
+    return (value * (1 - saturation * weight)).clamp(0, 1)
+
+
 CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
-    'speckle_noise': speckle_noise, 'gaussian_blur': gaussian_blur,
-    'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate,
+    'speckle_noise': speckle_noise, 'zoom_blur': zoom_blur, 'gaussian_blur': gaussian_blur,
+    'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate, 'saturate': saturate,
 }
 
 

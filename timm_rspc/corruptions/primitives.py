@@ -2,18 +2,22 @@
 
 - `gaussian_filter`: scikit-image's ``gaussian`` (scipy.ndimage's separable Gaussian) per channel;
 - `box_resize`: Pillow's ``Image.resize(..., Image.BOX)`` on 8-bit images;
-- `plasma_fractal`: ImageNet-C's diamond-square height map (its ``plasma_fractal``), batched.
+- `plasma_fractal`: ImageNet-C's diamond-square height map (its ``plasma_fractal``), batched;
+- `clipped_zoom`: ImageNet-C's ``clipped_zoom`` (a centre crop enlarged by scipy.ndimage's linear ``zoom`` and
+  trimmed back to the image size);
+- `numpy_arange`: ``numpy.arange``'s float values, which decide how many zooms ``zoom_blur`` averages.
 
-All work on (B, C, H, W) tensors on any device; `gaussian_filter` and `box_resize` are differentiable (`box_resize`'s
-rounding to 8 bits passes gradients straight through).
+All work on (B, C, H, W) tensors on any device; `gaussian_filter`, `box_resize` and `clipped_zoom` are differentiable
+(`box_resize`'s rounding to 8 bits passes gradients straight through).
 """
 import functools
-from typing import Optional
+import math
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['gaussian_filter', 'box_resize', 'plasma_fractal']
+__all__ = ['gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange']
 
 
 def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
@@ -112,3 +116,44 @@ def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, gener
         step, wibble = half, wibble / wibbledecay
     field = field - field.amin(dim=(1, 2), keepdim=True)
     return field / field.amax(dim=(1, 2), keepdim=True)
+
+
+def numpy_arange(start: float, stop: float, step: float) -> List[float]:
+    """The values of ``numpy.arange(start, stop, step)`` for floats: ``ceil((stop - start) / step)`` of them, the
+    i-th ``start + i * ((start + step) - start)`` (numpy's fill rule). ``numpy.arange(1, 1.11, 0.01)`` has 12 values,
+    the last 1.11."""
+    count = math.ceil((stop - start) / step)
+    delta = (start + step) - start
+    return [float(start)] + [start + i * delta for i in range(1, count)]
+
+
+@functools.lru_cache(maxsize=256)
+def _zoom_taps(size: int, zoom: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Along one axis of ``size`` pixels: ImageNet-C's ``clipped_zoom`` as two taps per output pixel (first index,
+    second index, weight of the second). The centre crop of ``ceil(size / zoom)`` pixels (starting at
+    ``(size - crop) // 2``) is enlarged to ``round(crop * zoom)`` by scipy.ndimage's ``zoom(order=1)`` (output pixel
+    ``o`` reads the crop at ``o * (crop - 1) / (out - 1)``, linearly interpolated) and trimmed back to ``size`` from
+    ``(out - size) // 2``; computed in double as scipy does."""
+    crop = math.ceil(size / zoom)
+    top = (size - crop) // 2
+    out = int(round(crop * zoom))
+    trim = (out - size) // 2
+    step = (crop - 1) / (out - 1) if out > 1 else 1.0
+    coordinate = (torch.arange(size, dtype=torch.float64) + trim) * step
+    first = torch.floor(coordinate).clamp(0, crop - 1)
+    weight = coordinate - first
+    second = (first + 1).clamp(max=crop - 1)
+    return (first.long() + top), (second.long() + top), weight
+
+
+def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """ImageNet-C's ``clipped_zoom`` of (B, C, H, W) images: the centre ``1 / zoom`` of each image enlarged back to
+    (H, W) by linear interpolation, with scipy.ndimage's ``zoom`` sampling, separately along H and W (the reference
+    assumes square images and uses H for both axes)."""
+    for dim, size in ((-1, x.shape[-1]), (-2, x.shape[-2])):
+        first, second, weight = (t.to(x.device) for t in _zoom_taps(size, zoom))
+        shape = [1] * x.dim()
+        shape[dim] = size
+        weight = weight.to(x.dtype).view(shape)
+        x = x.index_select(dim, first) * (1 - weight) + x.index_select(dim, second) * weight
+    return x
