@@ -127,10 +127,13 @@ def test_worst_case_occludes_as_many_patches_as_the_random_masks(models, data):
     pixels, targets = data
     worst = WorstCasePatches(pixels, ratio=0.1, steps=2, batch_size=4)
     perturb = worst.bind(models['baseline'])
-    out = perturb(pixels, targets, torch.ones(10, 16), torch.Generator().manual_seed(0))
+    keep = FixedPatchMasks(GRID, 0.1, seed=0).rows(0, 10)
+    out = perturb(pixels, targets, keep, torch.Generator().manual_seed(0))
     changed = (out != pixels).flatten(2).any(1).reshape(10, 4, 8, 4, 8).any(2).any(-1).flatten(1)
     assert (changed.sum(1) == num_occluded(GRID, 0.1)).all()
-    assert set(worst.fit_history) == {'align_loss_start', 'align_loss_end'}
+    assert set(worst.fit_history) == {'align_loss_start', 'align_loss_end', 'best_step', 'evaluations',
+                                      'chosen_fraction'}
+    assert worst.fit_history['align_loss_end'] >= worst.fit_history['align_loss_start']
 
 
 def test_attention_change_is_zero_for_identical_maps_and_positive_otherwise():

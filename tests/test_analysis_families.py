@@ -74,3 +74,25 @@ def test_pvt_spatial_reduction_layers_map_queries_and_reduced_keys():
     assert stage0['corrupted_rows'] * 4 == stage0['rows']
     for layer in pvt['layers']:
         assert 0 < layer['attention_to_corrupted_clean'] < 1 and layer['js'] >= 0
+
+
+def test_worst_case_raises_its_objective_and_is_never_milder_than_random_patches():
+    from timm_rspc.analysis import WorstCasePatches
+    torch.manual_seed(0)
+    vit = timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2,
+                            num_classes=3).eval()
+    model = PixelModel(vit)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(24, 3, 32, 32, generator=gen)
+    targets = vit(model.normalize(pixels)).argmax(-1)  # every image correct when clean: room for both to hurt
+    worst = WorstCasePatches(pixels, ratio=0.15, steps=30, lr=0.05, batch_size=8, seed=0)
+    result = evaluate_sensitivity({'m': model}, [(pixels[:12], targets[:12]), (pixels[12:], targets[12:])],
+                                  [NoiseOcclusion(), worst], ratio=0.15, seed=0)
+    history = result['models']['m']['perturbed']['worst_case']['attacker']
+    # the C returned is the best one scored on the fixed batch, the initial one included: never below the start
+    assert history['align_loss_end'] == max(value for _, value in history['evaluations'])
+    assert history['align_loss_end'] >= history['align_loss_start'] == history['evaluations'][0][1]
+    assert [step for step, _ in history['evaluations']] == [0, 10, 20, 30]
+    scores = result['models']['m']['perturbed']
+    assert scores['worst_case']['accuracy'] <= scores['noise_occlusion']['accuracy']
+    assert 0 <= history['chosen_fraction'] <= 1

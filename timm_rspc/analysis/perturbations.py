@@ -73,6 +73,13 @@ def _pixel_range(pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return zero, zero + 1
 
 
+def _harm(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image, how damaging a perturbed image is: misclassified first (+1), then the lower true-class
+    probability."""
+    probability = logits.float().softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    return (logits.argmax(-1) != targets).float() + (1 - probability)
+
+
 def occlude_with_noise(pixels: torch.Tensor, keep: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     """RSPC's corruption in pixel space: the patches ``keep`` marks 0 become uniform [0, 1) noise."""
     lower, upper = _pixel_range(pixels)
@@ -159,8 +166,12 @@ class PatchCorruption:
 
 @dataclass
 class WorstCasePatches:
-    """Noise in the patches chosen by a corruption model fitted against each frozen model on ``fit_images``
-    (pixels); ``fit_history`` is the alignment loss before / after the latest fit."""
+    """The worse, per image, of two placements of the same noise: the random patches of the analysis (the
+    ``noise_occlusion`` column's images exactly) and the patches a corruption model fitted against the frozen model on
+    ``fit_images`` (pixels) scores lowest. "Worse" is misclassified first, then the lower true-class probability, so
+    this column's accuracy is never above the random one's. ``fit_history``: the attacker's objective (RSPC's alignment
+    loss on a fixed batch) before and after fitting, and ``chosen_fraction`` after evaluation: how often the fitted
+    patches were the worse ones."""
     fit_images: torch.Tensor
     ratio: float = 0.1
     steps: int = 60
@@ -168,6 +179,7 @@ class WorstCasePatches:
     batch_size: int = 64
     seed: int = 0
     name: str = 'worst_case'
+    noise_stream: str = NoiseOcclusion.name  # the random column's noise, so that its images are candidates as they are
 
     def __post_init__(self):
         self.fit_history = None
@@ -180,15 +192,26 @@ class WorstCasePatches:
             batch_size=self.batch_size)
         corruption.requires_grad_(False)
         self.fit_history = history
+        chosen_counts = [0, 0]  # images where the fitted patches were the worse ones, images seen
+        history['chosen_fraction'] = None
 
         budget = num_occluded(corruption.grid_size, self.ratio)
 
         def perturb(pixels, targets, keep, generator):
+            lower, upper = _pixel_range(pixels)
+            noise = draw_noise(pixels, 'pixel', lower, upper, generator=generator)
             with torch.no_grad():
                 scores = corruption.score(model.normalize(pixels))
-            # C's lowest-scoring patches, exactly `budget` of them: C's own threshold would take every tied patch
-            # (a C whose scores collapse to one value would occlude the whole image).
-            lowest = scores.topk(budget, dim=1, largest=False).indices
-            chosen = torch.ones_like(scores).scatter_(1, lowest, 0.)
-            return occlude_with_noise(pixels, chosen, generator)
+                # C's lowest-scoring patches, exactly `budget` of them: C's own threshold would take every tied
+                # patch (a C whose scores collapse to one value would occlude the whole image).
+                lowest = scores.topk(budget, dim=1, largest=False).indices
+                fitted = torch.ones_like(scores).scatter_(1, lowest, 0.)
+                candidates = [blend_noise(pixels, pixel_keep_mask(k, pixels), noise, lower, upper)
+                              for k in (keep, fitted)]
+                harm = [_harm(model(c), targets) for c in candidates]
+                use_fitted = harm[1] > harm[0]
+            chosen_counts[0] += int(use_fitted.sum())
+            chosen_counts[1] += pixels.shape[0]
+            history['chosen_fraction'] = chosen_counts[0] / chosen_counts[1]
+            return torch.where(use_fitted[:, None, None, None], candidates[1], candidates[0])
         return perturb

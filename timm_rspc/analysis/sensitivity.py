@@ -70,8 +70,9 @@ def evaluate_sensitivity(
             x, y, batch_keep = pixels.to(device), targets.to(device), keep.to(device)
             with torch.inference_mode():
                 add(model_name, 'clean', model(x), y)
-            for name, perturb in zip(names, bound[model_name]):
-                generator = batch_generator(name, seed, batch_index, device)
+            for p, perturb in zip(perturbations, bound[model_name]):
+                name = p.name
+                generator = batch_generator(getattr(p, 'noise_stream', name), seed, batch_index, device)
                 perturbed = perturb(x, y, batch_keep, generator)
                 with torch.inference_mode():
                     add(model_name, name, model(perturbed), y)
