@@ -67,7 +67,8 @@ def test_batch_is_corrupted_image_by_image_and_draws_follow_the_generator(name):
         assert not torch.equal(residual[0], residual[1])
 
 
-@pytest.mark.parametrize('name', ['zoom_blur', 'gaussian_blur', 'pixelate', 'brightness', 'contrast', 'fog', 'saturate'])
+@pytest.mark.parametrize('name', [
+    'defocus_blur', 'zoom_blur', 'gaussian_blur', 'pixelate', 'brightness', 'contrast', 'fog', 'saturate'])
 def test_deterministic_parts_are_differentiable(name):
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     pixels.requires_grad_(True)

@@ -4,8 +4,9 @@ The reference is Hendrycks' own PyPI release of ImageNet-C's corruption function
 ``imagenet_c/corruptions.py`` is hendrycks/robustness's ``ImageNet-C/imagenet_c/imagenet_c/corruptions.py``; the
 corruptions used here are also those of ``create_c/make_imagenet_c.py``, which made ImageNet-C). Its sdist is fetched
 with pip into a cache on first use (``~/.cache/timm-rspc/tests``, or ``$TIMM_RSPC_TEST_CACHE``; ``$IMAGENET_C_SDIST``
-names a local copy); nothing of it is committed. Its module imports Wand, OpenCV and ``pkg_resources`` at the top, none
-of which the functions tested here use, so only the needed function definitions are executed, after the smallest
+names a local copy); nothing of it is committed. Its module imports Wand (ImageMagick) and ``pkg_resources`` at the
+top, which the functions tested here do not use, so only the needed function definitions are executed, with numpy,
+scikit-image, scipy, Pillow and OpenCV (``opencv-python-headless``) as the reference imports them, after the smallest
 textual adaptations to today's libraries (listed in ``ADAPTATIONS``: scikit-image's ``multichannel=True`` became
 ``channel_axis=-1``, numpy 2 removed ``np.float_``).
 
@@ -26,6 +27,7 @@ import tarfile
 import types
 from pathlib import Path
 
+import cv2  # opencv-python-headless, the dev extra: the reference's own dependency
 import numpy as np
 import PIL.Image as PIL_Image
 import pytest
@@ -49,7 +51,7 @@ ADAPTATIONS = (
 )
 IMAGES = ('astronaut', 'chelsea', 'coffee')
 FLOAT32_SLACK = 1e-3  # grey levels
-EXACT = ('zoom_blur', 'gaussian_blur', 'brightness', 'contrast', 'pixelate', 'saturate')
+EXACT = ('defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'contrast', 'pixelate', 'saturate')
 RANDOM = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise')
 
 
@@ -91,9 +93,9 @@ def reference_source() -> str:
 def reference():
     """The reference's corruption functions (and helpers), defined from its own source."""
     namespace = {'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL_Image,
-                 'Image': PIL_Image, 'scizoom': scipy.ndimage.zoom, '__name__': 'imagenet_c.corruptions'}
+                 'Image': PIL_Image, 'scizoom': scipy.ndimage.zoom, 'cv2': cv2, '__name__': 'imagenet_c.corruptions'}
     tree = ast.parse(reference_source())
-    wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom'}
+    wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom', 'disk'}
     functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
     assert {node.name for node in functions} == wanted
     exec(compile(ast.Module(body=functions, type_ignores=[]), REFERENCE_MODULE, 'exec'), namespace)

@@ -11,6 +11,7 @@ constants). So far, each with a test against the reference code (``tests/test_co
 | shot_noise | noise | in distribution |
 | impulse_noise | noise | in distribution |
 | speckle_noise | noise (extra) | in distribution |
+| defocus_blur | blur | exact |
 | zoom_blur | blur | exact |
 | gaussian_blur | blur (extra) | exact |
 | brightness | weather | exact |
@@ -19,19 +20,21 @@ constants). So far, each with a test against the reference code (``tests/test_co
 | pixelate | digital | exact (bit-identical) |
 | saturate | digital (extra) | exact |
 
-Not yet: glass, defocus and motion blur, snow, frost, elastic transform, JPEG, spatter.
+Not yet: glass and motion blur, snow, frost, elastic transform, JPEG, spatter.
 
 `primitives` holds the library operations the reference relies on (scikit-image's ``gaussian``, Pillow's BOX resize,
-scipy.ndimage's linear zoom, the diamond-square plasma fractal).
+scipy.ndimage's linear zoom, OpenCV's ``filter2D`` and ImageNet-C's anti-aliased disk, the diamond-square plasma
+fractal).
 """
 from .imagenet_c import (
-    CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, fog, gaussian_blur,
-    gaussian_noise, impulse_noise, pixelate, saturate, shot_noise, speckle_noise, zoom_blur,
+    CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur, fog,
+    gaussian_blur, gaussian_noise, impulse_noise, pixelate, saturate, shot_noise, speckle_noise, zoom_blur,
 )
-from .primitives import box_resize, clipped_zoom, gaussian_filter, plasma_fractal
+from .primitives import box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, plasma_fractal
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
-    'impulse_noise', 'speckle_noise', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
-    'saturate', 'box_resize', 'clipped_zoom', 'gaussian_filter', 'plasma_fractal',
+    'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast',
+    'pixelate', 'saturate', 'box_resize', 'clipped_zoom', 'disk_kernel', 'filter2d', 'gaussian_filter',
+    'plasma_fractal',
 ]

@@ -21,11 +21,13 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .primitives import box_resize, clipped_zoom, gaussian_filter, numpy_arange, plasma_fractal
+from .primitives import (
+    box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal,
+)
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
-    'impulse_noise', 'speckle_noise', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
+    'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
     'saturate',
 ]
 
@@ -34,6 +36,7 @@ SEVERITIES = {
     'shot_noise': (60, 25, 12, 5, 3),
     'impulse_noise': (.03, .06, .09, .17, .27),
     'speckle_noise': (.15, .2, .35, .45, .6),
+    'defocus_blur': ((3, .1), (4, .5), (6, .5), (8, .5), (10, .5)),
     'zoom_blur': tuple(tuple(numpy_arange(1, stop, step))   # the reference's np.arange(1, stop, step)
                        for stop, step in ((1.11, .01), (1.16, .01), (1.21, .02), (1.26, .02), (1.31, .03))),
     'gaussian_blur': (1, 2, 3, 4, 6),
@@ -45,14 +48,14 @@ SEVERITIES = {
 }
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
-    'zoom_blur': 'blur', 'gaussian_blur': 'blur', 'brightness': 'weather', 'fog': 'weather', 'contrast': 'digital',
+    'defocus_blur': 'blur', 'zoom_blur': 'blur', 'gaussian_blur': 'blur', 'brightness': 'weather', 'fog': 'weather', 'contrast': 'digital',
     'pixelate': 'digital', 'saturate': 'digital',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
 EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
 FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
-    'speckle_noise': 'in distribution', 'zoom_blur': 'exact', 'gaussian_blur': 'exact', 'brightness': 'exact',
+    'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact', 'brightness': 'exact',
     'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact', 'saturate': 'exact',
 }
 
@@ -90,6 +93,14 @@ def speckle_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.
     corruption). In distribution."""
     c = _constant('speckle_noise', severity)
     return (x + x * c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
+
+
+def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Each channel correlated with ImageNet-C's anti-aliased disk (`disk_kernel`: radius 3, 4, 6, 8, 10 px, OpenCV
+    Gaussian anti-aliasing with sigma 0.1, 0.5, ...) as OpenCV's ``filter2D`` does (``BORDER_REFLECT_101``).
+    Exact."""
+    radius, alias_blur = _constant('defocus_blur', severity)
+    return filter2d(x, disk_kernel(radius, alias_blur)).clamp(0, 1)
 
 
 def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -168,7 +179,7 @@ def saturate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
 
 CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
-    'speckle_noise': speckle_noise, 'zoom_blur': zoom_blur, 'gaussian_blur': gaussian_blur,
+    'speckle_noise': speckle_noise, 'defocus_blur': defocus_blur, 'zoom_blur': zoom_blur, 'gaussian_blur': gaussian_blur,
     'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate, 'saturate': saturate,
 }
 

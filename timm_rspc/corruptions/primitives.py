@@ -5,7 +5,9 @@
 - `plasma_fractal`: ImageNet-C's diamond-square height map (its ``plasma_fractal``), batched;
 - `clipped_zoom`: ImageNet-C's ``clipped_zoom`` (a centre crop enlarged by scipy.ndimage's linear ``zoom`` and
   trimmed back to the image size);
-- `numpy_arange`: ``numpy.arange``'s float values, which decide how many zooms ``zoom_blur`` averages.
+- `numpy_arange`: ``numpy.arange``'s float values, which decide how many zooms ``zoom_blur`` averages;
+- `disk_kernel`, `filter2d`: ImageNet-C's anti-aliased disk (its ``disk``: OpenCV's ``GaussianBlur`` of a binary
+  disk) and OpenCV's ``filter2D`` (correlation, ``BORDER_REFLECT_101``).
 
 All work on (B, C, H, W) tensors on any device; `gaussian_filter`, `box_resize` and `clipped_zoom` are differentiable
 (`box_resize`'s rounding to 8 bits passes gradients straight through).
@@ -17,7 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange']
+__all__ = ['gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange', 'disk_kernel', 'filter2d']
 
 
 def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
@@ -157,3 +159,47 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
         weight = weight.to(x.dtype).view(shape)
         x = x.index_select(dim, first) * (1 - weight) + x.index_select(dim, second) * weight
     return x
+
+
+def reflect101_indices(size: int, before: int, after: int) -> torch.Tensor:
+    """Source indices of a line of ``size`` pixels padded by ``before`` / ``after`` with OpenCV's
+    ``BORDER_REFLECT_101`` (``dcb|abcd|cba``), reflected again as often as needed (``borderInterpolate``)."""
+    index = torch.arange(-before, size + after)
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * size - 2
+    index = index.remainder(period)
+    return torch.where(index >= size, period - index, index)
+
+
+def _pad_reflect101(x: torch.Tensor, radius_h: int, radius_w: int) -> torch.Tensor:
+    rows = reflect101_indices(x.shape[-2], radius_h, radius_h).to(x.device)
+    cols = reflect101_indices(x.shape[-1], radius_w, radius_w).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """OpenCV's ``filter2D(channel, -1, kernel)`` on each channel of (B, C, H, W): correlation with the (k, k) kernel
+    (odd k) anchored at its centre, borders ``BORDER_REFLECT_101``."""
+    radius, channels = kernel.shape[-1] // 2, x.shape[1]
+    weight = kernel.to(dtype=x.dtype, device=x.device).expand(channels, 1, *kernel.shape[-2:])
+    return F.conv2d(_pad_reflect101(x, radius, radius), weight, groups=channels)
+
+
+@functools.lru_cache(maxsize=16)
+def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """ImageNet-C's ``disk(radius, alias_blur)``: the float32 binary disk ``x^2 + y^2 <= radius^2`` on the grid
+    -8..8 (radius <= 8) or -radius..radius, normalised to sum 1, then blurred by OpenCV's ``GaussianBlur`` (3 x 3 for
+    radius <= 8, else 5 x 5; sigma ``alias_blur``; ``BORDER_REFLECT_101``): OpenCV's Gaussian kernel
+    ``exp(-x^2 / (2 sigma^2))`` in double, normalised, used in float32."""
+    half, ksize = (8, 3) if radius <= 8 else (int(radius), 5)
+    grid = torch.arange(-half, half + 1, dtype=torch.float64)
+    disk = ((grid[None, :] ** 2 + grid[:, None] ** 2) <= radius ** 2).float()
+    disk = disk / disk.sum()
+    taps = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) * 0.5
+    gauss = torch.exp(-0.5 / alias_blur ** 2 * taps ** 2)
+    gauss = (gauss / gauss.sum()).float()
+    padded = _pad_reflect101(disk[None, None], ksize // 2, ksize // 2)
+    rows = F.conv2d(padded, gauss.view(1, 1, 1, -1))
+    blurred = F.conv2d(rows, gauss.view(1, 1, -1, 1))
+    return blurred[0, 0]
