@@ -90,7 +90,8 @@ def test_gaussian_filter_and_box_resize_gradients_are_exact():
 def test_plasma_fractal_is_in_unit_range_and_independent_per_image():
     maps = plasma_fractal(3, 64, 2, torch.Generator().manual_seed(0))
     assert maps.shape == (3, 64, 64)
-    assert torch.allclose(maps.amin(dim=(1, 2)), torch.zeros(3)) and torch.allclose(maps.amax(dim=(1, 2)), torch.ones(3))
+    assert torch.allclose(maps.amin(dim=(1, 2)), torch.zeros(3))
+    assert torch.allclose(maps.amax(dim=(1, 2)), torch.ones(3))
     assert not torch.equal(maps[0], maps[1])
     with pytest.raises(ValueError, match='power of two'):
         plasma_fractal(1, 48)

@@ -80,7 +80,7 @@ def reference_sdist() -> Path:
 def reference_source() -> str:
     sdist = reference_sdist()
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    assert digest == REFERENCE_SHA256, f'{sdist} is not the {REFERENCE_PACKAGE} {REFERENCE_VERSION} sdist (sha256 {digest})'
+    assert digest == REFERENCE_SHA256, f'{sdist} is not the {REFERENCE_PACKAGE} {REFERENCE_VERSION} sdist ({digest})'
     with tarfile.open(sdist) as tar:
         source = tar.extractfile(REFERENCE_MODULE).read().decode()
     for old, new, count in ADAPTATIONS:

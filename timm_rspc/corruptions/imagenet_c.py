@@ -27,8 +27,8 @@ from .primitives import (
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
-    'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast', 'pixelate',
-    'saturate',
+    'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast',
+    'pixelate', 'saturate',
 ]
 
 SEVERITIES = {
@@ -48,15 +48,16 @@ SEVERITIES = {
 }
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
-    'defocus_blur': 'blur', 'zoom_blur': 'blur', 'gaussian_blur': 'blur', 'brightness': 'weather', 'fog': 'weather', 'contrast': 'digital',
-    'pixelate': 'digital', 'saturate': 'digital',
+    'defocus_blur': 'blur', 'zoom_blur': 'blur', 'gaussian_blur': 'blur',
+    'brightness': 'weather', 'fog': 'weather',
+    'contrast': 'digital', 'pixelate': 'digital', 'saturate': 'digital',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
 EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
 FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
-    'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact', 'brightness': 'exact',
-    'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact', 'saturate': 'exact',
+    'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact',
+    'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact', 'saturate': 'exact',
 }
 
 
@@ -179,8 +180,9 @@ def saturate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
 
 CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
-    'speckle_noise': speckle_noise, 'defocus_blur': defocus_blur, 'zoom_blur': zoom_blur, 'gaussian_blur': gaussian_blur,
-    'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate, 'saturate': saturate,
+    'speckle_noise': speckle_noise, 'defocus_blur': defocus_blur, 'zoom_blur': zoom_blur,
+    'gaussian_blur': gaussian_blur, 'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate,
+    'saturate': saturate,
 }
 
 
