@@ -5,16 +5,32 @@ between the two halves of a paired batch) are several kernel launches and memory
 in one pass. They are used only for CUDA tensors with Triton installed (the optional ``triton`` extra) and
 ``TIMM_RSPC_KERNELS`` not set to ``0``; everywhere else the PyTorch reference runs. Importing this package never
 imports Triton: the kernel modules load on first use.
+
+A kernel is an optional fast path, so it must never stop a training run: on first use per process, device and kernel,
+a tiny self-check compares it with its PyTorch reference (`timm_rspc.kernels.checks.self_check`). A mismatch or an
+error (a compiler that rejects the kernel on this GPU architecture, a launch failure) gives one warning naming the
+kernel, and the PyTorch path from then on. ``timm-rspc info`` shows the outcome.
 """
 import functools
 import importlib.util
 import os
+import threading
+import warnings
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
 
-__all__ = ['triton_available', 'use_kernels']
+__all__ = ['triton_available', 'use_kernels', 'kernel_status', 'disable_kernel', 'guarded', 'KERNELS']
 
 KERNELS_ENV = 'TIMM_RSPC_KERNELS'
+# The kernel modules; `use_kernels` checks each on first use (kept here so that this import stays Triton-free).
+KERNELS = ('patch_noise', 'paired_distance', 'attention_change')
+
+# (kernel, device) -> None if the kernel passed its self-check there, else why it is off.
+_STATUS: Dict[Tuple[str, str], Optional[str]] = {}
+_WARNED = set()
+_LOCK = threading.Lock()
+T = TypeVar('T')
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,10 +39,63 @@ def triton_available() -> bool:
     return importlib.util.find_spec('triton') is not None
 
 
-def use_kernels(tensor: torch.Tensor) -> bool:
-    """Whether the method should call the fused kernels for ``tensor``: a CUDA tensor, Triton installed, not switched
-    off by ``TIMM_RSPC_KERNELS=0``, and not inside ``torch.compile``, whose inductor fuses the same element-wise code
-    itself. (Tests call the kernels directly on CPU under ``TRITON_INTERPRET=1``.)"""
+def _device_key(device: torch.device) -> str:
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    return str(device)
+
+
+def disable_kernel(kernel: str, device: torch.device, reason: str) -> None:
+    """Switch ``kernel`` off on ``device`` for the rest of the process, with one warning per kernel that says what
+    happened and how to skip the kernels altogether."""
+    with _LOCK:
+        _STATUS[(kernel, _device_key(device))] = reason
+        if kernel in _WARNED:
+            return
+        _WARNED.add(kernel)
+    warnings.warn(f"timm_rspc: the Triton kernel '{kernel}' {reason} on {device}; its PyTorch path runs instead "
+                  f"(same results, slower); set {KERNELS_ENV}=0 to skip the kernels.", RuntimeWarning, stacklevel=3)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one short line, for the one-line warnings and reports."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0][:200] if lines else ""}'.rstrip(': ')
+
+
+def guarded(kernel: str, device: torch.device, fast: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """``fast()`` (a kernel launch); if it raises (e.g. the compiler rejects a specialisation the self-check did not
+    cover), switch ``kernel`` off with its one warning and return ``fallback()``, the PyTorch reference."""
+    try:
+        return fast()
+    except Exception as error:  # noqa: BLE001 - an optional fast path must never stop training
+        disable_kernel(kernel, device, f'failed ({first_line(error)})')
+        return fallback()
+
+
+def kernel_status(kernel: str, device: torch.device) -> Optional[str]:
+    """``None`` if ``kernel`` may run on the CUDA ``device``, else why not. Runs the kernel's self-check the first time
+    it is asked for a device (not during CUDA graph capture, where a check cannot run: the PyTorch path runs then)."""
+    key = (kernel, _device_key(device))
+    if key not in _STATUS:
+        if torch.cuda.is_current_stream_capturing():
+            return 'was not checked yet (CUDA graph capture)'
+        from timm_rspc.kernels.checks import self_check
+        reason = self_check(kernel, device)
+        if reason is None:
+            _STATUS.setdefault(key, None)
+        else:
+            disable_kernel(kernel, device, reason)
+    return _STATUS[key]
+
+
+def use_kernels(tensor: torch.Tensor, kernel: Optional[str] = None) -> bool:
+    """Whether the method should call the fused kernel ``kernel`` (one of `KERNELS`; ``None``: all of them) for
+    ``tensor``: a CUDA tensor, Triton installed, not switched off by ``TIMM_RSPC_KERNELS=0``, not inside
+    ``torch.compile`` (whose inductor fuses the same element-wise code itself), and the kernel's self-check passed on
+    that device. (Tests call the kernels directly on CPU under ``TRITON_INTERPRET=1``.)"""
     if not tensor.is_cuda or os.environ.get(KERNELS_ENV, '1') == '0' or torch.compiler.is_compiling():
         return False
-    return triton_available()
+    if not triton_available():
+        return False
+    return all(kernel_status(name, tensor.device) is None for name in (KERNELS if kernel is None else (kernel,)))

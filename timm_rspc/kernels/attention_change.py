@@ -7,13 +7,15 @@ maps in registers and writes four numbers per row (Jensen-Shannon divergence, co
 the corrupted keys in the clean and in the corrupted map); the per-row values are then summed in float64 exactly as
 the reference sums them.
 """
-from typing import Dict
+from typing import Dict, Iterator, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ['fused_attention_change_sums']
+from timm_rspc.kernels import guarded
+
+__all__ = ['fused_attention_change_sums', 'check_cases']
 
 _COSINE_EPS = 1e-8  # F.cosine_similarity's default
 
@@ -64,6 +66,18 @@ def fused_attention_change_sums(
     if clean.shape != corrupted.shape or clean.ndim != 4:
         raise ValueError(f'Expected two attention maps shaped (batch, heads, queries, keys), got '
                          f'{tuple(clean.shape)} and {tuple(corrupted.shape)}.')
+    return guarded('attention_change', clean.device,
+                   lambda: _fused_sums(clean, corrupted, corrupted_keys, corrupted_queries),
+                   lambda: _reference(clean, corrupted, corrupted_keys, corrupted_queries))
+
+
+def _reference(*args) -> Dict[str, torch.Tensor]:
+    """The PyTorch path (`attention_change_sums` declines the kernel once `guarded` has switched it off)."""
+    from timm_rspc.analysis.attention import attention_change_sums
+    return attention_change_sums(*args)
+
+
+def _fused_sums(clean, corrupted, corrupted_keys, corrupted_queries) -> Dict[str, torch.Tensor]:
     batch, heads, queries, keys = clean.shape
     rows = batch * heads * queries
     per_row = torch.empty(rows, 4, dtype=torch.float32, device=clean.device)
@@ -83,3 +97,31 @@ def fused_attention_change_sums(
         'attention_to_corrupted_clean': per_row[..., 2].sum(),
         'attention_to_corrupted': per_row[..., 3].sum(),
     }
+
+
+def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...]) -> Iterator:
+    """Every launch configuration of `fused_attention_change_sums` (see `timm_rspc.kernels.checks`): attention dtype x
+    key count within one block (a ViT's 197 keys) or looped over several (1,500), against the reference on CPU."""
+    from timm_rspc.analysis.attention import attention_change_sums  # PyTorch path for CPU tensors
+    from timm_rspc.kernels.checks import CheckCase
+    for dtype in dtypes:
+        for keys in (197, 1500):
+            gen = torch.Generator().manual_seed(0)
+            shape = (2, 2, 3, keys)
+            clean = torch.randn(shape, generator=gen).mul(3).softmax(-1).to(dtype)
+            corrupted = torch.randn(shape, generator=gen).mul(3).softmax(-1).to(dtype)
+            clean[0, 0, 0] = 0.
+            clean[0, 0, 0, 0] = 1.  # a one-hot row: xlogy's zeros
+            key_mask = torch.rand(shape[0], keys, generator=gen) > 0.5
+            query_mask = torch.rand(shape[0], shape[2], generator=gen) > 0.5
+
+            def fused(clean=clean, corrupted=corrupted, key_mask=key_mask, query_mask=query_mask):
+                sums = fused_attention_change_sums(clean.to(device), corrupted.to(device), key_mask.to(device),
+                                                   query_mask.to(device))
+                return [sums[name] for name in sorted(sums)]
+
+            def reference(clean=clean, corrupted=corrupted, key_mask=key_mask, query_mask=query_mask):
+                sums = attention_change_sums(clean.float(), corrupted.float(), key_mask, query_mask)
+                return [sums[name] for name in sorted(sums)]
+            yield CheckCase('attention_change', f'{str(dtype)[6:]} attention, {keys} keys', dtype, fused, reference,
+                            (torch.float64,) * 8)

@@ -6,11 +6,15 @@ the forward reads each element of both halves once and accumulates the squared d
 the backward writes ``+-2 (a - b) / n`` into both halves' gradients in one pass. Nothing image- or feature-sized is
 materialised besides the gradient itself.
 """
+from typing import Iterator, Tuple
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ['fused_paired_mse']
+from timm_rspc.kernels import guarded
+
+__all__ = ['fused_paired_mse', 'check_cases']
 
 _BLOCK = 1024
 
@@ -58,11 +62,25 @@ class _FusedPairedMSE(torch.autograd.Function):
     def backward(ctx, grad_loss):
         flat, = ctx.saved_tensors
         half_numel = flat.numel() // 2
-        grad = torch.empty_like(flat)
-        _paired_sq_sum_bwd[(triton.cdiv(half_numel, _BLOCK),)](
-            flat, grad_loss.reshape(1).contiguous(), grad, half_numel, BLOCK=_BLOCK,
-            ACC=tl.float64 if flat.dtype == torch.float64 else tl.float32)
-        return grad.view(ctx.shape)
+
+        def launch():
+            grad = torch.empty_like(flat)
+            _paired_sq_sum_bwd[(triton.cdiv(half_numel, _BLOCK),)](
+                flat, grad_loss.reshape(1).contiguous(), grad, half_numel, BLOCK=_BLOCK,
+                ACC=tl.float64 if flat.dtype == torch.float64 else tl.float32)
+            return grad.view(ctx.shape)
+
+        def reference():
+            with torch.enable_grad():
+                features = flat.detach().view(ctx.shape).requires_grad_(True)
+                return torch.autograd.grad(_reference(features), features, grad_loss)[0]
+        return guarded('paired_distance', flat.device, launch, reference)
+
+
+def _reference(features: torch.Tensor) -> torch.Tensor:
+    """The PyTorch path (`paired_mse` declines the kernel once `guarded` has switched it off)."""
+    from timm_rspc.method.alignment import paired_mse
+    return paired_mse(features)
 
 
 def fused_paired_mse(features: torch.Tensor) -> torch.Tensor:
@@ -74,4 +92,29 @@ def fused_paired_mse(features: torch.Tensor) -> torch.Tensor:
     if features.shape[0] % 2:
         raise ValueError(
             f'Paired features need an even batch (corrupted half, clean half), got a batch of {features.shape[0]}.')
-    return _FusedPairedMSE.apply(features)
+    return guarded('paired_distance', features.device, lambda: _FusedPairedMSE.apply(features),
+                   lambda: _reference(features))
+
+
+def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...]) -> Iterator:
+    """Every launch configuration of `fused_paired_mse` (see `timm_rspc.kernels.checks`): feature dtype x half size
+    a multiple of 16 or not (Triton specialises on it), forward and backward, against ``paired_mse`` on CPU."""
+    from timm_rspc.kernels.checks import CheckCase, leaf
+    from timm_rspc.method.alignment import paired_mse  # the PyTorch path: never dispatches for CPU tensors
+    for dtype in dtypes:
+        for shape in ((4, 197, 8), (6, 5, 7)):  # halves of 3,152 (a multiple of 16) and 105 elements
+            features = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+            def fused(features=features):
+                inputs = leaf(features, device)
+                loss = fused_paired_mse(inputs)
+                (loss * 3.).backward()
+                return [loss, inputs.grad]
+
+            def reference(features=features):
+                inputs = leaf(features, 'cpu', dtype=torch.float32)
+                loss = paired_mse(inputs)
+                (loss * 3.).backward()
+                return [loss, inputs.grad]
+            yield CheckCase('paired_distance', f'{str(dtype)[6:]} features {shape}', dtype, fused, reference,
+                            (torch.float32, dtype))

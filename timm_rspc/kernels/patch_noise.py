@@ -11,13 +11,16 @@ Given an explicit noise tensor, the forward equals the reference bit for bit in 
 too; the mask gradient is a sum accumulated in float32 (the reference sums in the input dtype).
 """
 import functools
-from typing import Optional, Tuple
+import itertools
+from typing import Iterator, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ['fused_patch_noise', 'draw_seed']
+from timm_rspc.kernels import guarded
+
+__all__ = ['fused_patch_noise', 'draw_seed', 'check_cases']
 
 _NOISE_MODES = {'normalized': 0, 'pixel': 1}
 
@@ -126,23 +129,15 @@ class _FusedPatchNoise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, patch_mask, lower, upper, noise, seed, patch_size, noise_mode):
-        batch, chans, height, width = x.shape
-        grid_w = width // patch_size
-        block, grid = _launch_shape(x, patch_size)
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
         mask = patch_mask.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
         # The reference clamps against the bounds rounded to the image dtype.
         lower = lower.reshape(-1).to(x.dtype).contiguous()
         upper = upper.reshape(-1).to(x.dtype).contiguous()
-        out = torch.empty_like(x)
         has_noise = noise is not None
         noise_arg = noise if has_noise else x
         seed_arg = seed if seed is not None else mask
-        _fused_patch_noise_fwd[grid](
-            x, mask, noise_arg, seed_arg, lower, upper, out,
-            chans, height, width, grid_w, grid[1],
-            *x.stride(), *noise_arg.stride(), *out.stride(),
-            P=patch_size, BLOCK=block, HAS_NOISE=has_noise, NOISE_MODE=_NOISE_MODES[noise_mode], ACC=acc)
+        out = _launch_forward(x, mask, lower, upper, noise_arg, seed_arg, has_noise, patch_size, noise_mode, acc)
         ctx.save_for_backward(x, mask, lower, upper, noise_arg, seed_arg)
         ctx.has_noise = has_noise
         ctx.patch_size = patch_size
@@ -156,17 +151,67 @@ class _FusedPatchNoise(torch.autograd.Function):
         x, mask, lower, upper, noise_arg, seed_arg = ctx.saved_tensors
         patch_size = ctx.patch_size
         batch, chans, height, width = x.shape
-        block, grid = _launch_shape(x, patch_size)
         needs_grad_x = ctx.needs_input_grad[0]
-        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if needs_grad_x else None
-        grad_mask = torch.empty_like(mask)
-        _fused_patch_noise_bwd[grid](
-            grad_out, x, mask, noise_arg, seed_arg, lower, upper, grad_x if needs_grad_x else grad_mask, grad_mask,
-            chans, height, width, width // patch_size, grid[1],
-            *grad_out.stride(), *x.stride(), *noise_arg.stride(),
-            P=patch_size, BLOCK=block, HAS_NOISE=ctx.has_noise, NOISE_MODE=_NOISE_MODES[ctx.noise_mode],
-            NEEDS_GRAD_X=needs_grad_x, ACC=ctx.acc, TIE=_clamp_tie_factor())
+
+        def launch():
+            block, grid = _launch_shape(x, patch_size)
+            grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if needs_grad_x else None
+            grad_mask = torch.empty_like(mask)
+            _fused_patch_noise_bwd[grid](
+                grad_out, x, mask, noise_arg, seed_arg, lower, upper, grad_x if needs_grad_x else grad_mask, grad_mask,
+                chans, height, width, width // patch_size, grid[1],
+                *grad_out.stride(), *x.stride(), *noise_arg.stride(),
+                P=patch_size, BLOCK=block, HAS_NOISE=ctx.has_noise, NOISE_MODE=_NOISE_MODES[ctx.noise_mode],
+                NEEDS_GRAD_X=needs_grad_x, ACC=ctx.acc, TIE=_clamp_tie_factor())
+            return grad_x, grad_mask
+
+        def reference():
+            # The noise of the forward: given, or drawn again by the forward kernel (a blend with nothing kept).
+            noise = noise_arg
+            if not ctx.has_noise:
+                wide = torch.full_like(lower, float('inf'))
+                noise = _launch_forward(torch.zeros_like(x), torch.zeros_like(mask), -wide, wide, x, seed_arg, False,
+                                        patch_size, 'normalized', ctx.acc)
+                if ctx.noise_mode == 'pixel':
+                    noise = lower.view(1, -1, 1, 1) + noise * (upper - lower).view(1, -1, 1, 1)
+            with torch.enable_grad():
+                x_leaf = x.detach().requires_grad_(needs_grad_x)
+                mask_leaf = mask.detach().requires_grad_(True)
+                out = _reference_blend(x_leaf, mask_leaf, lower, upper, noise, patch_size)
+                grads = torch.autograd.grad(out, [x_leaf, mask_leaf] if needs_grad_x else [mask_leaf], grad_out)
+            return (grads[0] if needs_grad_x else None), grads[-1]
+        grad_x, grad_mask = guarded('patch_noise', x.device, launch, reference)
         return grad_x, grad_mask.to(ctx.mask_dtype), None, None, None, None, None, None
+
+
+def _launch_forward(x, mask, lower, upper, noise_arg, seed_arg, has_noise, patch_size, noise_mode, acc):
+    """The forward kernel: ``mask`` float32 (float64 for float64 images), ``lower`` / ``upper`` flat in ``x``'s
+    dtype; ``noise_arg`` is read only with ``has_noise``, ``seed_arg`` only without."""
+    block, grid = _launch_shape(x, patch_size)
+    out = torch.empty_like(x)
+    _fused_patch_noise_fwd[grid](
+        x, mask, noise_arg, seed_arg, lower, upper, out,
+        x.shape[1], x.shape[2], x.shape[3], x.shape[3] // patch_size, grid[1],
+        *x.stride(), *noise_arg.stride(), *out.stride(),
+        P=patch_size, BLOCK=block, HAS_NOISE=has_noise, NOISE_MODE=_NOISE_MODES[noise_mode], ACC=acc)
+    return out
+
+
+def _reference_blend(x, patch_mask, lower, upper, noise, patch_size):
+    """The PyTorch composition the kernel replaces (`timm_rspc.method.corruption`), for the fallback."""
+    from timm_rspc.method.corruption import blend_noise, patch_mask_to_pixels
+    grid = (x.shape[2] // patch_size, x.shape[3] // patch_size)
+    bounds = lower.reshape(1, -1, 1, 1), upper.reshape(1, -1, 1, 1)
+    return blend_noise(x, patch_mask_to_pixels(patch_mask, grid, patch_size), noise.to(x.dtype), *bounds)
+
+
+def _reference(x, patch_mask, lower, upper, noise, patch_size, noise_mode):
+    """The PyTorch path for a launch that failed. Without explicit noise it draws ``torch.rand`` noise (the in-kernel
+    noise of that seed cannot be drawn without the kernel), so that one batch's noise is not reproducible."""
+    from timm_rspc.method.corruption import draw_noise
+    if noise is None:
+        noise = draw_noise(x.detach(), noise_mode, lower.reshape(1, -1, 1, 1), upper.reshape(1, -1, 1, 1))
+    return _reference_blend(x, patch_mask, lower, upper, noise, patch_size)
 
 
 def draw_seed(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -205,4 +250,59 @@ def fused_patch_noise(
         raise ValueError(f'Unknown noise mode {noise_mode!r}; choose one of {tuple(_NOISE_MODES)}.')
     if noise is not None:
         noise = noise.detach().to(x.dtype)
-    return _FusedPatchNoise.apply(x, patch_mask, lower, upper, noise, seed, patch_size, noise_mode)
+    return guarded('patch_noise', x.device,
+                   lambda: _FusedPatchNoise.apply(x, patch_mask, lower, upper, noise, seed, patch_size, noise_mode),
+                   lambda: _reference(x, patch_mask, lower, upper, noise, patch_size, noise_mode))
+
+
+def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...], patch_size: int = 16) -> Iterator:
+    """Every launch configuration `fused_patch_noise` has (see `timm_rspc.kernels.checks`): image dtype x layout x
+    noise (explicit or in-kernel) x noise mode x input gradient or not, forward and backward, on a 2 x 2 patch grid.
+
+    The first case is the one the method's step launches (in-kernel noise, float32 images); it is the self-check.
+    """
+    from timm_rspc.kernels.checks import CheckCase, leaf
+    from timm_rspc.method.corruption import blend_noise, normalized_pixel_range, patch_mask_to_pixels
+    lower, upper = normalized_pixel_range((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    size, grid = 2 * patch_size, (2, 2)
+    configs = itertools.product(dtypes, (False, True), (True, False), ('contiguous', 'channels_last'),
+                                tuple(_NOISE_MODES))
+    for dtype, explicit, needs_grad_x, layout, noise_mode in configs:
+        gen = torch.Generator().manual_seed(0)
+        # Values past the valid range on both sides, so that the clamp and its gradient matter.
+        x = (torch.randn(2, 3, size, size, generator=gen) * 2.).to(dtype)
+        keep = (torch.rand(2, 4, generator=gen) > 0.4).float()  # C's mask is float32 (also under AMP)
+        noise = torch.rand(x.shape, generator=gen).to(dtype) if explicit else None
+        grad_out = torch.randn(x.shape, generator=gen).to(dtype)
+        seed = torch.tensor([1234], dtype=torch.int64)
+        memory_format = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+
+        def fused(x=x, keep=keep, noise=noise, grad_out=grad_out, memory_format=memory_format,
+                  needs_grad_x=needs_grad_x, noise_mode=noise_mode):
+            x_d = leaf(x, device, needs_grad_x, memory_format=memory_format)
+            keep_d = leaf(keep, device)
+            out = fused_patch_noise(x_d, keep_d, patch_size, lower.to(device), upper.to(device),
+                                    noise=None if noise is None else noise.to(device),
+                                    seed=None if noise is not None else seed.to(device), noise_mode=noise_mode)
+            out.backward(grad_out.to(device, memory_format=memory_format))
+            return [out] + ([x_d.grad] if needs_grad_x else []) + [keep_d.grad]
+
+        def reference(x=x, keep=keep, noise=noise, grad_out=grad_out, dtype=dtype, needs_grad_x=needs_grad_x,
+                      noise_mode=noise_mode):
+            if noise is None:  # the kernel's own draw (its uniformity is tested in tests/test_kernels.py)
+                wide = torch.full((1, 3, 1, 1), -10., device=device), torch.full((1, 3, 1, 1), 10., device=device)
+                uniform = fused_patch_noise(torch.zeros(x.shape, device=device), torch.zeros(keep.shape, device=device),
+                                            patch_size, *wide, seed=seed.to(device)).cpu()
+                noise = uniform if noise_mode == 'normalized' else lower.to(dtype).float() + uniform * (
+                    upper.to(dtype).float() - lower.to(dtype).float())
+            x_r = leaf(x, 'cpu', needs_grad_x, torch.float32)
+            keep_r = leaf(keep, 'cpu')
+            out = blend_noise(x_r, patch_mask_to_pixels(keep_r, grid, patch_size), noise.float(), lower.to(dtype).float(),
+                              upper.to(dtype).float())
+            out.backward(grad_out.float())
+            return [out] + ([x_r.grad] if needs_grad_x else []) + [keep_r.grad]
+
+        noise_label = 'explicit' if explicit else 'in-kernel'
+        yield CheckCase('patch_noise', f'{str(dtype)[6:]} {layout} {noise_label} {noise_mode} noise'
+                        f'{", input grad" if needs_grad_x else ""}', dtype, fused, reference,
+                        (dtype,) * (2 if needs_grad_x else 1) + (torch.float32,))
