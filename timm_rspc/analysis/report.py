@@ -48,13 +48,23 @@ def format_sensitivity_table(result: Dict) -> str:
     width = max(len(r['perturbation']) for r in rows) + 1
     model_width = max(len('model'), *(len(r['model']) for r in rows)) + 1
     head = f"{'model':<{model_width}}| {'perturbation':<{width}}| {'acc (drop)':>13} | {'conf (drop)':>13}"
-    lines = [f"{result['patches_per_image']}/{result['num_patches']} patches per image, {result['num_images']} images",
-             head, '-' * len(head)]
+    lines = [f"{result['patches_per_image']}/{result['num_patches']} patches per image, {result['num_images']} images; "
+             f"{DROP_CONVENTION}", head, '-' * len(head)]
     for r in rows:
         lines.append(f"{r['model']:<{model_width}}| {r['perturbation']:<{width}}| "
-                     f"{r['accuracy']:5.1f} ({0. - r['accuracy_drop'] + 0.:+5.1f}) | "
-                     f"{r['confidence']:5.1f} ({0. - r['confidence_drop'] + 0.:+5.1f})")
+                     f"{r['accuracy']:5.1f} ({format_drop(r['accuracy_drop'])}) | "
+                     f"{r['confidence']:5.1f} ({format_drop(r['confidence_drop'])})")
     return '\n'.join(lines)
+
+
+# One convention for every output (terminal, CSV, JSON, README): a drop is clean minus perturbed, in percentage
+# points, so a positive number is a loss; the JSON's and CSV's accuracy_drop / confidence_drop are these numbers.
+DROP_CONVENTION = 'drop = clean - perturbed, percentage points'
+
+
+def format_drop(drop: float) -> str:
+    """A drop as the tables print it: one decimal, never ``-0.0``."""
+    return f'{round(drop, 1) + 0.:5.1f}'
 
 
 def _number(value: float, digits: int) -> str:

@@ -8,7 +8,7 @@ from typing import Dict, List
 from timm_rspc.analysis.plots import (
     PLOT_EXTRA_HINT, attention_stability_figure, require_matplotlib, save_figure, sensitivity_figure,
 )
-from timm_rspc.analysis.report import format_attention_table, format_sensitivity_table
+from timm_rspc.analysis.report import DROP_CONVENTION, format_attention_table, format_drop, format_sensitivity_table
 from timm_rspc.train.output import atomic_write_text
 
 __all__ = ['PLOT_EXTRA_HINT', 'format_table', 'format_analyses', 'write_json', 'write_plots']
@@ -23,8 +23,8 @@ def format_table(report: Dict) -> str:
           f"{'acc (drop)':>13} {'conf (drop)':>13}"
     lines = [head, sub, '-' * len(sub)]
     def occluded(scores, drop):
-        return (f"{scores['accuracy']:5.1f} ({-drop['accuracy']:+5.1f}) "
-                f"{scores['confidence']:5.1f} ({-drop['confidence']:+5.1f})")
+        return (f"{scores['accuracy']:5.1f} ({format_drop(drop['accuracy'])}) "
+                f"{scores['confidence']:5.1f} ({format_drop(drop['confidence'])})")
 
     for m in report['models']:
         c, d = m['clean'], m['drop']
@@ -34,6 +34,7 @@ def format_table(report: Dict) -> str:
     seeds = report['seeds']
     runtime = report['runtime_seconds']
     lines.append('-' * len(sub))
+    lines.append(DROP_CONVENTION)
     lines.append('feature distortion under the worst-case patches (RSPC alignment loss, lower = less sensitive): ' +
                  ', '.join(f"{m['name']} {m['attacker']['align_loss_end']:.3f}" for m in report['models']))
     lines.append(f"seeds: data {seeds['data']}, training {seeds['training']}, evaluation {seeds['evaluation']}; "
