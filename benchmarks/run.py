@@ -1,7 +1,8 @@
 """The benchmark suite: every performance figure the README and CHANGELOG quote, measured side by side in one run.
 
     python benchmarks/run.py                  # full suite (about 15 minutes on a 2-core CPU), writes RESULTS.md/.json
-    python benchmarks/run.py --quick          # seconds: tiny sizes, checks that every section runs
+    python benchmarks/run.py --quick          # seconds: tiny sizes, checks that every section runs (writes to a temp
+                                              # folder, never over the committed RESULTS.md)
     python benchmarks/run.py --only step      # one section: step, memory, authors, inference, kernels, sync
 
 Every figure is a ratio of two measurements taken in the same run, interleaved (A, B, A, B, ...), so that a change of
@@ -30,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -460,7 +462,9 @@ def main(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--only', nargs='+', choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument('--quick', action='store_true', help='tiny sizes, one repeat: checks that every section runs')
-    parser.add_argument('--output', default=HERE, help='folder for RESULTS.md and results.json')
+    parser.add_argument('--output', default=None,
+                        help='folder for RESULTS.md and results.json (default: benchmarks/, the committed figures; '
+                             'with --quick a temporary folder, so that a smoke run never replaces them)')
     parser.add_argument('--_peak-child', nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -472,6 +476,8 @@ def main(argv=None):
         return 0
     if args.quick:
         args.img_size, args.batch_sizes, args.warmup, args.repeats = 32, [2], 0, 1
+    if args.output is None:
+        args.output = os.path.join(tempfile.gettempdir(), 'timm-rspc-benchmarks-quick') if args.quick else HERE
     results = dict(argv=sys.argv[1:] if argv is None else list(argv), machine=describe_machine(device),
                    img_size=args.img_size, repeats=args.repeats, sections={})
     runners = dict(step=bench_step, memory=bench_memory, authors=bench_authors, inference=bench_inference,
