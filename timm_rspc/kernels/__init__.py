@@ -78,7 +78,7 @@ def kernel_status(kernel: str, device: torch.device) -> Optional[str]:
     it is asked for a device (not during CUDA graph capture, where a check cannot run: the PyTorch path runs then)."""
     key = (kernel, _device_key(device))
     if key not in _STATUS:
-        if torch.cuda.is_current_stream_capturing():
+        if device.type == 'cuda' and torch.cuda.is_current_stream_capturing():
             return 'was not checked yet (CUDA graph capture)'
         from timm_rspc.kernels.checks import self_check
         reason = self_check(kernel, device)
