@@ -143,3 +143,29 @@ def test_failing_forward_falls_back_to_the_pytorch_corruption(monkeypatch):
     assert torch.equal(out[0, :, :4, :4], x[0, :, :4, :4])  # a kept patch
     assert not torch.equal(out[0, :, :4, 4:], x[0, :, :4, 4:])  # a corrupted one, noise in range
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_info_on_cpu_says_why_the_kernels_are_inactive(capsys, monkeypatch):
+    from timm_rspc.cli import main
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert main(['info']) == 0
+    out = capsys.readouterr().out
+    for name in ('python', 'torch', 'timm', 'triton', 'timm_rspc'):
+        assert f'\n{name} ' in f'\n{out}'
+    assert 'kernels    inactive: no CUDA device' in out
+
+
+def test_info_runs_each_kernels_self_check_per_gpu(capsys, monkeypatch):
+    """With a (simulated) GPU: one line per kernel, a failed self-check with its reason and exit status 1."""
+    from timm_rspc.cli import main
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda index: (9, 0))
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda index: 'NVIDIA H100 80GB HBM3')
+    states = {'paired_distance': 'failed its self-check (RuntimeError: PTX assembly failed)'}
+    monkeypatch.setattr(kernels, 'kernel_status', lambda name, device: states.get(name))
+    assert main(['info']) == 1
+    out = capsys.readouterr().out
+    assert 'device     cuda:0: NVIDIA H100 80GB HBM3 (sm_90)' in out
+    assert 'kernel     patch_noise on cuda:0: active (self-check passed)' in out
+    assert 'kernel     paired_distance on cuda:0: failed its self-check (RuntimeError: PTX assembly failed)' in out

@@ -19,6 +19,7 @@ COMMANDS = {
     'push': ('timm_rspc.cli.push', 'Upload an export (or a model) to the Hugging Face Hub.'),
     'bench': ('timm_rspc.cli.bench', 'Robustness benchmarks: ImageNet-C/-A/-R/-P/-Sketch/-V2, CIFAR-C; --compare.'),
     'analyze': ('timm_rspc.cli.analyze', 'Patch sensitivity and attention stability of up to two models.'),
+    'info': ('timm_rspc.cli.info', 'Versions, devices, and whether the Triton kernels are active (self-checks).'),
 }
 
 
