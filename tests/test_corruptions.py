@@ -14,6 +14,18 @@ from timm_rspc.corruptions import (
 )
 
 
+def needs_reference_data(name: str) -> None:
+    """frost's photographs come from the reference's sdist (pip, cached): skip only if they cannot be had."""
+    if name == 'frost':
+        from timm_rspc.corruptions.reference_data import frost_images
+        try:
+            frost_images()
+        except RuntimeError as error:
+            if 'failed' not in str(error):
+                raise
+            pytest.skip(f'the frost photographs are not cached and could not be fetched: {str(error)[:300]}')
+
+
 def random_8bit(shape, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
 
@@ -43,19 +55,21 @@ def test_gaussian_filter_is_scikit_images_gaussian(size, sigma):
     assert np.abs(expected - ours).max() < 1e-12   # float64 in, float64 out: the same arithmetic up to rounding
 
 
-def test_every_corruption_keeps_shape_dtype_and_range_at_any_size():
+@pytest.mark.parametrize('name', sorted(CORRUPTIONS))
+def test_every_corruption_keeps_shape_dtype_and_range_at_any_size(name):
+    needs_reference_data(name)
     for size in [(224, 224), (32, 32), (64, 48), (5, 3)]:
         pixels = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
-        for name in CORRUPTIONS:
-            for severity in range(1, 6):
-                out = corrupt(name, pixels, severity, torch.Generator().manual_seed(0))
-                assert out.shape == pixels.shape and out.dtype == pixels.dtype, (name, severity, size)
-                assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all(), (name, severity, size)
+        for severity in range(1, 6):
+            out = corrupt(name, pixels, severity, torch.Generator().manual_seed(0))
+            assert out.shape == pixels.shape and out.dtype == pixels.dtype, (severity, size)
+            assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all(), (severity, size)
     assert set(CORRUPTIONS) == set(CATEGORIES) == set(FIDELITY) == set(SEVERITIES)
 
 
 @pytest.mark.parametrize('name', sorted(CORRUPTIONS))
 def test_batch_is_corrupted_image_by_image_and_draws_follow_the_generator(name):
+    needs_reference_data(name)
     pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     first = corrupt(name, pixels, 3, torch.Generator().manual_seed(7))
     assert torch.equal(first, corrupt(name, pixels, 3, torch.Generator().manual_seed(7)))
@@ -97,6 +111,19 @@ def test_plasma_fractal_is_in_unit_range_and_independent_per_image():
         plasma_fractal(1, 48)
 
 
+def test_frost_draws_cover_the_references_ranges():
+    from timm_rspc.corruptions.imagenet_c import _frost_draws
+    sizes = torch.tensor([[600, 900], [315, 560], [315, 560], [350, 527], [495, 660], [323, 485]])
+    index, top, left = _frost_draws(20000, 224, 224, sizes, torch.Generator().manual_seed(0), 'cpu')
+    counts = torch.bincount(index, minlength=6)
+    assert counts[5] == 0 and (counts[:5] - 4000).abs().max() < 300   # the reference's randint(5): never the sixth
+    room = sizes[index] - 224
+    assert (top >= 0).all() and (top < room[:, 0]).all() and (left >= 0).all() and (left < room[:, 1]).all()
+    assert (top == room[:, 0] - 1).any() and (top == 0).any()      # both ends of randint(0, side - 224) reached
+    with pytest.raises(ValueError, match='too large'):
+        _frost_draws(1, 315, 224, sizes, None, 'cpu')
+
+
 def test_errors_name_the_choices():
     pixels = torch.rand(1, 3, 8, 8)
     with pytest.raises(ValueError, match='choose from gaussian_noise'):
@@ -108,6 +135,7 @@ def test_errors_name_the_choices():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('name', sorted(CORRUPTIONS))
 def test_cuda_matches_cpu(name):
+    needs_reference_data(name)
     pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     cpu = corrupt(name, pixels, 3, torch.Generator().manual_seed(0))
     cuda = corrupt(name, pixels.cuda(), 3, torch.Generator(device='cuda').manual_seed(0))

@@ -95,7 +95,7 @@ def reference():
     namespace = {'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL_Image,
                  'Image': PIL_Image, 'scizoom': scipy.ndimage.zoom, 'cv2': cv2, '__name__': 'imagenet_c.corruptions'}
     tree = ast.parse(reference_source())
-    wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom', 'disk'}
+    wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom', 'disk', 'frost'}
     functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
     assert {node.name for node in functions} == wanted
     exec(compile(ast.Module(body=functions, type_ignores=[]), REFERENCE_MODULE, 'exec'), namespace)
@@ -253,3 +253,39 @@ def test_random_corruptions_have_the_references_distribution(reference, photos, 
         if np.abs(corr_expected - corr_ours).max() > 6 * np.sqrt(2 / clean[..., 0].size):
             failures.append(f'severity {severity}: correlations {corr_ours.round(4)} vs {corr_expected.round(4)}')
     assert not failures, f'{name}: ' + '; '.join(failures)
+
+
+def test_frost_matches_the_reference_given_the_same_photograph_and_crop(reference, photos, monkeypatch, tmp_path):
+    """The reference reads its frost photographs with ``cv2.imread`` from its package data (here extracted from the
+    sdist); ours come from the same sdist (`timm_rspc.corruptions.reference_data`). The reference's three
+    ``np.random.randint`` calls get our draws, each checked to lie in the reference's own range."""
+    from timm_rspc.corruptions.imagenet_c import _frost_draws
+    from timm_rspc.corruptions.reference_data import frost_images
+    sdist = reference_sdist()
+    monkeypatch.setenv('TIMM_RSPC_IMAGENET_C_SDIST', str(sdist))
+    (tmp_path / 'frost').mkdir()
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            if '/imagenet_c/frost/' in member.name and member.isfile():
+                (tmp_path / 'frost' / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+    monkeypatch.setitem(reference.namespace, 'resource_filename', lambda module, name: str(tmp_path / name))
+    views, batch = photos
+    _, sizes = frost_images()
+    rows = {}
+    for severity in range(1, 6):
+        ours = to_uint8(corrupt('frost', batch, severity, torch.Generator().manual_seed(severity)))
+        index, top, left = _frost_draws(len(views), 224, 224, sizes, torch.Generator().manual_seed(severity), 'cpu')
+        expected = []
+        for image, view in enumerate(views):
+            draws = iter([int(index[image]), int(top[image]), int(left[image])])
+
+            def randint(low, high=None, size=None):
+                value = next(draws)
+                low, high = (0, low) if high is None else (low, high)
+                assert low <= value < high, (value, low, high)
+                return value
+            monkeypatch.setitem(reference.namespace, 'np', NumpyWith(types.SimpleNamespace(randint=randint)))
+            expected.append(reference_uint8(reference.frost, view, severity))
+        diff = np.abs(np.stack(expected).astype(np.int16) - ours.astype(np.int16))
+        rows[severity] = (int(diff.max()), float(diff.mean()))
+    assert all(worst <= 1 for worst, _ in rows.values()), f'frost: (max, mean) grey levels per severity: {rows}'

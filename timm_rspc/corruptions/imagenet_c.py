@@ -24,11 +24,12 @@ import torch
 from .primitives import (
     box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal,
 )
+from .reference_data import frost_images
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
-    'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'fog', 'contrast',
-    'pixelate', 'saturate',
+    'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
+    'contrast', 'pixelate', 'saturate',
 ]
 
 SEVERITIES = {
@@ -40,6 +41,7 @@ SEVERITIES = {
     'zoom_blur': tuple(tuple(numpy_arange(1, stop, step))   # the reference's np.arange(1, stop, step)
                        for stop, step in ((1.11, .01), (1.16, .01), (1.21, .02), (1.26, .02), (1.31, .03))),
     'gaussian_blur': (1, 2, 3, 4, 6),
+    'frost': ((1, .4), (.8, .6), (.7, .7), (.65, .7), (.6, .75)),
     'brightness': (.1, .2, .3, .4, .5),
     'fog': ((1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)),
     'contrast': (.4, .3, .2, .1, .05),
@@ -49,7 +51,7 @@ SEVERITIES = {
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
     'defocus_blur': 'blur', 'zoom_blur': 'blur', 'gaussian_blur': 'blur',
-    'brightness': 'weather', 'fog': 'weather',
+    'frost': 'weather', 'brightness': 'weather', 'fog': 'weather',
     'contrast': 'digital', 'pixelate': 'digital', 'saturate': 'digital',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
@@ -57,7 +59,8 @@ EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
 FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
     'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact',
-    'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact', 'pixelate': 'exact', 'saturate': 'exact',
+    'frost': 'in distribution', 'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact',
+    'pixelate': 'exact', 'saturate': 'exact',
 }
 
 
@@ -121,6 +124,36 @@ def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.
     return gaussian_filter(x, _constant('gaussian_blur', severity)).clamp(0, 1)
 
 
+def _frost_draws(batch: int, height: int, width: int, sizes: torch.Tensor, generator, device):
+    """Per image: which frost photograph (uniform over the first five: the reference's ``np.random.randint(5)``
+    never picks the sixth) and the top / left of the crop (uniform over ``0 .. frost side - image side - 1``, the
+    reference's ``randint(0, side - 224)``)."""
+    usable = sizes[:5]
+    if height >= int(usable[:, 0].min()) or width >= int(usable[:, 1].min()):
+        raise ValueError(f'frost crops the image size out of the frost photographs (at least '
+                         f'{int(usable[:, 0].min())} x {int(usable[:, 1].min())} px): {height} x {width} is too large.')
+    index = torch.randint(5, (batch,), generator=generator, device=device)
+    room = sizes[index].to(device) - torch.tensor([height, width], device=device)   # (B, 2) exclusive bounds
+    unit = torch.rand(batch, 2, generator=generator, device=device)
+    offsets = torch.minimum((unit * room).floor().long(), room - 1)
+    return index, offsets[:, 0], offsets[:, 1]
+
+
+def frost(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``a * x + b * frost`` with a random crop, the image's size, of one of ImageNet-C's frost photographs per image
+    (fetched once from the reference's sdist: `reference_data`); (a, b) = (1, 0.4), (0.8, 0.6), (0.7, 0.7),
+    (0.65, 0.7), (0.6, 0.75). Images up to 314 x 526 px (the crop must fit every photograph). In distribution
+    (exact given the same photograph and crop)."""
+    scale, weight = _constant('frost', severity)
+    batch, _, height, width = x.shape
+    stack, sizes = frost_images(x.device)
+    index, top, left = _frost_draws(batch, height, width, sizes, generator, x.device)
+    rows = top[:, None] + torch.arange(height, device=x.device)
+    cols = left[:, None] + torch.arange(width, device=x.device)
+    crops = stack[index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)   # (B, 3, H, W)
+    return (scale * x + weight * crops.to(x.dtype) / 255).clamp(0, 1)
+
+
 def brightness(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """c = 0.1 .. 0.5 added to the HSV value, clipped to 1, hue and saturation kept (the reference's round trip
     through scikit-image's ``rgb2hsv`` / ``hsv2rgb``). Exact."""
@@ -181,8 +214,8 @@ def saturate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
 CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
     'speckle_noise': speckle_noise, 'defocus_blur': defocus_blur, 'zoom_blur': zoom_blur,
-    'gaussian_blur': gaussian_blur, 'brightness': brightness, 'fog': fog, 'contrast': contrast, 'pixelate': pixelate,
-    'saturate': saturate,
+    'gaussian_blur': gaussian_blur, 'frost': frost, 'brightness': brightness, 'fog': fog, 'contrast': contrast,
+    'pixelate': pixelate, 'saturate': saturate,
 }
 
 
