@@ -35,12 +35,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    DropPath, Mlp, get_device_dtype, register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
+    DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
 )
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
+from .._timm_compat import get_device_dtype
 from .checkpoint_loading import (
     CheckpointError, CheckpointMismatchError, build_model_with_package_loader, load_pretrained_into,
 )
