@@ -32,3 +32,32 @@ def test_drops_have_one_sign_in_terminal_csv_and_json(tmp_path):
     for name, text in printed.items():
         drop = float(text.split('(')[1].rstrip(') '))
         assert round(float(rows[name]['accuracy_drop']), 1) == drop == round(stored[name]['accuracy_drop'], 1)
+
+
+def test_figures_have_units_a_shared_attention_scale_and_legends_off_the_data():
+    import torch
+    from timm_rspc.analysis.plots import attention_grid_figure, attention_stability_figure, sensitivity_figure
+    result = _result()
+    result['perturbations'] = [{'name': name} for name in result['models']['m']['perturbed']]
+    fig = sensitivity_figure(result)
+    fig.canvas.draw()
+    top_axes = fig.axes[0]
+    legend = top_axes.get_legend().get_window_extent()
+    assert legend.y0 >= top_axes.get_window_extent().y1 - 1  # above the bars, not over them
+    layers = [dict(js=0.1, js_corrupted_rows=0.2, cosine=0.8, cosine_corrupted_rows=0.6, attention_to_corrupted=0.3,
+                   attention_to_corrupted_clean=0.12)]
+    fig = attention_stability_figure({'patches_per_image': 2, 'num_patches': 16, 'num_images': 8,
+                                      'models': {'m': {'layers': layers}}})
+    assert [ax.get_ylabel() for ax in fig.axes] == ['JS divergence (nats x 1000)', 'cosine similarity',
+                                                    'attention mass (%)']
+    assert fig.axes[0].lines[0].get_ydata()[0] == 100.0 and fig.axes[2].lines[0].get_ydata()[0] == 30.0
+    gen = torch.Generator().manual_seed(0)
+    maps = {'clean': torch.rand(2, 3, 32, 32, generator=gen), 'corrupted': torch.rand(2, 3, 32, 32, generator=gen),
+            'keep': torch.ones(2, 16), 'query_patch': 5, 'grid': (4, 4),
+            'models': {name: {'layer': 'blocks.1.attn.softmax', 'clean': scale * torch.rand(2, 4, 4, generator=gen),
+                              'corrupted': torch.rand(2, 4, 4, generator=gen)} for name, scale in (('a', 1), ('b', 3))}}
+    fig = attention_grid_figure(maps)
+    maps_per_row = [[im for ax in fig.axes[row * 6 + 2:row * 6 + 6] for im in ax.images] for row in range(2)]
+    for images in maps_per_row:  # one colour scale per row, shared by both models and both images
+        assert len({im.get_clim() for im in images}) == 1
+    assert len(fig.axes) == 2 * 6 + 2  # plus one colourbar per row
