@@ -1,0 +1,58 @@
+"""``benchmarks/gpu_check.py --dry-run`` on CPU: every section runs at tiny sizes or says why it is skipped, the
+kernel section runs its first cases under Triton's interpreter, and the tables land in a RESULTS.md between the
+markers that ``benchmarks/run.py`` keeps."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f'benchmarks_{name}', os.path.join(ROOT, 'benchmarks', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def gpu_check():
+    yield _load('gpu_check')
+    torch._dynamo.reset()  # the compile section's graphs stay out of the other tests
+
+
+def test_dry_run_runs_every_section_or_says_why_not(gpu_check, tmp_path, capsys):
+    results = tmp_path / 'RESULTS.md'
+    results.write_text('# Benchmark results\n\nrun.py tables\n')
+    assert gpu_check.main(['--dry-run', '--models', 'vit_tiny_patch16_224', '--output', str(results)]) == 0
+    text = results.read_text()
+    assert text.startswith('# Benchmark results\n\nrun.py tables\n')  # the rest of the file is kept
+    block = text[text.index(gpu_check.BEGIN):]
+    assert block.rstrip().endswith(gpu_check.END) and '## GPU check: no GPU' in block
+    for name in gpu_check.SECTIONS:
+        assert f'### {name}: ' in block
+    for name in ('sync', 'ddp'):
+        assert f'### {name}: skipped' in block
+    assert '### kernels: passed' in block  # the first case of each kernel, under the interpreter
+    for kernel in ('patch_noise', 'paired_distance', 'attention_change'):
+        assert f'| {kernel} | float32' in block
+    assert 'fp16 autocast with a GradScaler needs CUDA' in block and 'max_memory_allocated needs CUDA' in block
+    assert 'FAILED' not in block
+
+    # A second run replaces its block; run.py's report keeps it.
+    assert gpu_check.main(['--dry-run', '--models', 'vit_tiny_patch16_224', '--only', 'ddp',
+                           '--output', str(results)]) == 0
+    assert results.read_text().count(gpu_check.BEGIN) == 1 and '### kernels' not in results.read_text()
+    suite = _load('run')
+    suite.write_report(dict(machine=suite.describe_machine(torch.device('cpu')), argv=[], img_size=32, repeats=1,
+                            sections={}), str(results))
+    assert results.read_text().count(gpu_check.BEGIN) == 1 and '### ddp: skipped' in results.read_text()
+
+
+def test_a_mismatch_fails_loudly(gpu_check, monkeypatch, capsys):
+    from timm_rspc.kernels import checks
+    monkeypatch.setattr(checks, 'run_case', lambda case: f'{case.label}: output 0 differs by up to 1')
+    assert gpu_check.main(['--dry-run', '--only', 'kernels']) == 1
+    assert 'GPU CHECK FAILED: kernels' in capsys.readouterr().err
