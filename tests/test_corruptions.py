@@ -46,12 +46,15 @@ def test_box_resize_is_pillows_box_resize(in_size, out_size):
     assert np.array_equal(ours, expected), np.abs(expected.astype(int) - ours.astype(int)).max()  # bit-identical
 
 
+@pytest.mark.parametrize('mode, truncate', [('nearest', 4.0), ('reflect', 3.0)])
 @pytest.mark.parametrize('size', [(224, 224), (32, 32), (20, 35), (7, 5)])
-@pytest.mark.parametrize('sigma', [0.5, 1, 2.5, 6])
-def test_gaussian_filter_is_scikit_images_gaussian(size, sigma):
+@pytest.mark.parametrize('sigma', [0.5, 1, 2.5, 6, 19.52])
+def test_gaussian_filter_is_scikit_images_gaussian(size, sigma, mode, truncate):
     images = np.random.default_rng(1).random((2, *size, 3))
-    expected = np.stack([skimage.filters.gaussian(image, sigma=sigma, channel_axis=-1) for image in images])
-    ours = gaussian_filter(torch.from_numpy(images).permute(0, 3, 1, 2), sigma).permute(0, 2, 3, 1).numpy()
+    expected = np.stack([skimage.filters.gaussian(image, sigma=sigma, mode=mode, truncate=truncate, channel_axis=-1)
+                         for image in images])
+    ours = gaussian_filter(torch.from_numpy(images).permute(0, 3, 1, 2), sigma, truncate, mode)
+    ours = ours.permute(0, 2, 3, 1).numpy()
     assert np.abs(expected - ours).max() < 1e-12   # float64 in, float64 out: the same arithmetic up to rounding
 
 
@@ -82,7 +85,8 @@ def test_batch_is_corrupted_image_by_image_and_draws_follow_the_generator(name):
 
 
 @pytest.mark.parametrize('name', [
-    'defocus_blur', 'zoom_blur', 'gaussian_blur', 'pixelate', 'brightness', 'contrast', 'fog', 'saturate'])
+    'defocus_blur', 'zoom_blur', 'gaussian_blur', 'pixelate', 'brightness', 'contrast', 'fog', 'saturate',
+    'elastic_transform'])
 def test_deterministic_parts_are_differentiable(name):
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     pixels.requires_grad_(True)

@@ -93,9 +93,10 @@ def reference_source() -> str:
 def reference():
     """The reference's corruption functions (and helpers), defined from its own source."""
     namespace = {'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL_Image,
-                 'Image': PIL_Image, 'scizoom': scipy.ndimage.zoom, 'cv2': cv2, '__name__': 'imagenet_c.corruptions'}
+                 'Image': PIL_Image, 'scizoom': scipy.ndimage.zoom, 'map_coordinates': scipy.ndimage.map_coordinates,
+                 'cv2': cv2, '__name__': 'imagenet_c.corruptions'}
     tree = ast.parse(reference_source())
-    wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom', 'disk', 'frost'}
+    wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom', 'disk', 'frost', 'elastic_transform'}
     functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
     assert {node.name for node in functions} == wanted
     exec(compile(ast.Module(body=functions, type_ignores=[]), REFERENCE_MODULE, 'exec'), namespace)
@@ -289,3 +290,23 @@ def test_frost_matches_the_reference_given_the_same_photograph_and_crop(referenc
         diff = np.abs(np.stack(expected).astype(np.int16) - ours.astype(np.int16))
         rows[severity] = (int(diff.max()), float(diff.mean()))
     assert all(worst <= 1 for worst, _ in rows.values()), f'frost: (max, mean) grey levels per severity: {rows}'
+
+
+def test_elastic_transform_matches_the_reference_given_the_same_draws(reference, photos, monkeypatch):
+    """The reference's three ``np.random.uniform`` calls (the points' jitter, then the two displacement fields) get
+    the draws ours makes from the same seed; OpenCV and scipy run as the reference calls them."""
+    views, batch = photos
+    rows = {}
+    for severity in range(1, 6):
+        ours = to_uint8(corrupt('elastic_transform', batch, severity, torch.Generator().manual_seed(severity)))
+        generator = torch.Generator().manual_seed(severity)
+        points = torch.rand((len(views), 3, 2), generator=generator).double().numpy()
+        fields = torch.rand((len(views), 2, 224, 224), generator=generator).double().numpy()
+        expected = []
+        for image, view in enumerate(views):
+            uniform = replayed_uniform([points[image], fields[image, 0], fields[image, 1]])
+            monkeypatch.setitem(reference.namespace, 'np', NumpyWith(types.SimpleNamespace(uniform=uniform)))
+            expected.append(reference_uint8(reference.elastic_transform, view, severity))
+        diff = np.abs(np.stack(expected).astype(np.int16) - ours.astype(np.int16))
+        rows[severity] = (int(diff.max()), float(diff.mean()))
+    assert all(worst <= 1 for worst, _ in rows.values()), f'elastic: (max, mean) grey levels per severity: {rows}'

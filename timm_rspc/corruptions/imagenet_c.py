@@ -22,14 +22,14 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .primitives import (
-    box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal,
+    box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
 )
 from .reference_data import frost_images
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
-    'contrast', 'pixelate', 'saturate',
+    'contrast', 'elastic_transform', 'pixelate', 'saturate',
 ]
 
 SEVERITIES = {
@@ -45,6 +45,9 @@ SEVERITIES = {
     'brightness': (.1, .2, .3, .4, .5),
     'fog': ((1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)),
     'contrast': (.4, .3, .2, .1, .05),
+    'elastic_transform': ((244 * 2, 244 * .7, 244 * .1), (244 * 2, 244 * .08, 244 * .2),   # (alpha, sigma, affine)
+                          (244 * .05, 244 * .01, 244 * .02), (244 * .07, 244 * .01, 244 * .02),
+                          (244 * .12, 244 * .01, 244 * .02)),
     'pixelate': (.6, .5, .4, .3, .25),
     'saturate': ((.3, 0), (.1, 0), (2, 0), (5, .1), (20, .2)),
 }
@@ -52,7 +55,7 @@ CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
     'defocus_blur': 'blur', 'zoom_blur': 'blur', 'gaussian_blur': 'blur',
     'frost': 'weather', 'brightness': 'weather', 'fog': 'weather',
-    'contrast': 'digital', 'pixelate': 'digital', 'saturate': 'digital',
+    'contrast': 'digital', 'elastic_transform': 'digital', 'pixelate': 'digital', 'saturate': 'digital',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
 EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
@@ -60,7 +63,7 @@ FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
     'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact',
     'frost': 'in distribution', 'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact',
-    'pixelate': 'exact', 'saturate': 'exact',
+    'elastic_transform': 'in distribution', 'pixelate': 'exact', 'saturate': 'exact',
 }
 
 
@@ -184,6 +187,51 @@ def contrast(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
     return ((x - means) * c + means).clamp(0, 1)
 
 
+def _uniform(low: float, high: float, shape, generator, device) -> torch.Tensor:
+    """numpy's ``uniform(low, high, shape)`` from float32 ``torch.rand`` draws, in float64: ``low + (high - low) * u``
+    (float64 where the device has it)."""
+    unit = torch.rand(shape, generator=generator, device=device)
+    return low + (high - low) * unit.to(torch.float64 if unit.device.type != 'mps' else torch.float32)
+
+
+def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A random affine warp, then a smooth random displacement (alpha, sigma, a) = (488, 170.8, 24.4), (488, 19.52,
+    48.8), (12.2, 2.44, 4.88), (17.08, 2.44, 4.88), (29.28, 2.44, 4.88) (the reference's 244-based constants):
+
+    - affine: the three points ``centre + (s, s)``, ``centre + (s, -s)``, ``centre - (s, s)`` (centre ``(H // 2,
+      W // 2)``, ``s = min(H, W) // 3``, as (x, y) in the reference's order) each moved by ``U(-a, a)``; the image
+      warped by the affine map that takes the points to the moved ones (OpenCV's ``getAffineTransform`` and
+      ``warpAffine``: bilinear, ``BORDER_REFLECT_101``);
+    - displacement: two fields ``U(-1, 1)`` per pixel, blurred by scikit-image's ``gaussian`` (sigma, ``truncate=3``,
+      ``mode='reflect'``) and scaled by alpha, added to the row and column coordinates; the image read there by
+      scipy.ndimage's ``map_coordinates(order=1, mode='reflect')``.
+
+    In distribution (exact given the same uniform draws: six for the points, then the two fields, numpy's order).
+    OpenCV before 4.11 (ImageNet-C's time) rounds ``warpAffine``'s source positions to 1/32 pixel; current OpenCV and
+    this function do not."""
+    alpha, sigma, jitter = _constant('elastic_transform', severity)
+    batch, _, height, width = x.shape
+    device = x.device
+    centre = torch.tensor([height // 2, width // 2], dtype=torch.float32)
+    side = min(height, width) // 3
+    points = torch.stack([centre + side, torch.stack([centre[0] + side, centre[1] - side]), centre - side])
+    moved = points.to(device) + _uniform(-jitter, jitter, (batch, 3, 2), generator, device).float()
+    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p; warpAffine samples the source at M^-1 [x, y, 1].
+    source = torch.cat([points.double(), torch.ones(3, 1, dtype=torch.float64)], dim=1).to(device)
+    forward = torch.linalg.solve(source, moved.double()).transpose(1, 2)                  # (B, 2, 3)
+    linear, shift = forward[:, :, :2], forward[:, :, 2:]
+    inverse = torch.cat([torch.linalg.inv(linear), -torch.linalg.inv(linear) @ shift], dim=2)
+    row = torch.arange(height, dtype=torch.float64, device=device).view(1, -1, 1)
+    col = torch.arange(width, dtype=torch.float64, device=device).view(1, 1, -1)
+    src_col = inverse[:, 0, 0, None, None] * col + inverse[:, 0, 1, None, None] * row + inverse[:, 0, 2, None, None]
+    src_row = inverse[:, 1, 0, None, None] * col + inverse[:, 1, 1, None, None] * row + inverse[:, 1, 2, None, None]
+    warped = sample_bilinear(x, src_row, src_col, 'reflect101')
+    fields = _uniform(-1, 1, (batch, 2, height, width), generator, device).to(x.dtype)
+    shift_col, shift_row = (gaussian_filter(fields, sigma, truncate=3, mode='reflect') * alpha).unbind(1)
+    out = sample_bilinear(warped, row + shift_row, col + shift_col, 'reflect')
+    return out.clamp(0, 1)
+
+
 def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Pillow's BOX resize to ``int(side * c)`` (c = 0.6 .. 0.25) and BOX resize back, on 8 bits as Pillow computes
     it (`box_resize`; the output is a multiple of 1/255). Exact (bit-identical at 224 px)."""
@@ -215,7 +263,7 @@ CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
     'speckle_noise': speckle_noise, 'defocus_blur': defocus_blur, 'zoom_blur': zoom_blur,
     'gaussian_blur': gaussian_blur, 'frost': frost, 'brightness': brightness, 'fog': fog, 'contrast': contrast,
-    'pixelate': pixelate, 'saturate': saturate,
+    'elastic_transform': elastic_transform, 'pixelate': pixelate, 'saturate': saturate,
 }
 
 

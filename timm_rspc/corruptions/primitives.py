@@ -19,7 +19,10 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange', 'disk_kernel', 'filter2d']
+__all__ = [
+    'gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange', 'disk_kernel', 'filter2d',
+    'border_index', 'sample_bilinear',
+]
 
 
 def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
@@ -30,15 +33,61 @@ def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> torch.Tens
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_filter(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """scikit-image's ``gaussian(image, sigma, channel_axis=-1)`` on (B, C, H, W): each channel blurred over H and W
-    by scipy.ndimage's separable Gaussian (cut at ``truncate`` sigmas), borders in scipy's ``mode='nearest'`` (the
-    edge pixel repeated, scikit-image's default)."""
-    kernel = _gaussian_kernel(sigma, truncate, x.dtype, x.device)
-    radius, channels = kernel.numel() // 2, x.shape[1]
-    rows = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    out = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode='replicate'), rows, groups=channels)
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode='replicate'), rows.transpose(2, 3), groups=channels)
+def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Where index ``index`` of a line of ``size`` samples reads from, for a border ``mode``: scipy.ndimage's
+    ``'nearest'`` (``aaa|abcd|ddd``) and ``'reflect'`` (``cba|abcd|dcb``, half-sample symmetric), OpenCV's
+    ``'reflect101'`` (``dcb|abcd|cba``); reflected again as often as needed."""
+    if mode == 'nearest':
+        return index.clamp(0, size - 1)
+    if mode == 'reflect':
+        index = index.remainder(2 * size)
+        return torch.where(index >= size, 2 * size - 1 - index, index)
+    if mode == 'reflect101':
+        if size == 1:
+            return torch.zeros_like(index)
+        index = index.remainder(2 * size - 2)
+        return torch.where(index >= size, 2 * size - 2 - index, index)
+    raise ValueError(f'Unknown border mode {mode!r}.')
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_matrix(size: int, sigma: float, truncate: float, mode: str) -> torch.Tensor:
+    """(size, size) float64: scipy.ndimage's 1-D Gaussian filter along a line with the border folded in."""
+    kernel = _gaussian_kernel(sigma, truncate, torch.float64, 'cpu')
+    radius = kernel.numel() // 2
+    out = torch.arange(size)[:, None].expand(size, kernel.numel())
+    source = border_index(out + torch.arange(-radius, radius + 1)[None, :], size, mode)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    return matrix.index_put_((out, source), kernel.expand(size, -1), accumulate=True)
+
+
+def gaussian_filter(x: torch.Tensor, sigma: float, truncate: float = 4.0, mode: str = 'nearest') -> torch.Tensor:
+    """scikit-image's ``gaussian(image, sigma, mode=mode, truncate=truncate, channel_axis=-1)`` on (B, C, H, W) (or
+    ``gaussian(field, ...)`` of 2-D fields given as (B, 1, H, W)): each channel blurred over H and W by scipy.ndimage's
+    separable Gaussian (radius ``int(truncate * sigma + 0.5)``), borders as scipy's ``mode`` (`border_index`; the
+    default ``'nearest'`` repeats the edge pixel, scikit-image's default), at any radius, also one larger than the
+    image. Computed as (H, H) and (W, W) matrices with the borders folded in: ``A_h @ x @ A_w^T``."""
+    rows = _gaussian_matrix(x.shape[-2], float(sigma), float(truncate), mode).to(dtype=x.dtype, device=x.device)
+    cols = _gaussian_matrix(x.shape[-1], float(sigma), float(truncate), mode).to(dtype=x.dtype, device=x.device)
+    return rows @ x @ cols.T
+
+
+def sample_bilinear(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, C, H, W) images read at (B, H', W') positions (row, column) by linear interpolation between the four
+    neighbouring samples, samples outside the image as `border_index`'s ``mode`` (scipy.ndimage's ``map_coordinates``
+    with ``order=1``, OpenCV's ``INTER_LINEAR``). Differentiable in ``x``."""
+    batch, channels, height, width = x.shape
+    top, left = rows.floor(), cols.floor()
+    down, right = (rows - top).to(x.dtype)[:, None], (cols - left).to(x.dtype)[:, None]
+    top, left = top.long(), left.long()
+    flat = x.reshape(batch, channels, height * width)
+
+    def tap(row, col):
+        index = border_index(row, height, mode) * width + border_index(col, width, mode)
+        index = index.reshape(batch, 1, -1).expand(-1, channels, -1)
+        return flat.gather(2, index).view(batch, channels, *rows.shape[1:])
+    return ((tap(top, left) * (1 - right) + tap(top, left + 1) * right) * (1 - down)
+            + (tap(top + 1, left) * (1 - right) + tap(top + 1, left + 1) * right) * down)
 
 
 @functools.lru_cache(maxsize=64)
@@ -161,20 +210,9 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     return x
 
 
-def reflect101_indices(size: int, before: int, after: int) -> torch.Tensor:
-    """Source indices of a line of ``size`` pixels padded by ``before`` / ``after`` with OpenCV's
-    ``BORDER_REFLECT_101`` (``dcb|abcd|cba``), reflected again as often as needed (``borderInterpolate``)."""
-    index = torch.arange(-before, size + after)
-    if size == 1:
-        return torch.zeros_like(index)
-    period = 2 * size - 2
-    index = index.remainder(period)
-    return torch.where(index >= size, period - index, index)
-
-
 def _pad_reflect101(x: torch.Tensor, radius_h: int, radius_w: int) -> torch.Tensor:
-    rows = reflect101_indices(x.shape[-2], radius_h, radius_h).to(x.device)
-    cols = reflect101_indices(x.shape[-1], radius_w, radius_w).to(x.device)
+    rows = border_index(torch.arange(-radius_h, x.shape[-2] + radius_h), x.shape[-2], 'reflect101').to(x.device)
+    cols = border_index(torch.arange(-radius_w, x.shape[-1] + radius_w), x.shape[-1], 'reflect101').to(x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
