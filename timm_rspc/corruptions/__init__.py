@@ -18,25 +18,29 @@ constants). So far, each with a test against the reference code (``tests/test_co
 | brightness | weather | exact |
 | fog | weather | in distribution (exact given the same draws) |
 | contrast | digital | exact |
+| elastic_transform | digital | in distribution (exact given the same draws) |
 | pixelate | digital | exact (bit-identical) |
 | saturate | digital (extra) | exact |
 
-Not yet: glass and motion blur, snow, elastic transform, JPEG, spatter. frost's photographs come from the
+Not yet: glass and motion blur, snow, JPEG, spatter. frost's photographs come from the
 reference's PyPI sdist, fetched once (`reference_data`).
 
 `primitives` holds the library operations the reference relies on (scikit-image's ``gaussian``, Pillow's BOX resize,
-scipy.ndimage's linear zoom, OpenCV's ``filter2D`` and ImageNet-C's anti-aliased disk, the diamond-square plasma
-fractal).
+scipy.ndimage's linear zoom and ``map_coordinates``, OpenCV's ``filter2D`` and ``warpAffine`` sampling, ImageNet-C's
+anti-aliased disk, the diamond-square plasma fractal).
 """
 from .imagenet_c import (
-    CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur, fog, frost,
-    gaussian_blur, gaussian_noise, impulse_noise, pixelate, saturate, shot_noise, speckle_noise, zoom_blur,
+    CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur,
+    elastic_transform, fog, frost, gaussian_blur, gaussian_noise, impulse_noise, pixelate, saturate, shot_noise,
+    speckle_noise, zoom_blur,
 )
-from .primitives import box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, plasma_fractal
+from .primitives import (
+    border_index, box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, plasma_fractal, sample_bilinear,
+)
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
-    'contrast', 'pixelate', 'saturate', 'box_resize', 'clipped_zoom', 'disk_kernel', 'filter2d', 'gaussian_filter',
-    'plasma_fractal',
+    'contrast', 'elastic_transform', 'pixelate', 'saturate', 'border_index', 'box_resize', 'clipped_zoom',
+    'disk_kernel', 'filter2d', 'gaussian_filter', 'plasma_fractal', 'sample_bilinear',
 ]
