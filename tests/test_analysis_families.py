@@ -48,19 +48,43 @@ def test_token_masks_map_finer_token_grids_to_their_patch():
     assert pooled.tolist() == [[False, True]]
 
 
-def test_swin_windowed_layers_are_named_and_the_global_one_measured():
-    model, img_size = _pixel_model('swin_tiny_patch4_window7_224')
-    result = evaluate_attention_stability({'swin': model}, _batches(img_size), ratio=0.25, seed=0)
+@pytest.mark.parametrize('shift', [(0, 0), (1, 1), (1, 0)])
+def test_window_mapping_equals_the_blocks_own_roll_and_partition(shift):
+    """The corrupted tokens per window, against timm's own cyclic shift and window_partition of a token mask."""
+    from timm.models.swin_transformer import window_partition
+    from timm_rspc.analysis.attention import _windowed_token_mask
+    gen = torch.Generator().manual_seed(0)
+    corrupted = torch.rand(3, 16, generator=gen) < 0.3  # 4x4 patches
+    tokens = torch.nn.functional.interpolate(corrupted.float().reshape(3, 1, 4, 4), scale_factor=2)  # 8x8 tokens
+    rolled = torch.roll(tokens.permute(0, 2, 3, 1), shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    expected = window_partition(rolled, (4, 4)).reshape(-1, 16) > 0  # (3 images x 4 windows, 16 tokens)
+    mapped = _windowed_token_mask(corrupted, (4, 4), 12, (4, 4), shift)
+    assert torch.equal(mapped, expected)
+
+
+def test_swin_shifted_window_layers_are_mapped_to_image_patches():
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, depths=(2, 2, 1, 1), embed_dim=32, num_heads=(1, 1, 2, 2), window_size=4)
+    model = PixelModel(timm.create_model('swin_tiny_patch4_window7_224', num_classes=10, **kwargs).eval(), img_size=64)
+    assert model.model.layers[0].blocks[1].shift_size == (2, 2)  # a shifted-window block is measured too
+    result = evaluate_attention_stability({'swin': model}, _batches(64), ratio=0.25, seed=0)
     swin = result['models']['swin']
-    # stages 0-2 attend within 2x2-token windows (B x windows maps); stage 3 is one window, the whole 2x2 grid
-    assert sorted(swin['skipped_layers']) == [f'layers.{i}.blocks.0.attn.softmax' for i in range(3)]
-    assert all(r.startswith('windowed attention: keys are window-local') for r in swin['skipped_layers'].values())
-    assert [layer['name'] for layer in swin['layers']] == ['layers.3.blocks.0.attn.softmax']
-    assert swin['layers'][0]['corrupted_rows'] > 0
-    table = format_attention_table(result)
-    assert table.splitlines()[-1] == (
-        'swin: 3 attention layers not measured (layers.0.blocks.0.attn.softmax, layers.1.blocks.0.attn.softmax, '
-        'layers.2.blocks.0.attn.softmax): windowed attention: keys are window-local, not mapped to image patches')
+    assert swin['skipped_layers'] == {}
+    assert [layer['name'] for layer in swin['layers']] == [
+        'layers.0.blocks.0.attn.softmax', 'layers.0.blocks.1.attn.softmax', 'layers.1.blocks.0.attn.softmax',
+        'layers.1.blocks.1.attn.softmax', 'layers.2.blocks.0.attn.softmax', 'layers.3.blocks.0.attn.softmax']
+    # 16x16 tokens in stage 0, a quarter of the patches corrupted: a quarter of the query rows
+    assert all(layer['corrupted_rows'] * 4 == layer['rows'] for layer in swin['layers'][:4])
+
+
+def test_maxvit_partitioned_layers_are_named_in_one_line():
+    model, img_size = _pixel_model('maxvit_tiny_rw_224')
+    result = evaluate_attention_stability({'maxvit': model}, _batches(img_size), ratio=0.25, seed=0)
+    skipped = result['models']['maxvit']['skipped_layers']
+    assert skipped and all(r.startswith('windowed attention: keys are window-local') for r in skipped.values())
+    last = format_attention_table(result).splitlines()[-1]
+    assert last.startswith(f'maxvit: {len(skipped)} attention layers not measured (') and last.endswith(
+        'windowed attention: keys are window-local, not mapped to image patches')
 
 
 def test_pvt_spatial_reduction_layers_map_queries_and_reduced_keys():

@@ -190,17 +190,62 @@ def _prefix_options(model: PixelModel) -> List[int]:
     return list(dict.fromkeys([prefix, 0, 1]))
 
 
+def _shifted_window_layout(model: nn.Module, layer: str) -> Optional[Tuple[Tuple[int, int], Tuple[int, int]]]:
+    """``(window_size, shift_size)`` of the Swin-style block that owns attention layer ``layer`` (a block that rolls
+    its token grid by ``-shift_size``, pads it to whole windows and partitions it row-major, as timm's Swin and
+    Swin V2 do), else None."""
+    modules = dict(model.named_modules())
+    parts = layer.split('.')
+    for end in range(len(parts) - 1, 0, -1):
+        block = modules.get('.'.join(parts[:end]))
+        if block is not None and hasattr(block, 'window_size') and hasattr(block, 'shift_size'):
+            window, shift = block.window_size, block.shift_size
+            window = (window, window) if isinstance(window, int) else tuple(window)
+            shift = (shift, shift) if isinstance(shift, int) else tuple(shift)
+            return (int(window[0]), int(window[1])), (int(shift[0]), int(shift[1]))
+    return None
+
+
+def _windowed_token_mask(corrupted: torch.Tensor, grid: Tuple[int, int], num_windows: int,
+                         window: Tuple[int, int], shift: Tuple[int, int]) -> Optional[torch.Tensor]:
+    """The corrupted tokens of each window, ``(B * windows, window area)`` bool, in the order of the block's own
+    windows: the token mask on the image grid rolled by ``-shift``, padded to whole windows and partitioned like the
+    block's features. The token grid is the patch grid or one an integer factor finer or coarser, whichever gives the
+    block's number of windows; None when none does."""
+    batch, (gh, gw) = corrupted.shape[0], grid
+    sizes = [(gh * f, gw * f) for f in (1, 2, 4, 8)] + [(gh // f, gw // f) for f in (2, 4, 8) if not (gh % f or gw % f)]
+    for height, width in sizes:
+        padded_h, padded_w = -(-height // window[0]) * window[0], -(-width // window[1]) * window[1]
+        if batch * (padded_h // window[0]) * (padded_w // window[1]) != num_windows:
+            continue
+        tokens = token_corruption_mask(corrupted, grid, height * width, [0])[0].reshape(batch, height, width)
+        if any(shift):
+            tokens = torch.roll(tokens, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        tokens = F.pad(tokens, (0, padded_w - width, 0, padded_h - height))
+        windows = tokens.reshape(batch, padded_h // window[0], window[0], padded_w // window[1], window[1])
+        return windows.permute(0, 1, 3, 2, 4).reshape(num_windows, window[0] * window[1])
+    return None
+
+
 def _layer_token_masks(
         attention: torch.Tensor, corrupted_patches: torch.Tensor, grid: Tuple[int, int], prefix_options: Sequence[int],
+        window_layout: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
 ) -> Tuple[Optional[str], Optional[Tuple[torch.Tensor, torch.Tensor]]]:
     """``(None, (corrupted keys, corrupted queries))`` for a map that is token attention over the image, else
-    ``(why it cannot be mapped, None)``: maps with another batch size are per window (Swin's, MaxViT's, Hiera's
-    window-local keys, whose image position the map does not carry), and token counts that fit no grid."""
+    ``(why it cannot be mapped, None)``. Maps with another batch size are per window: with the owning block's
+    ``window_layout`` (Swin's shifted windows) each window's tokens are mapped back to image patches; without one
+    (MaxViT's grid and window partitions, Hiera's mask units) the map carries no image position and is skipped."""
     if attention.ndim != 4:
         return f'output shaped {tuple(attention.shape)}, not (B, heads, Q, K)', None
     if attention.shape[0] != corrupted_patches.shape[0]:
-        return (f'windowed attention: keys are window-local, not mapped to image patches ({attention.shape[0]} '
-                f'maps for {corrupted_patches.shape[0]} images)'), None
+        windows = None
+        if window_layout is not None and attention.shape[-1] == attention.shape[-2] == \
+                window_layout[0][0] * window_layout[0][1] and attention.shape[0] % corrupted_patches.shape[0] == 0:
+            windows = _windowed_token_mask(corrupted_patches, grid, attention.shape[0], *window_layout)
+        if windows is None:
+            return (f'windowed attention: keys are window-local, not mapped to image patches ({attention.shape[0]} '
+                    f'maps for {corrupted_patches.shape[0]} images)'), None
+        return None, (windows, windows)
     keys = token_corruption_mask(corrupted_patches, grid, attention.shape[-1], prefix_options)
     queries = token_corruption_mask(corrupted_patches, grid, attention.shape[-2], prefix_options)
     if keys is None or queries is None:
@@ -224,6 +269,7 @@ def evaluate_attention_stability(
     masks = FixedPatchMasks(grid, ratio, seed)
     stats = {name: AttentionStability() for name in models}
     skipped: Dict[str, Dict[str, str]] = {name: {} for name in models}
+    layouts: Dict[str, Dict[str, Optional[Tuple]]] = {name: {} for name in models}  # per layer, found once
     seen = 0
     with contextlib.ExitStack() as stack:
         extractors = {name: stack.enter_context(attention_extractor(model, names, method))
@@ -241,7 +287,10 @@ def evaluate_attention_stability(
                     clean_maps = extractors[name](x)
                     corrupted_maps = extractors[name](corrupted)
                 for layer, clean in clean_maps.items():
-                    problem, masks_ = _layer_token_masks(clean, batch_keep == 0, grid, _prefix_options(model))
+                    if layer not in layouts[name]:
+                        layouts[name][layer] = _shifted_window_layout(model.model, layer)
+                    problem, masks_ = _layer_token_masks(clean, batch_keep == 0, grid, _prefix_options(model),
+                                                         layouts[name][layer])
                     if problem is not None:
                         skipped[name][layer] = problem
                         continue
