@@ -3,15 +3,25 @@
 Each name is timm's own where the installed timm has it; otherwise a small local fallback, whose docstring says which
 timm release brings the original. Nothing here imports the rest of the package.
 
-`require_timm(version, feature)` is how a part that needs a newer timm says so: one line, raised only when the part
-is used (``import timm_rspc`` and the parts that run on older timm never call it for themselves).
+`require_timm(version, feature)` is how a part that needs a newer timm than the models says so: one line naming the
+part, the timm it needs and the installed one, raised when the part is imported or used, never by ``import timm_rspc``
+(which needs `MODELS_MIN_VERSION`, the package's declared lower bound).
 """
 import re
 from typing import Optional
 
 import timm
 
-__all__ = ['TIMM_VERSION', 'timm_version_at_least', 'require_timm', 'TimmVersionError', 'get_device_dtype']
+__all__ = [
+    'TIMM_VERSION', 'MODELS_MIN_VERSION', 'TASK_MIN_VERSION', 'TRAINER_MIN_VERSION', 'TimmVersionError',
+    'timm_version_at_least', 'require_timm', 'import_timm_task', 'get_device_dtype', 'resolve_classification_loss',
+    'get_model_input_config',
+]
+
+# The oldest timm each part runs on (README "Supported timm versions"; tests/test_timm_window.py runs the oldest).
+MODELS_MIN_VERSION = '1.0.21'   # timm's Mlp / XCiT / ConvNeXt building blocks take device= and dtype=
+TASK_MIN_VERSION = '1.0.23'     # timm.task: RSPCTask, create_rspc_task, run_script ... train.py --rspc
+TRAINER_MIN_VERSION = '1.0.31'  # timm-rspc train: timm's loss factory, evaluation_sample_limit, trim_summary
 
 
 def _parse(version: str) -> tuple:
@@ -60,3 +70,64 @@ except ImportError:  # timm < 1.0.29
             if dtype is None:
                 dtype = parameter.dtype
         return {'device': device, 'dtype': dtype}
+
+
+# --- timm.task (1.0.23+) and the helpers around it -----------------------------------------------------------------
+# Looked up when first called, not on import: `import timm_rspc` does not import timm.task or timm.loss.
+
+def import_timm_task(feature: str):
+    """``timm.task``, or `TimmVersionError` naming ``feature`` and timm 1.0.23 (which brings ``timm.task``)."""
+    try:
+        import timm.task
+    except ImportError as e:
+        require_timm(TASK_MIN_VERSION, feature, cause=e)
+    return timm.task
+
+
+def resolve_classification_loss(criterion, device, multi_label: bool = False, criterion_kwargs=None):
+    """An explicit criterion moved to ``device``, or one created from ``criterion_kwargs``.
+
+    timm's ``timm.task.classification.resolve_classification_loss`` where it exists (timm 1.0.31 brings it, with
+    ``timm.loss.create_classification_loss``). The local fallback covers what older timm can do without timm's loss
+    factory: an explicit criterion, or softmax cross-entropy (BCE for ``multi_label``) when none is given;
+    ``criterion_kwargs`` need timm 1.0.31.
+    """
+    try:
+        from timm.task.classification import resolve_classification_loss as timm_resolve
+    except ImportError:
+        timm_resolve = None
+    if timm_resolve is not None:
+        return timm_resolve(criterion, device, multi_label=multi_label, criterion_kwargs=criterion_kwargs)
+    import torch.nn as nn
+    if criterion is None:
+        if criterion_kwargs:
+            require_timm('1.0.31', f'criterion_kwargs ({", ".join(sorted(criterion_kwargs))}) without a criterion',
+                         cause=ImportError('timm.loss.create_classification_loss'))
+        criterion = nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+    elif criterion_kwargs:
+        raise ValueError(
+            f'Pass either an explicit criterion or criterion_kwargs, not both: {sorted(criterion_kwargs)}')
+    if isinstance(criterion, nn.Module):
+        criterion = criterion.to(device=device)
+    return criterion
+
+
+def get_model_input_config(model) -> dict:
+    """The model's current input channels and size (``input_size``), ``fixed_input_size`` and ``first_conv``.
+
+    timm's ``timm.models._input.get_model_input_config`` where it exists (timm 1.0.31 brings it); the local fallback
+    reads the model's pretrained cfg through timm's ``resolve_model_data_config``.
+    """
+    try:
+        from timm.models._input import get_model_input_config as timm_input_config
+    except ImportError:
+        timm_input_config = None
+    if timm_input_config is not None:
+        return timm_input_config(model)
+    from timm.data import resolve_model_data_config
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return dict(
+        input_size=tuple(resolve_model_data_config(model)['input_size']),
+        fixed_input_size=cfg.get('fixed_input_size', False),
+        first_conv=cfg.get('first_conv'),
+    )

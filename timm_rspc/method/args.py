@@ -16,11 +16,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from timm.task import TrainingTask
 
 from .adversary import resolve_mean_std
 from .settings import RSPCSettings, parse_setting, setting_problem
-from .task import PlainClassificationTask, RSPCTask
+from .task import PlainClassificationTask, RSPCTask, TrainingTask  # timm.task (timm 1.0.23+), or one line saying so
 
 __all__ = ['add_rspc_args', 'create_rspc_task', 'setting_type']
 

@@ -25,16 +25,18 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import group_parameters
-from timm.task import ClassificationTask, TrainingTask
-from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
+from .._timm_compat import import_timm_task, resolve_classification_loss
 from .adversary import create_adversary
 from .capture import PairedBlockDistance
 from .corruption import PatchCorruptionModel
 from .input_gradient import find_input_conv, split_input_gradient
 from .settings import RSPCSettings
+
+_timm_task = import_timm_task('RSPCTask (timm.task)')
+ClassificationTask, TrainingTask = _timm_task.ClassificationTask, _timm_task.TrainingTask
 
 _logger = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
 """Model families of the RSPC paper, registered with timm on import."""
+from .._timm_compat import MODELS_MIN_VERSION, require_timm
+
+require_timm(MODELS_MIN_VERSION, 'timm-rspc (its RVT and FAN models)')
+
 from .checkpoint_loading import (
     CheckpointError, CheckpointMismatchError, ClassifierMismatchError, WeightsDownloadError, load_checkpoint,
     read_checkpoint, read_state_dict,
