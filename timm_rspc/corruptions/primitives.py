@@ -123,16 +123,20 @@ def _round_8bit(grey: torch.Tensor) -> torch.Tensor:
 def box_resize(x: torch.Tensor, size) -> torch.Tensor:
     """Pillow's ``Image.resize((width, height), Image.BOX)`` of the 8-bit image ``x`` given as (B, C, H, W) pixels in
     [0, 1], ``size = (height, width)``: rounded to 8 bits first (Pillow's input), resampled horizontally, rounded,
-    resampled vertically, rounded (Pillow's two passes; a pass whose size does not change is skipped, as Pillow does).
-    The result is a multiple of 1/255."""
+    resampled vertically, rounded (Pillow's two passes; a pass whose size does not change is skipped, as Pillow does;
+    an enlarging pass copies pixels, so it is a gather). The result is a multiple of 1/255."""
     height, width = x.shape[-2:]
     grey = _round_8bit(x * 255)
-    if size[1] != width:
-        cols = _box_resize_matrix(width, size[1]).to(dtype=x.dtype, device=x.device)
-        grey = _round_8bit(grey @ cols.T)
-    if size[0] != height:
-        rows = _box_resize_matrix(height, size[0]).to(dtype=x.dtype, device=x.device)
-        grey = _round_8bit(rows @ grey)
+    for dim, old, new in ((-1, width, size[1]), (-2, height, size[0])):
+        if new == old:
+            continue
+        matrix = _box_resize_matrix(old, new)
+        if new > old:   # one weight 1 per output pixel
+            grey = grey.index_select(dim, matrix.argmax(dim=1).to(x.device))
+        elif dim == -1:
+            grey = _round_8bit(grey @ matrix.to(dtype=x.dtype, device=x.device).T)
+        else:
+            grey = _round_8bit(matrix.to(dtype=x.dtype, device=x.device) @ grey)
     return grey / 255
 
 
