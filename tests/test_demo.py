@@ -1,6 +1,10 @@
 """The demo end to end in --quick mode (real training of both models, real analyses), and its data generator."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -59,3 +63,32 @@ def test_shapes_are_deterministic_and_distinct(tmp_path):
     assert write_image_folder(str(root), 2, 1, 16, seed=0) == (str(root), False)  # reused as is
     with pytest.raises(FileExistsError, match='different generated data set'):
         write_image_folder(str(root), 3, 1, 16, seed=0)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_ctrl_c_stops_the_whole_demo(tmp_path):
+    """Ctrl-C while the baseline trains: no RSPC training, no analyses, exit status 130 and one line; before, the
+    demo went on to train RSPC and analyse the unfinished models."""
+    out = tmp_path / 'demo'
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'timm_rspc.cli', 'demo', '--quick', '--epochs', '200', '--output', str(out),
+         '--data-dir', str(tmp_path / 'data')],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / 'baseline' / 'args.yaml').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert 'Traceback' not in stderr and 'the last completed epoch is in' not in stderr and 'baseline |' not in stdout
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"timm-rspc demo: interrupted: stopped before the report; '{out}' holds only what was finished (the demo "
+        "does not resume: run it again with a new --output).")
+    assert sorted(os.listdir(out)) == ['baseline']

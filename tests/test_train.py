@@ -174,6 +174,55 @@ def test_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path, one_thread
     assert (killed_dir / 'args-resume-{}.yaml'.format(first['epoch'] + 1)).exists()
 
 
+def _summary_lrs(run_dir):
+    rows = (run_dir / 'summary.csv').read_text().strip().splitlines()
+    columns = rows[0].split(',')
+    return {int(row.split(',')[0]): float(dict(zip(columns, row.split(',')))['lr']) for row in rows[1:]}
+
+
+def test_extending_a_finished_run_follows_the_new_schedule(data_dir, tmp_path, one_thread):
+    """`--epochs 1`, then `--epochs 3 --resume last.pth.tar`: epochs 1-2 train at the learning rates of the 3-epoch
+    schedule (timm's train.py: rebuilt from the arguments, stepped to the resume epoch), not at the finished 1-epoch
+    schedule's 0."""
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    flags = ['--warmup-epochs', '0', '--val-split', '']
+    train(_train_args(data_dir, tmp_path, 'run', '--epochs', '1', *flags))
+    run = tmp_path / 'run'
+    args = _train_args(data_dir, tmp_path, 'run', '--epochs', '3', *flags, '--resume', str(run / 'last.pth.tar'))
+    train(args)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr)
+    scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args))  # stepped per epoch
+    expected = {}
+    for epoch in (1, 2):
+        scheduler.step(epoch)
+        expected[epoch] = optimizer.param_groups[0]['lr']
+    lrs = _summary_lrs(run)
+    assert sorted(lrs) == [0, 1, 2]
+    assert {epoch: lrs[epoch] for epoch in (1, 2)} == pytest.approx(expected, rel=1e-12)
+    assert expected[1] > expected[2] > 0  # cosine over 3 epochs: 7.5e-4, 2.5e-4
+
+
+def test_ctrl_c_exits_130_and_names_what_was_saved(data_dir, tmp_path):
+    """SIGINT during training: exit status 130 and one line naming the saved epoch and the --resume flag."""
+    run = tmp_path / 'run'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'timm_rspc.cli', 'train', *TINY_MODEL, *FAST, '--epochs', '200', '--val-split', '',
+         '--data-dir', data_dir, '--output', str(tmp_path), '--experiment', 'run'],
+        cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / 'last.pth.tar').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert 'Traceback' not in err and '--result' not in out
+    last = run / 'last.pth.tar'
+    epoch = _load(str(last))['epoch']
+    assert err.rstrip().splitlines()[-1] == (
+        f'timm-rspc train: interrupted; epoch {epoch} (the last completed) is saved in {last}: continue with '
+        f'--resume {last}')
+
+
 DDP_SCRIPT = textwrap.dedent('''
     import sys, torch
     from timm.utils import unwrap_model
@@ -217,7 +266,7 @@ def test_rspc_epoch_under_amp(data_dir, tmp_path, amp_dtype):
 @pytest.mark.parametrize('flags, message', [
     (['--data-dir', '/nonexistent/data'], "dataset path '/nonexistent/data' does not exist"),
     (['--model', 'vit_tiny_patch16_244'], "unknown model 'vit_tiny_patch16_244'. Did you mean: vit_tiny_patch16_224"),
-    (['--model', 'resnet18', '--model-kwargs', '--rspc'], "cannot set up the RSPC task for 'resnet18'"),
+    (['--rspc', '--rspc-blocks', '7'], "cannot set up the RSPC task for 'vit_tiny_patch16_224'"),  # 2 blocks
     (['--resume', '/nonexistent/last.pth.tar'], "--resume file '/nonexistent/last.pth.tar' does not exist"),
     (['--epochs', '0'], '--epochs must be at least 1'),
 ])

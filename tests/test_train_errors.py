@@ -113,7 +113,7 @@ def test_bad_checkpoint_file_is_one_line_and_nothing_is_written(data_dir, tmp_pa
 def test_initial_checkpoint_of_the_same_model_loads(data_dir, tmp_path):
     path = tmp_path / 'weights.pth.tar'
     _write(path, 'weights only')
-    assert _train(data_dir, tmp_path, '--initial-checkpoint', str(path)) == 0
+    assert _train(data_dir, tmp_path, '--initial-checkpoint', str(path), '--epochs', '1') == 0
 
 
 def test_verbose_shows_the_traceback(data_dir, tmp_path):
@@ -219,3 +219,56 @@ def test_method_of_a_checkpoint_comes_from_its_arguments_first():
         check_same_method(without_args, rspc=False, allow_method_change=False, path='x')
     with pytest.raises(ConfigError, match='was trained without --rspc'):
         check_same_method({'args': argparse.Namespace(rspc=False)}, rspc=True, allow_method_change=False, path='x')
+
+
+def test_resume_with_another_optimiser_is_one_line(data_dir, tmp_path, capsys):
+    """torch loads an AdamW state into SGD without complaint and the first step fails (KeyError: 'momentum')."""
+    model = _tiny_vit()
+    task = create_rspc_task(argparse.Namespace(rspc=False), model, verbose=False)
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    path = tmp_path / 'adamw.pth.tar'
+    torch.save({**task.get_checkpoint_state(), 'epoch': 0, 'version': 2, 'optimizer': adamw.state_dict(),
+                'args': argparse.Namespace(opt='adamw', rspc=False)}, path)
+    assert _train(data_dir, tmp_path, '--opt', 'sgd', '--resume', str(path), '--epochs', '2') == 2
+    assert _one_error_line(capsys) == (
+        f"timm-rspc train: error: --resume file '{path}' was trained with --opt adamw, this run uses --opt sgd: pass "
+        "--opt adamw to continue it, or --no-resume-opt to continue its weights with a new sgd optimiser.")
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without a CUDA GPU')
+def test_device_without_that_device_is_one_line(data_dir, tmp_path, capsys):
+    assert _train(data_dir, tmp_path, '--device', 'cuda') == 2
+    assert _one_error_line(capsys) == (
+        'timm-rspc train: error: --device cuda: no cuda device is available on this machine; use --device cpu, or '
+        'leave --device out (cuda when available, else cpu).')
+
+
+def test_a_bad_flag_value_is_one_line_without_the_usage(data_dir, tmp_path, capsys):
+    """argparse prints the trainer's whole usage (81 lines) before a flag's error; here only the error."""
+    with pytest.raises(SystemExit) as exit_:
+        _train(data_dir, tmp_path, '--rspc', '--rspc-ratio', '0')
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        'timm-rspc train: error: argument --rspc-ratio: must be a finite number in (0, 1), got 0.0 (see --help)']
+
+
+def test_ctrl_c_is_one_line_naming_what_was_saved(data_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the first epoch: status 130, nothing saved, and the flag that starts the folder again; a rerun
+    names the folder as a run that died before its first checkpoint."""
+    from timm_rspc.train import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, 'train_one_epoch', interrupted)
+        assert _train(data_dir, tmp_path, '--epochs', '1') == 130
+    run = tmp_path / 'out' / 'run'
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"timm-rspc train: interrupted before the first checkpoint: nothing to resume was saved; start again into "
+        f"'{run}' with --output-exists overwrite")
+    assert sorted(os.listdir(run)) == ['.timm-rspc.lock', 'args.yaml']
+    assert _train(data_dir, tmp_path, '--epochs', '1') == 2
+    assert 'holds a training run that stopped before its first checkpoint' in _one_error_line(capsys)
+    assert _train(data_dir, tmp_path, '--epochs', '1', '--output-exists', 'overwrite', '--val-split', '') == 0

@@ -146,3 +146,67 @@ def test_checkpoint_temp_files_are_per_process(tmp_path, monkeypatch):
     assert (f'recovery_tmp.pth.tar.partial-{os.getpid()}', 'recovery-0-3.pth.tar') in renamed
     assert sorted(os.listdir(tmp_path)) == ['checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar',
                                             'recovery-0-3.pth.tar']
+
+
+def _finished_run(folder):
+    folder.mkdir(parents=True)
+    for name in ('args.yaml', 'summary.csv', 'last.pth.tar', 'checkpoint-1.pth.tar'):
+        (folder / name).write_text(f'{folder.name}/{name}')
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_resume_continues_in_the_checkpoints_folder_or_a_new_one_never_another_runs(tmp_path):
+    """Without --output / --experiment a resume continues in the checkpoint's folder; an explicit folder holding
+    another run is refused (P's files untouched) unless --output-exists says otherwise; a new one is taken."""
+    q_files = _finished_run(tmp_path / 'Q')
+    p_files = _finished_run(tmp_path / 'P')
+    resume = str(tmp_path / 'Q' / 'last.pth.tar')
+
+    folder = claim_output_dir(_args('', experiment='', output='', resume=resume), 32)
+    assert folder.path == str(tmp_path / 'Q')
+    folder.release()
+
+    with pytest.raises(ConfigError) as refused:
+        claim_output_dir(_args(tmp_path, 'P', resume=resume), 32)
+    assert str(refused.value) == (
+        f"output folder '{tmp_path / 'P'}' already holds another training run (args.yaml, summary.csv, last.pth.tar): "
+        f"--resume continues in the checkpoint's folder '{tmp_path / 'Q'}' without --output / --experiment, or in a "
+        "new folder: choose another --experiment, or pass --output-exists increment (or overwrite, which deletes "
+        "that run's files).")
+    assert {name: (tmp_path / 'P' / name).read_bytes() for name in p_files} == p_files
+
+    folder = claim_output_dir(_args(tmp_path, 'P', resume=resume, output_exists='increment'), 32)
+    assert folder.path == str(tmp_path / 'P-1')
+    folder.release()
+    folder = claim_output_dir(_args(tmp_path, 'new', resume=resume), 32)
+    assert folder.path == str(tmp_path / 'new')
+    folder.release()
+    assert {name: (tmp_path / 'Q' / name).read_bytes() for name in q_files} == q_files
+
+
+def test_a_config_files_folder_does_not_redirect_a_resume(tmp_path):
+    """`-c out/r1/args.yaml --resume out/r1/last.pth.tar`: the config's output / experiment name the folder the run
+    was started in; the resume continues in the checkpoint's folder unless the command line names one."""
+    from timm_rspc.train import parse_args
+    config = tmp_path / 'args.yaml'
+    config.write_text('output: elsewhere\nexperiment: r1\nmodel: resnet18\n')
+    resume = str(tmp_path / 'r1' / 'last.pth.tar')
+    args, _ = parse_args(['-c', str(config), '--resume', resume])
+    assert (args.output, args.experiment, args.model) == ('', '', 'resnet18')
+    args, _ = parse_args(['-c', str(config), '--resume', resume, '--experiment', 'r2'])
+    assert (args.output, args.experiment) == ('elsewhere', 'r2')
+    args, _ = parse_args(['-c', str(config)])  # a new run: the config's folder applies
+    assert (args.output, args.experiment) == ('elsewhere', 'r1')
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'args.yaml').write_text('model: m\n')
+    with pytest.raises(ConfigError) as refused:
+        claim_output_dir(_args(tmp_path), 32)
+    assert str(refused.value) == (
+        f"output folder '{tmp_path / 'run'}' already holds a training run that stopped before its first checkpoint "
+        "(args.yaml, no last.pth.tar): there is nothing to resume. Pass --output-exists overwrite to reuse the "
+        "folder, or choose another --experiment / --output-exists increment.")
+    claim_output_dir(_args(tmp_path, output_exists='overwrite'), 32).release()
+    assert os.listdir(tmp_path / 'run') == [LOCK_NAME]

@@ -18,7 +18,7 @@ import re
 import shutil
 import socket
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 try:
     import fcntl
@@ -180,14 +180,14 @@ def _holds_run_message(folder: str, resume: str) -> str:
     present = ', '.join(n for n in RUN_FILES if os.path.exists(os.path.join(folder, n)))
     last = os.path.join(folder, 'last' + CHECKPOINT_EXTENSION)
     if resume:
-        return (f"output folder '{folder}' holds another training run ({present}): --resume continues in the "
+        return (f"output folder '{folder}' already holds another training run ({present}): --resume continues in the "
                 f"checkpoint's folder '{os.path.dirname(resume) or '.'}' without --output / --experiment, or in a "
                 "new folder: choose another --experiment, or pass --output-exists increment (or overwrite, which "
                 "deletes that run's files).")
     if not os.path.exists(last):
-        return (f"output folder '{folder}' holds a run that stopped before its first checkpoint ({present}, no "
-                f"last{CHECKPOINT_EXTENSION}): there is nothing to resume. Pass --output-exists overwrite to reuse "
-                "the folder, or choose another --experiment / --output-exists increment.")
+        return (f"output folder '{folder}' already holds a training run that stopped before its first checkpoint "
+                f"({present}, no last{CHECKPOINT_EXTENSION}): there is nothing to resume. Pass --output-exists "
+                "overwrite to reuse the folder, or choose another --experiment / --output-exists increment.")
     return (f"output folder '{folder}' already holds a training run ({present}). Resume it with --resume {last}, "
             "choose another --experiment, or pass --output-exists increment / overwrite.")
 
@@ -287,7 +287,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, *args, extra_state: Optional[Callable[[], Dict]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_state = extra_state
-        self._written: Dict[str, str] = {}  # timm's temp name -> the per-process file actually written
+        self._written: Dict[str, Tuple[str, int]] = {}  # timm's temp name -> (the file actually written, its epoch)
+        self.last_epoch: Optional[int] = None  # the epoch last.pth.tar holds, once this saver has written it
 
     def _save(self, save_path, epoch, metric=None):
         state = {
@@ -311,11 +312,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
         # process instead, which _replace renames straight onto the target.
         partial = _partial_path(save_path)
         _write_file(partial, lambda f: torch.save(state, f), what=f'the checkpoint of epoch {epoch}')
-        self._written[save_path] = partial
+        self._written[save_path] = (partial, epoch)
 
     def _replace(self, src, dst):
-        os.replace(self._written.pop(src, src), dst)
+        written, epoch = self._written.pop(src, (src, None))
+        os.replace(written, dst)
         _fsync_dir(os.path.dirname(dst))
+        if os.path.basename(dst) == 'last' + self.extension:
+            self.last_epoch = epoch
 
     def _duplicate(self, src, dst):
         partial = _partial_path(dst)

@@ -292,45 +292,50 @@ def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str
             if saver is not None:
                 saver.save_recovery(epoch, batch_idx=update_idx)
 
-    for epoch in range(start_epoch, num_epochs):
-        _set_loader_epoch(loader_train, epoch)
-        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            _disable_mixup(loader_train, mixup_fn)
-        train_metrics = train_one_epoch(
-            epoch, task, loader_train, optimizer, settings, num_epochs,
-            lr_scheduler=lr_scheduler, on_update=save_recovery)
-        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            _set_loader_epoch(loader_train, epoch)
+            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                _disable_mixup(loader_train, mixup_fn)
+            train_metrics = train_one_epoch(
+                epoch, task, loader_train, optimizer, settings, num_epochs,
+                lr_scheduler=lr_scheduler, on_update=save_recovery)
+            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                utils.distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
 
-        done = epoch + 1
-        if done % args.val_interval != 0 and done != num_epochs:
+            done = epoch + 1
+            if done % args.val_interval != 0 and done != num_epochs:
+                if lr_scheduler is not None:
+                    lr_scheduler.step(done, metric=None)
+                continue
+
+            eval_metrics = None
+            if loader_eval is not None:
+                eval_metrics = validate(task.get_eval_model(), loader_eval, task, settings)
+                ema_module = task.get_trainable_module(ema=True)
+                if ema_module is not None and not args.model_ema_force_cpu:
+                    if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                        utils.distribute_bn(ema_module, args.world_size, args.dist_bn == 'reduce')
+                    eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, task, settings, ' (EMA)')
+            latest_metric = (eval_metrics or train_metrics)[eval_metric]
+
+            rng_states[:] = gather_rng_states(args.distributed)
+            if saver is not None:
+                append_summary_row(
+                    os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
+                    lr=sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups))
+                result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
+            result.checkpoint_epoch = epoch
             if lr_scheduler is not None:
-                lr_scheduler.step(done, metric=None)
-            continue
-
-        eval_metrics = None
-        if loader_eval is not None:
-            eval_metrics = validate(task.get_eval_model(), loader_eval, task, settings)
-            ema_module = task.get_trainable_module(ema=True)
-            if ema_module is not None and not args.model_ema_force_cpu:
-                if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                    utils.distribute_bn(ema_module, args.world_size, args.dist_bn == 'reduce')
-                eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, task, settings, ' (EMA)')
-        latest_metric = (eval_metrics or train_metrics)[eval_metric]
-
-        rng_states[:] = gather_rng_states(args.distributed)
-        if saver is not None:
-            append_summary_row(
-                os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
-                lr=sum(g['lr'] for g in optimizer.param_groups) / len(optimizer.param_groups))
-            result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=latest_metric)
-        result.checkpoint_epoch = epoch
-        if lr_scheduler is not None:
-            lr_scheduler.step(done, latest_metric)
-        entry = {'epoch': epoch, 'train': dict(train_metrics)}
-        if eval_metrics is not None:
-            entry['validation'] = dict(eval_metrics)
-        result.epochs.append(entry)
+                lr_scheduler.step(done, latest_metric)
+            entry = {'epoch': epoch, 'train': dict(train_metrics)}
+            if eval_metrics is not None:
+                entry['validation'] = dict(eval_metrics)
+            result.epochs.append(entry)
+    except KeyboardInterrupt:
+        if saver is not None:  # a Ctrl-C may land during a save: whichever epoch last.pth.tar holds now
+            result.checkpoint_epoch = saver.last_epoch
+        raise
     if is_primary and result.best_metric is not None:
         _logger.info(f'Best {eval_metric}: {result.best_metric:.4f} (epoch {result.best_epoch}).')
     if is_primary:
