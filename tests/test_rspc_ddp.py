@@ -1,7 +1,8 @@
 """Two CPU processes (gloo): C starts from rank 0's weights, its gradients are averaged, it stays identical.
 
 The run on two halves of a batch must also equal one process on the whole batch: DDP averages the backbone's
-gradients, the corruption optimiser averages C's.
+gradients, the corruption optimiser averages C's. In fp32 and under float16 autocast with timm's GradScaler (the dtype
+mix and the scaled, then unscaled, C gradients of a CUDA `--amp` run).
 """
 import os
 
@@ -14,17 +15,19 @@ WORLD_SIZE = 2
 STEPS = 2
 
 
-def build_task(seed):
+def build_task(seed, precision='fp32'):
     import timm
     from timm.loss import SoftTargetCrossEntropy
+    from timm.utils import NativeScaler
     from timm_rspc.method import RSPCTask
     torch.manual_seed(0)
     model = timm.create_model('vit_tiny_patch16_224', img_size=32, depth=2, num_classes=10)
     torch.manual_seed(seed)  # C's initialisation differs per rank until prepare_distributed
     task = RSPCTask(model, SoftTargetCrossEntropy(), verbose=False)
     optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.5)
-    task.attach_optimizer(optimizer)
-    return task, optimizer
+    scaler = NativeScaler(device='cpu') if precision == 'fp16' else None
+    task.attach_optimizer(optimizer, loss_scaler=scaler)
+    return task, optimizer, scaler
 
 
 def data():
@@ -34,10 +37,15 @@ def data():
     return x, target, torch.rand(x.shape, generator=gen)
 
 
-def train(task, optimizer, x, target, noise):
+def train(task, optimizer, scaler, x, target, noise):
     for step in range(STEPS):
-        task(x[step], target[step], noise=noise[step])['loss'].backward()
-        optimizer.step()
+        with torch.autocast('cpu', dtype=torch.float16, enabled=scaler is not None):
+            loss = task(x[step], target[step], noise=noise[step])['loss']
+        if scaler is not None:
+            scaler(loss, optimizer)
+        else:
+            loss.backward()
+            optimizer.step()
         optimizer.zero_grad()
 
 
@@ -48,33 +56,38 @@ def result(task):
     }
 
 
-def worker(rank, init_file, out_dir):
+def worker(rank, init_file, out_dir, precision):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD_SIZE)
     try:
-        task, optimizer = build_task(seed=100 + rank)
+        task, optimizer, scaler = build_task(seed=100 + rank, precision=precision)
         task.prepare_distributed()
         initial_c = result(task)['corruption_model']
         x, target, noise = data()
         half = slice(rank * 2, rank * 2 + 2)
-        train(task, optimizer, x[:, half], target[:, half], noise[:, half])
+        train(task, optimizer, scaler, x[:, half], target[:, half], noise[:, half])
         torch.save(dict(result(task), initial_c=initial_c), os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
-def test_two_process_gloo_keeps_c_identical(tmp_path):
-    mp.spawn(worker, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
+def test_two_process_gloo_keeps_c_identical(tmp_path, precision):
+    mp.spawn(worker, args=(str(tmp_path / 'init'), str(tmp_path), precision), nprocs=WORLD_SIZE, join=True)
     ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(WORLD_SIZE)]
 
-    reference_task, optimizer = build_task(seed=100)  # rank 0's initial C
+    reference_task, optimizer, scaler = build_task(seed=100, precision=precision)  # rank 0's initial C
     for key, value in reference_task.corruption_model.state_dict().items():
         assert torch.equal(ranks[1]['initial_c'][key], value)  # rank 1 started from rank 0's C
-    train(reference_task, optimizer, *data())
+    train(reference_task, optimizer, scaler, *data())
     reference = result(reference_task)
+    # fp16: the two halves' float16 forward rounds differently from the whole batch's
+    c_tol, backbone_tol = (dict(rtol=1e-5, atol=1e-8), dict(rtol=1e-4, atol=1e-6)) if precision == 'fp32' else \
+        (dict(rtol=1e-3, atol=1e-6), dict(rtol=1e-2, atol=1e-3))
     for key, value in ranks[0]['corruption_model'].items():
         assert torch.equal(value, ranks[1]['corruption_model'][key])  # bit-identical across ranks
-        torch.testing.assert_close(value, reference['corruption_model'][key], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(value, reference['corruption_model'][key], **c_tol)
         assert not torch.equal(value, ranks[0]['initial_c'][key])  # and it did train
     for key, value in ranks[0]['backbone'].items():
-        torch.testing.assert_close(value, reference['backbone'][key], rtol=1e-4, atol=1e-6)
+        assert torch.equal(value, ranks[1]['backbone'][key])
+        torch.testing.assert_close(value, reference['backbone'][key], **backbone_tol)
