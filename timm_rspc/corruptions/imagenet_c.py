@@ -216,13 +216,15 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[to
     side = min(height, width) // 3
     points = torch.stack([centre + side, torch.stack([centre[0] + side, centre[1] - side]), centre - side])
     moved = points.to(device) + _uniform(-jitter, jitter, (batch, 3, 2), generator, device).float()
-    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p; warpAffine samples the source at M^-1 [x, y, 1].
-    source = torch.cat([points.double(), torch.ones(3, 1, dtype=torch.float64)], dim=1).to(device)
-    forward = torch.linalg.solve(source, moved.double()).transpose(1, 2)                  # (B, 2, 3)
+    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p; warpAffine samples the source at M^-1 [x, y, 1]
+    # (3 x 3 solves, in float64 on the CPU; positions in float64 where the device has it).
+    wide = torch.float32 if device.type == 'mps' else torch.float64
+    source = torch.cat([points.double(), torch.ones(3, 1, dtype=torch.float64)], dim=1)
+    forward = torch.linalg.solve(source, moved.cpu().double()).transpose(1, 2)                # (B, 2, 3)
     linear, shift = forward[:, :, :2], forward[:, :, 2:]
-    inverse = torch.cat([torch.linalg.inv(linear), -torch.linalg.inv(linear) @ shift], dim=2)
-    row = torch.arange(height, dtype=torch.float64, device=device).view(1, -1, 1)
-    col = torch.arange(width, dtype=torch.float64, device=device).view(1, 1, -1)
+    inverse = torch.cat([torch.linalg.inv(linear), -torch.linalg.inv(linear) @ shift], dim=2).to(device, wide)
+    row = torch.arange(height, dtype=wide, device=device).view(1, -1, 1)
+    col = torch.arange(width, dtype=wide, device=device).view(1, 1, -1)
     src_col = inverse[:, 0, 0, None, None] * col + inverse[:, 0, 1, None, None] * row + inverse[:, 0, 2, None, None]
     src_row = inverse[:, 1, 0, None, None] * col + inverse[:, 1, 1, None, None] * row + inverse[:, 1, 2, None, None]
     warped = sample_bilinear(x, src_row, src_col, 'reflect101')

@@ -54,7 +54,7 @@ def imagenet_c_sdist() -> Path:
     return sdist
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _frost_images_cpu() -> Tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
     name, version, _ = IMAGENET_C_SDIST
@@ -72,8 +72,15 @@ def _frost_images_cpu() -> Tuple[torch.Tensor, torch.Tensor]:
     return stack, sizes
 
 
+_ON_DEVICE = {}
+
+
 def frost_images(device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The six frost photographs of ImageNet-C as one zero-padded (6, 3, H_max, W_max) uint8 RGB tensor and their
-    (6, 2) sizes (height, width), decoded with Pillow (the same pixels as the reference's ``cv2.imread``)."""
-    stack, sizes = _frost_images_cpu()
-    return stack.to(device), sizes.to(device)
+    (6, 2) sizes (height, width), decoded with Pillow (the same pixels as the reference's ``cv2.imread``); kept on
+    each device they were asked for."""
+    key = str(torch.device(device) if device is not None else torch.device('cpu'))
+    if key not in _ON_DEVICE:
+        stack, sizes = _frost_images_cpu()
+        _ON_DEVICE[key] = (stack.to(key), sizes.to(key))
+    return _ON_DEVICE[key]
