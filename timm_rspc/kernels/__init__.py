@@ -54,7 +54,7 @@ def disable_kernel(kernel: str, device: torch.device, reason: str) -> None:
             return
         _WARNED.add(kernel)
     warnings.warn(f"timm_rspc: the Triton kernel '{kernel}' {reason} on {device}; its PyTorch path runs instead "
-                  f"(same results, slower); set {KERNELS_ENV}=0 to skip the kernels.", RuntimeWarning, stacklevel=3)
+                  f"(slower); set {KERNELS_ENV}=0 to skip the kernels.", RuntimeWarning, stacklevel=3)
 
 
 def first_line(error: BaseException) -> str:

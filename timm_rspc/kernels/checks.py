@@ -145,6 +145,8 @@ def compile_matrix(archs: Sequence[int] = ARCHS, kernels: Sequence[str] = KERNEL
     from Triton's own binder for the target backend, as at a real launch; ``triton.compile`` with a ``GPUTarget``
     then produces PTX and a cubin without a GPU. ``first_only`` compiles one launch per jit function (a quick check).
     One row per (jit function, architecture, configuration): compiled or the error, the cubin's size, the seconds.
+    The binder and ``_pack_args`` are the two calls ``JITFunction.run`` itself makes (Triton 3.x internals): a Triton
+    that changes them makes this check fail loudly rather than check a signature of its own invention.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -172,7 +174,8 @@ def compile_matrix(archs: Sequence[int] = ARCHS, kernels: Sequence[str] = KERNEL
                 try:
                     compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                               options=options.__dict__)
-                    row.update(compiled=bool(compiled.asm.get('cubin')), cubin_bytes=len(compiled.asm.get('cubin', b'')))
+                    cubin = compiled.asm.get('cubin', b'')
+                    row.update(compiled=bool(cubin), cubin_bytes=len(cubin))
                 except Exception as error:  # noqa: BLE001 - reported per row
                     row['error'] = first_line(error)
                 row['seconds'] = round(time.perf_counter() - start, 3)

@@ -289,16 +289,15 @@ def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...], patch_siz
 
         def reference(x=x, keep=keep, noise=noise, grad_out=grad_out, dtype=dtype, needs_grad_x=needs_grad_x,
                       noise_mode=noise_mode):
+            low, high = lower.to(dtype).float(), upper.to(dtype).float()  # rounded to the image dtype, as the kernel's
             if noise is None:  # the kernel's own draw (its uniformity is tested in tests/test_kernels.py)
                 wide = torch.full((1, 3, 1, 1), -10., device=device), torch.full((1, 3, 1, 1), 10., device=device)
                 uniform = fused_patch_noise(torch.zeros(x.shape, device=device), torch.zeros(keep.shape, device=device),
                                             patch_size, *wide, seed=seed.to(device)).cpu()
-                noise = uniform if noise_mode == 'normalized' else lower.to(dtype).float() + uniform * (
-                    upper.to(dtype).float() - lower.to(dtype).float())
+                noise = uniform if noise_mode == 'normalized' else low + uniform * (high - low)
             x_r = leaf(x, 'cpu', needs_grad_x, torch.float32)
             keep_r = leaf(keep, 'cpu')
-            out = blend_noise(x_r, patch_mask_to_pixels(keep_r, grid, patch_size), noise.float(), lower.to(dtype).float(),
-                              upper.to(dtype).float())
+            out = blend_noise(x_r, patch_mask_to_pixels(keep_r, grid, patch_size), noise.float(), low, high)
             out.backward(grad_out.float())
             return [out] + ([x_r.grad] if needs_grad_x else []) + [keep_r.grad]
 
