@@ -273,9 +273,10 @@ def test_model_card_renders_results_table_recipe_and_citations(exported):
     assert '# Model card for vit-rspc' in card
     assert f"  - Params (M): {manifest['stats']['params_m']}" in card
     assert f"  - GMACs: {manifest['stats']['gmacs']}" in card and '  - Image size: 32 x 32' in card
-    assert '| Metric | This model (measured) |' in card
-    assert '| ImageNet-1k top-1 (↑) | 80.1 |' in card
-    assert '| ImageNet-C mCE (↓) | 52.25 |' in card
+    assert '| Metric | Data set | This model (measured) |' in card
+    # a hand-written results JSON without "images": the card says the count is not stated; one decimal everywhere
+    assert '| ImageNet-1k top-1 (↑) | ImageNet-1k val | 80.1 (images not stated) |' in card
+    assert '| ImageNet-C mCE (↓) | ImageNet-C, 15 corruptions x 5 severities | 52.2 (images not stated) |' in card
     assert 'Measured: timm-rspc bench.' in card
     assert "timm.create_model('hf-hub:org/vit-rspc', pretrained=True)" in card
     assert 'trained with RSPC' in card  # the run's arguments switch RSPC on
@@ -289,16 +290,20 @@ def test_results_table_against_paper_numbers():
     table = results_table([('RSPC (paper)', PAPER_RESULTS['rvt_small_plus.rspc_in1k']),
                            ('Measured', {'imagenet_top1': 82.0})])
     lines = table.splitlines()
-    assert lines[0] == '| Metric | RSPC (paper) | Measured |'
-    assert lines[2] == '| ImageNet-1k top-1 (↑) | 82.2 | 82.0 |'
-    assert '| ImageNet-C mCE (↓) | 48.4 | - |' in lines
+    assert lines[0] == '| Metric | Data set | RSPC (paper) | Measured |'
+    assert lines[2] == '| ImageNet-1k top-1 (↑) | ImageNet-1k val | 82.2 | 82.0 |'
+    assert '| ImageNet-C mCE (↓) | ImageNet-C, 15 corruptions x 5 severities | 48.4 | - |' in lines
     assert len(lines) == 2 + 5
+    cifar = results_table([('paper', PAPER_RESULTS['rvt_small_plus.rspc_cifar10'])]).splitlines()
+    assert cifar[2] == '| CIFAR-10 top-1 (↑) | CIFAR-10 test | 97.7 |'  # 97.73: one decimal like the rest
 
 
 @pytest.mark.parametrize('content, message', [
     ({'results': {'imagenet_top5': 95.0}}, 'unknown metrics'),
     ({'results': {'imagenet_top1': 'high'}}, 'must be a number'),
     ({'imagenet_top1': 80.0}, 'must hold'),
+    ({'results': {'imagenet_top1': 80.0}, 'images': {'imagenet_top1': 0}}, 'image counts'),
+    ({'results': {'imagenet_top1': 80.0}, 'images': {'imagenet_c_mce': 5}}, 'image counts'),
 ])
 def test_results_json_is_checked(tmp_path, content, message):
     path = tmp_path / 'results.json'
@@ -577,7 +582,10 @@ def test_released_rvt_weight_exports_with_paper_card(tmp_path, monkeypatch):
     folder = tmp_path / 'out' / 'rvt_tiny_plus.rspc_in1k'
     card = (folder / 'README.md').read_text()
     assert '\nlicense: mit\n' in card and 'Towards Robust Vision Transformer' in card
-    assert '| ImageNet-C mCE (↓) | 55.7 | 57.0 |' in card  # RSPC vs the RVT-Ti* baseline, paper table
+    # RSPC vs the RVT-Ti* baseline, paper table, on the full sets
+    assert '| ImageNet-C mCE (↓) | ImageNet-C, 15 corruptions x 5 severities | 55.7 | 57.0 |' in card
+    assert 'on the full evaluation sets (ImageNet-1k val: 50,000 images;' in card
+    assert f"timm.create_model('local-dir:{folder}', pretrained=True)" in card and 'import timm_rspc' in card
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'rvt_tiny_plus' and config['num_classes'] == 1000
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
@@ -609,3 +617,146 @@ def test_export_puts_paper_results_only_on_the_released_file(tmp_path, monkeypat
     export_model(tmp_path / 'c', 'rvt_tiny_plus.rspc_in1k', checkpoint=path, results=str(results))
     card = (tmp_path / 'c' / 'README.md').read_text()
     assert '12.5' in card and '55.7' not in card  # own result; not the paper's ImageNet-C mCE of RSPC-RVT-Ti
+
+
+# ---------------------------------------------------------------------------------------------------- cards true for their folder
+
+
+def _card_code(card):
+    """The card's Python blocks: image classification (which defines ``model``) and embeddings."""
+    blocks = re.findall(r'```python\n(.*?)```', card, flags=re.S)
+    assert len(blocks) == 2, card
+    return blocks
+
+
+def _run_card_code(card, workdir, env=None):
+    """Run the card's code as a user would (fresh interpreter, an ``image.jpg`` beside it); returns the weights of
+    the model its first ``timm.create_model`` loaded."""
+    from PIL import Image
+    workdir.mkdir(exist_ok=True)
+    Image.new('RGB', (40, 40), (200, 30, 60)).save(workdir / 'image.jpg')
+    classify, embed = _card_code(card)
+    code = classify + '\nimport sys\ntorch.save(model.state_dict(), sys.argv[1])\n' + embed
+    out = workdir / 'weights.pt'
+    proc = subprocess.run([sys.executable, '-c', code, str(out)], cwd=workdir, env=env or dict(os.environ),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
+def _bench_results(path):
+    """A bench results.json of a 32-image 'ImageNet val' and a complete, 10-image-per-split ImageNet-C."""
+    from timm_rspc.bench.reference import IMAGENET_C_CORRUPTIONS
+    splits = {'imagenet/all': {'correct': 32, 'total': 32}}
+    splits.update({f'imagenet_c/{c}/{s}': {'correct': 5, 'total': 10} for c in IMAGENET_C_CORRUPTIONS
+                   for s in range(1, 6)})
+    path.write_text(json.dumps({
+        'results': {'imagenet_top1': 100.0, 'imagenet_c_mce': 24.486, 'imagenet_c_mce_no_noise': 24.04},
+        'source': 'timm-rspc bench (ImageNet, ImageNet-C)', 'model': MODEL, 'splits': splits,
+        'summary': {'imagenet': {'top1': 100.0, 'images': 32}, 'imagenet_c': {'mce': 24.486, 'relative_mce': 24.9507}},
+    }))
+    return path
+
+
+def test_card_without_repo_id_loads_this_export(tmp_path, run_checkpoint, weights):
+    """Before: the card said timm.create_model('vit_tiny_patch16_224', pretrained=True): timm's own weights."""
+    folder = tmp_path / 'export'
+    export_model(folder, MODEL, checkpoint=run_checkpoint, results=_bench_results(tmp_path / 'results.json'))
+    card = (folder / 'README.md').read_text()
+    assert f"timm.create_model('local-dir:{folder}', pretrained=True)" in card
+    assert f"create_model('{MODEL}'" not in card
+    assert 'import timm_rspc' not in card  # a timm architecture: nothing of this package is needed to load it
+    loaded = _run_card_code(card, tmp_path / 'user')
+    assert loaded.keys() == weights['plain'].keys()
+    assert all(torch.equal(loaded[k], v) for k, v in weights['plain'].items())
+    # every metric with its data set, image count and one decimal; the relative mCE bench measured is shown
+    assert '| ImageNet-1k top-1 (↑) | ImageNet-1k val | 100.0 (32 of 50,000 images) |' in card
+    assert '| ImageNet-C mCE (↓) | ImageNet-C, 15 corruptions x 5 severities | 24.5 (750 of 3,750,000 images) |' in card
+    assert ('| ImageNet-C mCE w/o noise (↓) | ImageNet-C, 12 corruptions (no noise) x 5 severities | '
+            '24.0 (600 of 3,000,000 images) |') in card
+    assert ('| ImageNet-C relative mCE (↓) | ImageNet-C, 15 corruptions x 5 severities, and ImageNet-1k val | '
+            '25.0 (782 of 3,800,000 images) |') in card
+    assert '24.9507' not in card and '24.486' not in card
+
+
+def test_card_of_a_package_model_imports_timm_rspc(tmp_path):
+    """An RVT exported without --repo-id: the card's code registers the architecture and loads the folder."""
+    torch.manual_seed(0)
+    model = timm.create_model('rvt_tiny', num_classes=NUM_CLASSES).eval()
+    checkpoint = tmp_path / 'rvt.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'args': argparse.Namespace(model='rvt_tiny', num_classes=10)},
+               checkpoint)
+    folder = tmp_path / 'rvt export'  # a space in the path: the snippet quotes it
+    export_model(folder, 'rvt_tiny', checkpoint=checkpoint)
+    card = (folder / 'README.md').read_text()
+    assert 'import timm_rspc  # registers' in card and f"'local-dir:{folder}'" in card
+    loaded = _run_card_code(card, tmp_path / 'user')
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_card_with_repo_id_loads_the_hub_repository(tmp_path, exported):
+    folder, _ = exported
+    hf_home = tmp_path / 'hf_home'
+    _lay_out_hub_cache(hf_home / 'hub', 'org/vit-rspc', folder)
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
+    env.pop('HF_HUB_CACHE', None)
+    card = (folder / 'README.md').read_text()
+    assert "'hf-hub:org/vit-rspc'" in card and 'local-dir:' not in card
+    loaded = _run_card_code(card, tmp_path / 'user', env=env)
+    assert all(torch.equal(loaded[k], v) for k, v in _tiny_model(0).state_dict().items())
+
+
+def test_push_refuses_a_card_that_loads_something_else(tmp_path, run_checkpoint):
+    folder = tmp_path / 'local'
+    export_model(folder, MODEL, checkpoint=run_checkpoint)  # no repo id: the card loads local-dir:
+    with pytest.raises(ValueError, match=re.escape(f"loads 'local-dir:{folder}', not 'hf-hub:org/vit-rspc'")):
+        push_folder(folder, 'org/vit-rspc', dry_run=True)
+    plan = push_folder(folder, 'org/vit-rspc', dry_run=True, keep_card=True)
+    assert 'README.md' not in {f['path'] for f in plan['files']}
+
+
+def test_push_dry_run_digests_are_of_the_files_as_they_are_now(exported, monkeypatch, capsys):
+    """Before: after editing README.md the plan listed its new size beside the SHA-256 of the exported card."""
+    folder, manifest = exported
+    monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')
+    card = folder / 'README.md'
+    card.write_text(card.read_text() + '\nEdited by hand.\n')
+    assert cli_main(['push', 'org/vit-rspc', '--folder', str(folder), '--dry-run', '--json']) == 0
+    files = {f['path']: f for f in json.loads(capsys.readouterr().out)['files']}
+    assert files['README.md']['sha256'] == _sha256(card) != manifest['files']['README.md']['sha256']
+    assert files['README.md']['size'] == card.stat().st_size and files['README.md']['changed_since_export']
+    assert files['model.safetensors']['sha256'] == manifest['files']['model.safetensors']['sha256']
+    assert not files['model.safetensors']['changed_since_export']
+    assert cli_main(['push', 'org/vit-rspc', '--folder', str(folder), '--dry-run']) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if 'README.md' in l)
+    assert f'{card.stat().st_size:,d} B  sha256 {_sha256(card)}  (edited since the export)' in line
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
+def test_export_files_get_the_usual_file_mode(tmp_path, run_checkpoint, umask):
+    """Before: model.safetensors was 0600 (safetensors' own mode) beside 0644 checkpoints."""
+    old = os.umask(umask)
+    try:
+        (tmp_path / 'probe').write_text('')  # any file the user writes
+        export_model(tmp_path / 'export', MODEL, checkpoint=run_checkpoint)
+    finally:
+        os.umask(old)
+    expected = (tmp_path / 'probe').stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'export').iterdir()} == {
+        name: expected for name in EXPORT_FILES}
+
+
+def test_ema_without_ema_weights_speaks_in_flags(tmp_path, weights, capsys):
+    """Before: '... Load without use_ema.' (a Python argument) for `export --ema`."""
+    checkpoint = tmp_path / 'bare.pth.tar'
+    _write_container(checkpoint, 'ddp_prefixed', weights)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(['export', str(tmp_path / 'out'), '--model', MODEL, '--checkpoint', str(checkpoint), '--ema',
+                  '--num-classes', str(NUM_CLASSES), '--model-kwargs'] + [f'{k}={v}' for k, v in MODEL_KWARGS.items()])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('timm-rspc export: error: ') and len(err.splitlines()) == 1
+    assert err.endswith('has no EMA weights (no state_dict_ema / model_ema / module_ema; it holds state_dict): '
+                        'drop --ema to use its non-EMA weights.')
+    assert 'use_ema' not in err

@@ -1,7 +1,8 @@
 """``timm-rspc push ORG/NAME``: upload an export folder, or export a model and upload it, to the Hugging Face Hub.
 
 The token is taken from where huggingface_hub looks (HF_TOKEN, `hf auth login`) and never printed. An existing model
-card is never replaced unless --overwrite-card. --dry-run shows the upload plan without any network access.
+card is never replaced unless --overwrite-card. --dry-run shows the upload plan without any network access: sizes and
+SHA-256 of the files as they are now.
 """
 import argparse
 import json
@@ -70,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{'Would upload' if result['dry_run'] else 'Uploaded'} to {where}: {result['commit_message']!r}")
     for entry in result['files']:
         digest = f"  sha256 {entry['sha256']}" if 'sha256' in entry else ''
-        print(f"  {entry['path']:<24} {entry['size']:>12,d} B{digest}")
+        edited = '  (edited since the export)' if entry.get('changed_since_export') else ''
+        print(f"  {entry['path']:<24} {entry['size']:>12,d} B{digest}{edited}")
     if not result['dry_run']:
         print(f"  commit {result['commit_url']}")
         if result.get('pr_url'):

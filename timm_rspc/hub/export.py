@@ -9,7 +9,8 @@ The folder holds what a Hub repository of timm weights holds, written by timm's 
 * ``timm_rspc_export.json``: provenance (source file and SHA-256, which weights, SHA-256 of every file above).
 
 Existing files of a folder are never replaced unless ``overwrite=True``; files are written to a staging folder next
-to the destination first, so a failed export leaves nothing half-written behind.
+to the destination first, so a failed export leaves nothing half-written behind. Every file gets the mode any new
+file of the user gets (``0666`` less the umask, e.g. ``0644``), whatever the writer (safetensors writes ``0600``).
 """
 import json
 import os
@@ -98,6 +99,20 @@ def prepare_model(
                    'unconfirmed': unconfirmed, 'train_args': {}}
 
 
+def _default_file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open()`` gives a new file."""
+    try:
+        with open('/proc/self/status') as f:  # Linux: read without changing it
+            for line in f:
+                if line.startswith('Umask:'):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)  # elsewhere: read by setting it, restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def read_manifest(folder: str) -> Dict[str, Any]:
     with open(os.path.join(folder, MANIFEST_NAME)) as f:
         return json.load(f)
@@ -147,6 +162,9 @@ def write_export(
         with open(os.path.join(staging, MANIFEST_NAME), 'w') as f:
             json.dump(manifest, f, indent=2)
             f.write('\n')
+        mode = _default_file_mode()
+        for name in EXPORT_FILES:  # safetensors creates its file 0600; every export file gets the usual mode
+            os.chmod(os.path.join(staging, name), mode)
         os.makedirs(out_dir, exist_ok=True)
         if not overwrite:  # checked again: the folder may have changed while the model was being saved
             refuse_existing(targets, what='export file')
@@ -180,7 +198,8 @@ def export_model(
         pretrained: Use the registry's pretrained weights instead of a checkpoint.
         use_ema: Export the checkpoint's EMA weights instead of its (default) non-EMA weights.
         num_classes, model_kwargs: Model build arguments (default: those recorded in the checkpoint, or the cfg's).
-        repo_id: The Hub repository the folder is meant for (used in the card's usage example).
+        repo_id: The Hub repository the folder is meant for: the card's usage example loads ``hf-hub:`` it; without
+            it the example loads this folder (``local-dir:``), and `push_folder` refuses to upload that card.
         results: Results JSON of one's own evaluation (format in `model_card`).
         args_yaml: ``args.yaml`` of the training run (the card lists its recipe); the checkpoint's stored
             arguments are used when not given.
@@ -214,7 +233,7 @@ def export_model(
     card = build_model_card(
         model, release.name if release is not None else (repo_id.split('/')[-1] if repo_id else model_name),
         repo_id=repo_id, release=release, results=checked_results, train_args=train_args,
-        train_args_source=args_source, license=license, weights_note=weights_note, stats=stats)
+        train_args_source=args_source, license=license, weights_note=weights_note, stats=stats, local_dir=out_dir)
     import timm
     import timm_rspc
     provenance = {

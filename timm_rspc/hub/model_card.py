@@ -9,13 +9,19 @@ Comparison, Citation); this module gathers the content:
 * the training recipe, from the run's ``args.yaml`` (or the arguments stored in the checkpoint);
 * citations of RSPC and of the backbone paper, and the license.
 
-Results JSON format (what a ``timm-rspc bench`` run writes; keys are `paper_results.METRICS` names, values in
-percent, unknown keys are an error)::
+Results JSON format (what a ``timm-rspc bench`` run writes as ``results.json``; keys are `CARD_METRICS` names:
+`paper_results.METRICS` plus ``imagenet_c_relative_mce``; values in percent, unknown keys are an error)::
 
     {"results": {"imagenet_top1": 80.1, "imagenet_c_mce": 55.2},
+     "images": {"imagenet_top1": 50000},               # optional: images (videos for ImageNet-P) per metric
      "source": "timm-rspc bench, 2026-01-01"}          # optional, shown under the table
+
+A bench ``results.json`` also holds ``splits`` (the images of every split) and ``summary``: the card counts each
+metric's images from ``splits`` and takes the relative mCE from ``summary`` when the run measured it. Every value is
+shown with one decimal, next to its data set and the number of images it was measured on.
 """
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,8 +32,49 @@ from timm_rspc.models.paper_results import (
     BASELINE_RESULTS, METRICS, PAPER_RESULTS, RSPC_CITATION, RSPC_CVF_URL, RSPC_PAPER,
 )
 
-__all__ = ['BackbonePaper', 'BACKBONE_PAPERS', 'model_stats', 'read_results', 'published_results', 'results_table',
-           'training_recipe', 'read_args_yaml', 'build_model_card']
+__all__ = ['BackbonePaper', 'BACKBONE_PAPERS', 'CARD_METRICS', 'model_stats', 'read_results', 'published_results',
+           'results_table', 'training_recipe', 'read_args_yaml', 'build_model_card', 'usage_source']
+
+# The paper's metrics plus the relative mCE, which bench measures when it has clean ImageNet and ImageNet-C.
+CARD_METRICS: Dict[str, Tuple[str, bool]] = {}
+for _key, _value in METRICS.items():
+    CARD_METRICS[_key] = _value
+    if _key == 'imagenet_c_mce_no_noise':
+        CARD_METRICS['imagenet_c_relative_mce'] = ('ImageNet-C relative mCE', False)
+
+
+@dataclass(frozen=True)
+class _MetricData:
+    """What a metric is measured on: the data set as the card names it, the bench data set whose splits count its
+    images, which splits count (None: all), the full set's size (None: not stated) and the unit counted."""
+    name: str
+    datasets: Tuple[str, ...]
+    corruptions: Optional[Tuple[str, ...]] = None
+    full_size: Optional[int] = None
+    unit: str = 'images'
+
+
+def _metric_data(key: str) -> _MetricData:
+    from timm_rspc.bench.reference import IMAGENET_C_CORRUPTIONS, IMAGENET_C_NOISE
+    no_noise = tuple(c for c in IMAGENET_C_CORRUPTIONS if c not in IMAGENET_C_NOISE)
+    return {
+        'imagenet_top1': _MetricData('ImageNet-1k val', ('imagenet',), None, 50_000),
+        'imagenet_a_top1': _MetricData('ImageNet-A', ('imagenet_a',), None, 7_500),
+        'imagenet_c_mce': _MetricData('ImageNet-C, 15 corruptions x 5 severities', ('imagenet_c',),
+                                      IMAGENET_C_CORRUPTIONS, 75 * 50_000),
+        'imagenet_c_mce_no_noise': _MetricData('ImageNet-C, 12 corruptions (no noise) x 5 severities',
+                                               ('imagenet_c',), no_noise, 60 * 50_000),
+        'imagenet_c_relative_mce': _MetricData('ImageNet-C, 15 corruptions x 5 severities, and ImageNet-1k val',
+                                               ('imagenet_c', 'imagenet'), IMAGENET_C_CORRUPTIONS + ('all',),
+                                               76 * 50_000),
+        'imagenet_p_mfr': _MetricData('ImageNet-P, 10 perturbations', ('imagenet_p',), None, None, 'videos'),
+        'cifar10_top1': _MetricData('CIFAR-10 test', ('cifar10',), None, 10_000),
+        'cifar10_c_top1': _MetricData('CIFAR-10-C, 15 corruptions x 5 severities', ('cifar10_c',),
+                                      IMAGENET_C_CORRUPTIONS, 75 * 10_000),
+        'cifar100_top1': _MetricData('CIFAR-100 test', ('cifar100',), None, 10_000),
+        'cifar100_c_top1': _MetricData('CIFAR-100-C, 15 corruptions x 5 severities', ('cifar100_c',),
+                                       IMAGENET_C_CORRUPTIONS, 75 * 10_000),
+    }[key]
 
 
 @dataclass(frozen=True)
@@ -106,8 +153,26 @@ def model_stats(model: nn.Module) -> Dict[str, Any]:
     }
 
 
+def _counted(key: str, splits: Dict[str, Any]) -> Optional[int]:
+    """Images (videos for ImageNet-P) of the bench splits behind ``key``; None when the splits do not say."""
+    data = _metric_data(key)
+    total, found = 0, False
+    for split, record in splits.items():
+        dataset, _, rest = str(split).partition('/')
+        if dataset not in data.datasets or not isinstance(record, dict):
+            continue
+        if data.corruptions is not None and rest.split('/')[0] not in data.corruptions:
+            continue
+        count = record.get('videos' if data.unit == 'videos' else 'total')
+        if isinstance(count, int) and not isinstance(count, bool):
+            total, found = total + count, True
+    return total if found else None
+
+
 def read_results(path: str) -> Dict[str, Any]:
-    """Read and check a results JSON (``{"results": {metric: value}, "source"?: str}``); see the module doc."""
+    """Read and check a results JSON (``{"results": {metric: value}, "images"?: {metric: n}, "source"?: str}``, or a
+    bench ``results.json``); see the module doc. Returns ``results``, ``images`` (per metric, where known) and
+    ``source``."""
     with open(path) as f:
         try:
             data = json.load(f)
@@ -116,13 +181,28 @@ def read_results(path: str) -> Dict[str, Any]:
     results = data.get('results') if isinstance(data, dict) else None
     if not isinstance(results, dict) or not results:
         raise ValueError(f"'{path}' must hold {{\"results\": {{metric: value, ...}}}} with at least one metric.")
-    unknown = sorted(set(results) - set(METRICS))
+    unknown = sorted(set(results) - set(CARD_METRICS))
     if unknown:
-        raise ValueError(f"'{path}' has unknown metrics {unknown}; known metrics: {', '.join(METRICS)}.")
+        raise ValueError(f"'{path}' has unknown metrics {unknown}; known metrics: {', '.join(CARD_METRICS)}.")
     for key, value in results.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"'{path}': metric '{key}' must be a number (percent), got {value!r}.")
-    return {'results': dict(results), 'source': data.get('source')}
+    results = dict(results)
+    relative = (data.get('summary') or {}).get('imagenet_c', {}) if isinstance(data.get('summary'), dict) else {}
+    if 'imagenet_c_relative_mce' not in results and isinstance(relative.get('relative_mce'), (int, float)):
+        results['imagenet_c_relative_mce'] = relative['relative_mce']  # measured by bench (clean ImageNet + C)
+    images: Dict[str, int] = {}
+    given = data.get('images') or {}
+    if not isinstance(given, dict) or any(k not in results or isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                          for k, v in given.items()):
+        raise ValueError(f"'{path}': \"images\" must map metrics of \"results\" to image counts (integers >= 1), "
+                         f"got {given!r}.")
+    splits = data.get('splits') if isinstance(data.get('splits'), dict) else {}
+    for key in results:
+        count = given.get(key) or _counted(key, splits)
+        if count is not None:
+            images[key] = count
+    return {'results': results, 'images': images, 'source': data.get('source')}
 
 
 def published_results(name: str) -> Dict[str, float]:
@@ -136,25 +216,43 @@ def published_results(name: str) -> Dict[str, float]:
 
 
 def _format_value(value: Optional[float]) -> str:
-    """Results as published: at least one decimal (57.0, not 57), more when the source has them (97.73)."""
-    if value is None:
-        return '-'
-    text = f'{value:g}'
-    return text if '.' in text or 'e' in text else f'{value:.1f}'
+    """Every value with one decimal (57.0, 97.7), the precision of the paper's ImageNet table."""
+    return '-' if value is None else f'{value:.1f}'
 
 
-def results_table(columns: Sequence[Tuple[str, Dict[str, float]]]) -> str:
-    """Markdown table, one row per metric of the first column (in `METRICS` order), one column per results set."""
+def _format_count(key: str, count: Optional[int]) -> str:
+    """'32 of 50,000 images' for a subset, '50,000 images' for the full set, 'images not stated' when unknown."""
+    data = _metric_data(key)
+    if count is None:
+        return f'{data.unit} not stated'
+    if data.full_size is not None and count < data.full_size:
+        return f'{count:,} of {data.full_size:,} {data.unit}'
+    return f'{count:,} {data.unit}'
+
+
+def results_table(columns: Sequence[Tuple[Any, ...]]) -> str:
+    """Markdown table, one row per metric of the first column (in `CARD_METRICS` order), one column per results set.
+
+    A column is ``(title, results)`` or ``(title, results, images)``; with ``images`` (a dict, possibly empty: a
+    measurement) every cell names how many images its value was measured on. The data set column names what the
+    metric is measured on.
+    """
     if not columns:
         return ''
-    rows = [k for k in METRICS if k in columns[0][1]]
-    lines = ['| Metric | ' + ' | '.join(title for title, _ in columns) + ' |',
-             '|---|' + '---:|' * len(columns)]
+    rows = [k for k in CARD_METRICS if k in columns[0][1]]
+    lines = ['| Metric | Data set | ' + ' | '.join(column[0] for column in columns) + ' |',
+             '|---|---|' + '---:|' * len(columns)]
     for key in rows:
-        label, higher_is_better = METRICS[key]
+        label, higher_is_better = CARD_METRICS[key]
         arrow = '↑' if higher_is_better else '↓'
-        values = ' | '.join(_format_value(results.get(key)) for _, results in columns)
-        lines.append(f'| {label} ({arrow}) | {values} |')
+        cells = []
+        for column in columns:
+            value = column[1].get(key)
+            cell = _format_value(value)
+            if len(column) > 2 and column[2] is not None and value is not None:
+                cell += f' ({_format_count(key, column[2].get(key))})'
+            cells.append(cell)
+        lines.append(f'| {label} ({arrow}) | {_metric_data(key).name} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -186,16 +284,37 @@ def _recipe_section(recipe: Dict[str, Any], source: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _usage(model_id: str, is_hub: bool) -> str:
-    source = f"'hf-hub:{model_id}'" if is_hub else f"'{model_id}'"
+def usage_source(repo_id: Optional[str] = None, local_dir: Optional[str] = None) -> str:
+    """What the card's ``timm.create_model`` loads: ``hf-hub:ORG/NAME`` with a repo id, else ``local-dir:PATH``."""
+    if repo_id:
+        return f'hf-hub:{repo_id}'
+    if local_dir:
+        return f'local-dir:{os.path.abspath(os.fspath(local_dir))}'
+    raise ValueError('A model card loads its own weights: give the Hub repository (repo_id) or the export folder.')
+
+
+def _is_package_model(architecture: str) -> bool:
+    """Whether ``architecture`` is registered by this package (then the card's code needs ``import timm_rspc``)."""
+    import timm
+    import timm_rspc  # noqa: F401  (registers RVT / FAN)
+    try:
+        entrypoint = timm.models.model_entrypoint(architecture)
+    except RuntimeError:  # unknown to timm: only this package could have built it
+        return True
+    return getattr(entrypoint, '__module__', '').startswith('timm_rspc')
+
+
+def _usage(source: str, package_model: bool) -> str:
+    register = 'import timm_rspc  # registers the RVT and FAN architectures with timm\n' if package_model else ''
+    moved = ('# loads this export folder; give its new path if you move it\n'
+             if source.startswith('local-dir:') else '')
     return f"""### Image Classification
 ```python
 import timm
-import timm_rspc  # registers the RVT and FAN architectures with timm
-import torch
+{register}import torch
 from PIL import Image
 
-model = timm.create_model({source}, pretrained=True).eval()
+{moved}model = timm.create_model({source!r}, pretrained=True).eval()
 transforms = timm.data.create_transform(**timm.data.resolve_data_config(model=model), is_training=False)
 
 img = Image.open('image.jpg').convert('RGB')
@@ -206,7 +325,7 @@ top5_probabilities, top5_class_indices = torch.topk(probabilities * 100, k=5)
 
 ### Image Embeddings
 ```python
-model = timm.create_model({source}, pretrained=True, num_classes=0).eval()
+model = timm.create_model({source!r}, pretrained=True, num_classes=0).eval()
 with torch.no_grad():
     features = model.forward_features(transforms(img).unsqueeze(0))  # unpooled tokens / feature map
     embedding = model.forward_head(features, pre_logits=True)          # (1, num_features)
@@ -247,13 +366,16 @@ def build_model_card(
         license: Optional[str] = None,
         weights_note: Optional[str] = None,
         stats: Optional[Dict[str, Any]] = None,
+        local_dir: Optional[str] = None,
 ) -> str:
     """Render the model card of ``model``.
 
     Args:
         model: The model with its weights loaded (statistics are measured on it).
         name: The model's name on the card (``arch.tag`` for released weights, the repo name otherwise).
-        repo_id: Hub repository the card will live in; the usage example loads from it when given.
+        repo_id: Hub repository the card will live in; the usage example loads ``hf-hub:`` it when given.
+        local_dir: The export folder the card is written into; without ``repo_id`` the usage example loads
+            ``local-dir:`` it (one of the two is required: the example always loads these weights).
         release: `ReleasedWeight` when the weights are an authors' release file: the paper's results and the
             release's origin and license are shown.
         results: Checked results JSON (`read_results`) of one's own evaluation.
@@ -263,6 +385,7 @@ def build_model_card(
         weights_note: One line on which weights these are (e.g. non-EMA weights of a file).
         stats: Precomputed `model_stats` (measured when not given).
     """
+    source = usage_source(repo_id, local_dir)
     from timm.models._hub import generate_readme
     cfg = model.pretrained_cfg
     # Released weights are described under their canonical tag (an alias such as rvt_s_rspc maps to rvt_small_plus).
@@ -312,9 +435,9 @@ def build_model_card(
     if release is not None and cfg.get('origin_url'):
         details['Original'] = cfg['origin_url']
 
-    columns: List[Tuple[str, Dict[str, float]]] = []
+    columns: List[Tuple[Any, ...]] = []
     if results:
-        columns.append(('This model (measured)', results['results']))
+        columns.append(('This model (measured)', results['results'], results.get('images') or {}))
     paper = published_results(release.name) if release is not None else {}
     if paper:
         columns.append(('This model (paper)', paper))
@@ -327,10 +450,14 @@ def build_model_card(
             columns.append((f'{architecture}.rspc_in1k (paper)', rspc))
     comparison = ''
     if columns:
-        comparison = ('Top-1 accuracy and mean corruption / flip error in percent; ↑ higher is better, '
-                      '↓ lower is better.\n\n' + results_table(columns) + '\n')
-        if paper:
-            comparison += f'\nPaper numbers: {RSPC_PAPER} (Guo, Stutz, Schiele, CVPR 2023).\n'
+        comparison = ('Top-1 accuracy and mean corruption / flip error in percent, one decimal; ↑ higher is better, '
+                      '↓ lower is better. Measured values name the images they were measured on.\n\n'
+                      + results_table(columns) + '\n')
+        if any(len(column) == 2 for column in columns):
+            comparison += (f'\nPaper numbers: {RSPC_PAPER} (Guo, Stutz, Schiele, CVPR 2023), on the full evaluation '
+                           'sets (ImageNet-1k val: 50,000 images; ImageNet-A: 7,500; ImageNet-C: 15 corruptions x 5 '
+                           'severities x 50,000; ImageNet-P: 10 perturbations; CIFAR: the 10,000 test images, and '
+                           'CIFAR-C of each corruption and severity).\n')
         if results and results.get('source'):
             comparison += f"\nMeasured: {results['source']}.\n"
 
@@ -338,7 +465,7 @@ def build_model_card(
         'tags': ['image-classification', 'timm', 'timm-rspc', 'robustness'],
         'description': description,
         'details': details,
-        'usage': _usage(repo_id or name, is_hub=repo_id is not None),
+        'usage': _usage(source, _is_package_model(cfg.get('architecture') or architecture)),
         'citation': [RSPC_CITATION] + ([backbone.bibtex] if backbone else []),
     }
     if comparison:

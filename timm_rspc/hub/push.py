@@ -8,9 +8,13 @@ instead lets the card be ours and the rules explicit:
 * an existing ``README.md`` (model card) in the repository is never replaced unless ``overwrite_card=True``, or kept
   untouched with ``keep_card=True``; the check happens before anything is created or uploaded;
 * ``dry_run=True`` returns the upload plan (files, sizes, SHA-256, repository, revision, commit message) without any
-  network access.
+  network access; sizes and digests are those of the files as they are now, each marked when it differs from the
+  export's manifest;
+* a card whose usage code loads something else (``local-dir:``, another repository's ``hf-hub:``) is not uploaded:
+  export with ``--repo-id`` of the target repository, or pass ``keep_card``.
 """
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 from .export import EXPORT_FILES, MANIFEST_NAME, read_manifest
@@ -46,14 +50,19 @@ def upload_plan(
         raise FileNotFoundError(f"'{folder}' is not a complete export folder (missing: {', '.join(missing)}); "
                                 "create it with `timm-rspc export`.")
     manifest = read_manifest(folder)
+    from .convert import sha256_file
     files: List[Dict[str, Any]] = []
     for name in EXPORT_FILES:
         if keep_card and name == 'README.md':
             continue
-        entry = {'path': name, 'size': os.path.getsize(os.path.join(folder, name))}
-        if name != MANIFEST_NAME:
-            entry['sha256'] = manifest['files'][name]['sha256']
+        path = os.path.join(folder, name)
+        entry: Dict[str, Any] = {'path': name, 'size': os.path.getsize(path)}
+        if name != MANIFEST_NAME:  # the digest of the file as it is now, the one the upload will carry
+            entry['sha256'] = sha256_file(path)
+            entry['changed_since_export'] = entry['sha256'] != manifest['files'][name]['sha256']
         files.append(entry)
+    if not keep_card:
+        _check_card(folder, repo_id)
     return {
         'repo_id': repo_id,
         'revision': revision or 'main',
@@ -152,12 +161,23 @@ def _verify_files(folder: str, plan: Dict[str, Any]) -> None:
 
     The card may be edited by hand before pushing; the weights and the config that rebuilds the model may not.
     """
-    from .convert import sha256_file
-    changed = [f['path'] for f in plan['files'] if f['path'] in _VERIFIED_FILES
-               and sha256_file(os.path.join(folder, f['path'])) != f['sha256']]
+    changed = [f['path'] for f in plan['files'] if f['path'] in _VERIFIED_FILES and f.get('changed_since_export')]
     if changed:
         raise ValueError(f"{', '.join(changed)} in '{folder}' changed since the export (SHA-256 differs from "
                          f"{MANIFEST_NAME}); re-export the folder.")
+
+
+def _check_card(folder: str, repo_id: str) -> None:
+    """The card's usage code must load this repository: refuse a card written for a folder or another repository."""
+    with open(os.path.join(folder, 'README.md'), encoding='utf-8') as f:
+        card = f.read()
+    sources = set(re.findall(r"create_model\(\s*['\"]((?:local-dir|hf-hub):[^'\"]+)['\"]", card))
+    wrong = sorted(s for s in sources if s != f'hf-hub:{repo_id}')
+    if wrong:
+        raise ValueError(
+            f"The model card in '{folder}' loads {wrong[0]!r}, not 'hf-hub:{repo_id}': on the Hub its usage code "
+            f"would not load these weights. Export again with --repo-id {repo_id} (--overwrite), or pass --keep-card "
+            "to upload the weights and config only.")
 
 
 def push_model(
