@@ -344,7 +344,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--only', nargs='+', choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument('--output', default=None,
-                        help='RESULTS.md to write the tables into (default: benchmarks/RESULTS.md, none with --dry-run)')
+                        help='the RESULTS.md to write into (default: benchmarks/RESULTS.md; none with --dry-run)')
     args = parser.parse_args(argv)
     if args.dry_run:
         args.img_size, args.check_batch, args.batch_sizes, args.warmup, args.repeats = 32, 2, [2], 0, 1
