@@ -124,8 +124,9 @@ class RunFolder:
                         f"{', '.join(sorted(removed))}.")
 
 
-def same_folder(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+def resumes_in_place(resume: str, folder: str) -> bool:
+    """Whether ``folder`` is the ``--resume`` checkpoint's own run folder (however either path is spelled)."""
+    return bool(resume) and os.path.realpath(os.path.dirname(os.path.abspath(resume))) == os.path.realpath(folder)
 
 
 def run_folder_path(args: argparse.Namespace, img_size: int) -> str:
@@ -146,7 +147,7 @@ def claim_output_dir(args: argparse.Namespace, img_size: int) -> RunFolder:
     removed). The folder is claimed before it is inspected, so two runs started together cannot both pass the check.
     """
     folder = run_folder_path(args, img_size)
-    continues = bool(args.resume) and same_folder(folder, os.path.dirname(os.path.abspath(args.resume)))
+    continues = resumes_in_place(args.resume, folder)
     policy = getattr(args, 'output_exists', 'error')
     candidates = [folder]
     if policy == 'increment' and not continues:

@@ -34,7 +34,7 @@ from .args import ConfigError, args_to_yaml
 from .loop import LoopSettings, train_one_epoch, validate
 from .output import (
     CHECKPOINT_EXTENSION, AtomicCheckpointSaver, append_summary_row, atomic_write_text, claim_output_dir, holds_run,
-    same_folder,
+    resumes_in_place,
 )
 from .preflight import run_preflight
 from .resume_check import check_initial_checkpoint, check_resume_file, check_same_optimizer
@@ -266,7 +266,7 @@ def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str
                 'lr_scheduler': lr_scheduler.state_dict() if lr_scheduler is not None else None,
             })
         _write_args(output_dir, args_text, args.resume, start_epoch)
-        continues = bool(args.resume) and same_folder(os.path.dirname(os.path.abspath(args.resume)), output_dir)
+        continues = resumes_in_place(args.resume, output_dir)
         if continues:
             saver.load_state_dict_from_checkpoint(args.resume)
         trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
