@@ -13,7 +13,9 @@ from ._model_source import add_model_source_arguments, check_model_source, model
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('output', metavar='DIR', help='export folder (one subfolder per tag with --all-released)')
     add_model_source_arguments(parser)
-    parser.add_argument('--repo-id', metavar='ORG/NAME', help='Hub repository the folder is meant for (card usage)')
+    parser.add_argument('--repo-id', metavar='ORG/NAME',
+                        help="Hub repository the folder is meant for: the card's code loads hf-hub:ORG/NAME "
+                             '(default: this folder, local-dir:DIR; `push` refuses to upload that card)')
     released = parser.add_argument_group('Released weights')
     released.add_argument('--all-released', metavar='SRC',
                           help='export every released RSPC / FAN weight whose release file is in SRC')
