@@ -14,7 +14,7 @@ import timm
 
 __all__ = [
     'TIMM_VERSION', 'MODELS_MIN_VERSION', 'TASK_MIN_VERSION', 'TRAINER_MIN_VERSION', 'TimmVersionError',
-    'timm_version_at_least', 'require_timm', 'import_timm_task', 'get_device_dtype', 'resolve_classification_loss',
+    'timm_version_at_least', 'require_timm', 'timm_task_classes', 'missing_from_timm', 'get_device_dtype', 'resolve_classification_loss',
     'get_model_input_config',
 ]
 
@@ -75,13 +75,41 @@ except ImportError:  # timm < 1.0.29
 # --- timm.task (1.0.23+) and the helpers around it -----------------------------------------------------------------
 # Looked up when first called, not on import: `import timm_rspc` does not import timm.task or timm.loss.
 
-def import_timm_task(feature: str):
-    """``timm.task``, or `TimmVersionError` naming ``feature`` and timm 1.0.23 (which brings ``timm.task``)."""
+def timm_task_classes() -> tuple:
+    """``(ClassificationTask, TrainingTask)`` of ``timm.task`` (timm 1.0.23 brings it), or stand-ins without it.
+
+    The stand-ins let the modules that define tasks be imported with an older timm (what they define besides the
+    tasks keeps working); constructing a task then raises `TimmVersionError`, one line naming the task and timm 1.0.23.
+    """
     try:
-        import timm.task
+        from timm.task import ClassificationTask, TrainingTask
+        return ClassificationTask, TrainingTask
     except ImportError as e:
-        require_timm(TASK_MIN_VERSION, feature, cause=e)
-    return timm.task
+        cause = e
+    import torch.nn as nn
+
+    class TrainingTask(nn.Module):
+        """Stand-in for ``timm.task.TrainingTask`` (timm 1.0.23 brings it): constructing a task raises."""
+
+        def __init__(self, *args, **kwargs):
+            require_timm(TASK_MIN_VERSION, f'{type(self).__name__} (a timm.task task)', cause=cause)
+
+    class ClassificationTask(TrainingTask):
+        """Stand-in for ``timm.task.ClassificationTask`` (timm 1.0.23 brings it): constructing it raises."""
+
+    return ClassificationTask, TrainingTask
+
+
+def missing_from_timm(name: str, version: str, feature: str, cause: BaseException):
+    """A stand-in for timm's ``name``, which timm ``version`` brings: calling it raises `TimmVersionError` for
+    ``feature`` (so a module that imports ``name`` loads with an older timm, and ``feature`` fails when it runs)."""
+
+    def missing(*args, **kwargs):
+        require_timm(version, feature, cause=cause)
+
+    missing.__name__ = missing.__qualname__ = name
+    missing.__doc__ = f"Stand-in for timm's {name} (timm {version} brings it): raises TimmVersionError."
+    return missing
 
 
 def resolve_classification_loss(criterion, device, multi_label: bool = False, criterion_kwargs=None):

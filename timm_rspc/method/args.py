@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .adversary import resolve_mean_std
 from .settings import RSPCSettings, parse_setting, setting_problem
-from .task import PlainClassificationTask, RSPCTask, TrainingTask  # timm.task (timm 1.0.23+), or one line saying so
+from .task import PlainClassificationTask, RSPCTask, TrainingTask
 
 __all__ = ['add_rspc_args', 'create_rspc_task', 'setting_type']
 

@@ -28,15 +28,14 @@ from timm.models import group_parameters
 from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
-from .._timm_compat import import_timm_task, resolve_classification_loss
+from .._timm_compat import resolve_classification_loss, timm_task_classes
 from .adversary import create_adversary
 from .capture import PairedBlockDistance
 from .corruption import PatchCorruptionModel
 from .input_gradient import find_input_conv, split_input_gradient
 from .settings import RSPCSettings
 
-_timm_task = import_timm_task('RSPCTask (timm.task)')
-ClassificationTask, TrainingTask = _timm_task.ClassificationTask, _timm_task.TrainingTask
+ClassificationTask, TrainingTask = timm_task_classes()  # timm.task (1.0.23+); older: constructing a task says so
 
 _logger = logging.getLogger(__name__)
 

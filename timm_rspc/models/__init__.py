@@ -9,3 +9,6 @@ from .checkpoint_loading import (
 )
 from . import fan  # noqa: F401  (registers the FAN family)
 from . import rvt  # noqa: F401  (registers the RVT family)
+from ._registry import ModelNameCollisionWarning, warn_collisions
+
+warn_collisions()  # one warning if another package had registered any of these names (see _registry.py)

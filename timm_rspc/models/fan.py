@@ -33,12 +33,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn,
 )
-from timm.models import checkpoint, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint, generate_default_cfgs, named_apply
 from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed as XcitConvPatchEmbed, PositionalEncodingFourier
 
 from .._timm_compat import get_device_dtype
+from ._registry import register_model
 from .checkpoint_loading import build_model_with_package_loader, load_pretrained_into
 from .hub_ids import with_hub_ids
 from .paper_results import RSPC_CVF_URL, RSPC_PAPER, paper_notes

@@ -37,11 +37,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
 )
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
 from .._timm_compat import get_device_dtype
+from ._registry import register_model
 from .checkpoint_loading import (
     CheckpointError, CheckpointMismatchError, build_model_with_package_loader, load_pretrained_into,
 )

@@ -14,8 +14,14 @@ from typing import Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
-from timm.task import evaluation_sample_limit
 from timm.utils import dispatch_clip_grad
+
+from .._timm_compat import TRAINER_MIN_VERSION, missing_from_timm
+
+try:
+    from timm.task import evaluation_sample_limit
+except ImportError as e:  # timm < 1.0.31: `timm-rspc train` says which timm it needs when it runs
+    evaluation_sample_limit = missing_from_timm('evaluation_sample_limit', TRAINER_MIN_VERSION, 'timm-rspc train', e)
 
 from .progress import ProgressLog
 

@@ -20,13 +20,21 @@ import torch.nn as nn
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.layers import convert_sync_batchnorm, set_fast_norm
-from timm.loss import create_classification_loss
 from timm.models import create_model, load_checkpoint, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import PlateauLRScheduler, create_scheduler_v2, scheduler_kwargs
-from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import NativeScaler
-from timm.utils.summary import trim_summary
+
+from .._timm_compat import TRAINER_MIN_VERSION, missing_from_timm
+
+try:
+    from timm.loss import create_classification_loss
+    from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
+    from timm.utils.summary import trim_summary
+except ImportError as e:  # timm < 1.0.31: the module loads, `timm-rspc train` says which timm it needs when it runs
+    create_classification_loss, load_task_ema_checkpoint, resume_task_checkpoint, trim_summary = (
+        missing_from_timm(name, TRAINER_MIN_VERSION, 'timm-rspc train', e) for name in (
+            'create_classification_loss', 'load_task_ema_checkpoint', 'resume_task_checkpoint', 'trim_summary'))
 
 from timm_rspc.method import create_rspc_task
 
