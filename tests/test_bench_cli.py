@@ -270,3 +270,46 @@ def test_timm_flag_spellings(val, tmp_path, capsys):
     assert main(['bench', '--model', MODEL, MODEL, '--amp', 'bf16', '--imagenet', val, '--output',
                  str(tmp_path / 'c')] + QUIET) == 0
     assert settings(tmp_path / 'c' / f'1-{MODEL}')['amp'] == 'bfloat16'
+
+
+# --- compare: rows told apart, --label --------------------------------------------------------------------------
+
+def test_compare_rows_of_one_architecture_are_distinct_and_take_labels(val, tmp_path, capsys):
+    """Before: two checkpoints of one architecture were both 'bench_test_mean_pixel [model_best.pth.tar]'."""
+    results = []
+    for run, scale in (('runA', 1.), ('runB', -1.)):
+        path = tmp_path / run / 'model_best.pth.tar'
+        path.parent.mkdir()
+        timm_checkpoint(str(path), {'scale': torch.tensor(scale)}, dict(model=MODEL, num_classes=1000))
+        assert main(['bench', '--model', MODEL, '--checkpoint', str(path), '--imagenet', val,
+                     '--output', str(tmp_path / 'bench' / run)] + QUIET) == 0
+        results.append(str(tmp_path / 'bench' / run / 'results.json'))
+    capsys.readouterr()
+
+    def rows(argv):
+        assert main(['bench', '--compare'] + argv) == 0
+        return [line.split('  ')[0] for line in capsys.readouterr().out.splitlines()[2:4]]
+    assert rows(results) == [f'{MODEL} [runA/model_best.pth.tar]', f'{MODEL} [runB/model_best.pth.tar]']
+    assert rows(results + ['--label', 'baseline', 'RSPC']) == ['baseline', 'RSPC']
+    assert rows([results[0], results[0]]) == [f'{MODEL} [model_best.pth.tar] #1',
+                                              f'{MODEL} [model_best.pth.tar] #2']  # the same file twice
+    line = bench(['--compare'] + results + ['--label', 'only-one'], capsys)
+    assert '2 --compare results but 1 --label' in line
+    line = bench(['--compare'] + results + ['--label', 'same', 'same'], capsys)
+    assert "distinct --label values, got ['same', 'same']" in line
+    # several --model in one run: their table takes the labels too
+    assert main(['bench', '--model', MODEL, MODEL, '--checkpoint', str(tmp_path / 'runA' / 'model_best.pth.tar'),
+                 str(tmp_path / 'runB' / 'model_best.pth.tar'), '--label', 'plain', 'flipped', '--imagenet', val,
+                 '--output', str(tmp_path / 'two')] + QUIET) == 0
+    table = capsys.readouterr().out.split('\n\n')[-1].splitlines()
+    assert table[2].startswith('plain ') and table[3].startswith('flipped ') and '(-75.00)' in table[3]
+    line = bench(['--model', MODEL, MODEL, '--label', 'x', '--imagenet', val], capsys)
+    assert '2 --model but 1 --label' in line
+
+
+def test_compare_pretrained_twice_names_the_run_folders():
+    from timm_rspc.bench.compare import default_labels
+    results = [{'model': MODEL, 'settings': {'weights': {'random_init': True}}, 'summary': {}}] * 2
+    assert default_labels(results, ['out/bench/a/results.json', 'out/bench/b/results.json']) == [
+        f'{MODEL} [random init] (a)', f'{MODEL} [random init] (b)']
+    assert default_labels(results[:1] + [dict(results[0], model=VIT)]) == [MODEL, VIT]

@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
     parser.add_argument('--compare', nargs='+', metavar='RESULTS_JSON',
                         help='print finished results side by side (deltas to the first) and exit')
+    parser.add_argument('--label', action='extend', nargs='+', default=[], metavar='TEXT',
+                        help='row name of each --model / --compare result in the table, in the same order '
+                             '(default: the model name, with the checkpoint and its folders where names collide)')
     parser.set_defaults(_parser=parser)
 
 
@@ -143,10 +146,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.compare:
         if args.model:
             args._parser.error('--compare reads finished results; drop --model')
-        print(compare(args.compare))
+        if args.label and len(args.label) != len(args.compare):
+            raise ValueError(f'{len(args.compare)} --compare results but {len(args.label)} --label; give one per '
+                             'result or none.')
+        print(compare(args.compare, labels=args.label))
         return 0
     if not args.model:
         args._parser.error('--model NAME is required (or --compare RESULTS_JSON ...)')
+    if args.label and len(args.label) != len(args.model):
+        raise ValueError(f'{len(args.model)} --model but {len(args.label)} --label; give one per model or none.')
+    if args.label and len(set(args.label)) != len(args.label):
+        raise ValueError(f'the rows need distinct --label values, got {args.label}.')
     if args.checkpoint and len(args.checkpoint) != len(args.model):
         args._parser.error(f'give one --checkpoint per --model ({len(args.model)} models, '
                            f'{len(args.checkpoint)} checkpoints)')
@@ -184,7 +194,9 @@ def _run(args: argparse.Namespace) -> int:
         args._finished_models.append(model)
     if len(results) > 1 and _is_first_process():
         print()
-        print(compare(results))
+        from timm_rspc.bench.compare import default_labels
+        files = [os.path.join(_output_folder(args, m, i), 'results.json') for i, m in enumerate(args.model)]
+        print(compare(results, labels=args.label or default_labels(results, files)))
     return 0
 
 
