@@ -202,6 +202,22 @@ def test_extending_a_finished_run_follows_the_new_schedule(data_dir, tmp_path, o
     assert expected[1] > expected[2] > 0  # cosine over 3 epochs: 7.5e-4, 2.5e-4
 
 
+@pytest.mark.filterwarnings('ignore:PlateauLRScheduler is deprecated')  # it saves no counters; the trainer does
+def test_plateau_schedule_resumes_exactly(data_dir, tmp_path, one_thread):
+    """Past its warmup the plateau scheduler's learning rate lives in the optimiser and its counters in torch's
+    scheduler: a resume continues both (before, the rebuilt scheduler put the learning rate back to --warmup-lr for
+    the rest of the run)."""
+    common = ['--sched', 'plateau', '--patience-epochs', '1', '--decay-rate', '0.5', '--val-split', '']
+    train(_train_args(data_dir, tmp_path, 'straight', *common, '--epochs', '4'))
+    train(_train_args(data_dir, tmp_path, 'resumed', *common, '--epochs', '2'))
+    train(_train_args(data_dir, tmp_path, 'resumed', *common, '--epochs', '4',
+                      '--resume', str(tmp_path / 'resumed' / 'last.pth.tar')))
+    straight, resumed = (_load(str(tmp_path / run / 'last.pth.tar')) for run in ('straight', 'resumed'))
+    for key in ('state_dict', 'optimizer', 'lr_scheduler'):
+        _assert_same_tree(straight[key], resumed[key], key)
+    assert _summary_lrs(tmp_path / 'resumed') == _summary_lrs(tmp_path / 'straight')
+
+
 def test_ctrl_c_exits_130_and_names_what_was_saved(data_dir, tmp_path):
     """SIGINT during training: exit status 130 and one line naming the saved epoch and the --resume flag."""
     run = tmp_path / 'run'

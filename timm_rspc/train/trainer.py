@@ -271,7 +271,7 @@ def _train_in_folder(args: argparse.Namespace, setup: _RunSetup, output_dir: str
             max_history=args.checkpoint_hist, task=task,
             extra_state=lambda: {
                 'rng_state': rng_states,
-                'lr_scheduler': lr_scheduler.state_dict() if lr_scheduler is not None else None,
+                'lr_scheduler': _scheduler_state(lr_scheduler),
             })
         _write_args(output_dir, args_text, args.resume, start_epoch)
         continues = resumes_in_place(args.resume, output_dir)
@@ -358,13 +358,20 @@ def _continue_schedule(lr_scheduler, checkpoint: Dict[str, Any], start_epoch: in
     The checkpoint's scheduler state is not loaded over it: for timm's schedulers other than plateau that state is
     the schedule's configuration (``t_initial``, warmup, ...), which would silently keep the old ``--epochs`` of a
     run extended with a larger one (learning rate 0 past its old end). What the arguments cannot rebuild is carried
-    over: the plateau scheduler's progress (its whole state: best metric, last epoch), then the end-of-epoch step the
-    run took after saving the checkpoint, with the checkpoint's metric. With unchanged arguments the result is the
-    scheduler of an uninterrupted run, bit for bit.
+    over: the plateau scheduler's progress (best metric, bad-epoch and cooldown counters, and, past its warmup, the
+    learning rate itself, which only the optimiser holds and the rebuilt scheduler resets to ``--warmup-lr``), then
+    the end-of-epoch step the run took after saving the checkpoint, with the checkpoint's metric. With unchanged
+    arguments the result is the scheduler of an uninterrupted run, bit for bit.
     """
     saved = checkpoint.get('lr_scheduler') or {}
     if isinstance(lr_scheduler, PlateauLRScheduler) and saved:
         lr_scheduler.load_state_dict(saved)
+        if 'reduce_on_plateau' in saved:
+            lr_scheduler.lr_scheduler.load_state_dict(saved['reduce_on_plateau'])
+        saved_groups = (checkpoint.get('optimizer') or {}).get('param_groups', [])
+        if start_epoch > lr_scheduler.warmup_t and len(saved_groups) == len(lr_scheduler.optimizer.param_groups):
+            for group, saved_group in zip(lr_scheduler.optimizer.param_groups, saved_groups):
+                group['lr'] = saved_group['lr']
     now = lr_scheduler.state_dict()
     changed = [f'{key} {saved[key]} -> {now[key]}' for key in now if key != 'metric' and key in saved
                and saved[key] != now[key]]
@@ -373,6 +380,17 @@ def _continue_schedule(lr_scheduler, checkpoint: Dict[str, Any], start_epoch: in
         _logger.info(f"Learning-rate schedule from this command's arguments, changed since the checkpoint "
                      f"({', '.join(changed)}); epoch {start_epoch} starts at lr "
                      f"{lr_scheduler.optimizer.param_groups[0]['lr']:.4g}.")
+
+
+def _scheduler_state(lr_scheduler) -> Optional[Dict[str, Any]]:
+    """The scheduler's ``state_dict()``; for plateau also torch's ``ReduceLROnPlateau`` state, whose bad-epoch and
+    cooldown counters timm's plateau ``state_dict()`` leaves out and an exact resume needs."""
+    if lr_scheduler is None:
+        return None
+    state = lr_scheduler.state_dict()
+    if isinstance(lr_scheduler, PlateauLRScheduler):
+        state['reduce_on_plateau'] = lr_scheduler.lr_scheduler.state_dict()
+    return state
 
 
 def _print_results(epochs: List[Dict[str, Any]], eval_metric: str, decreasing: bool) -> None:
