@@ -313,3 +313,27 @@ def test_compare_pretrained_twice_names_the_run_folders():
     assert default_labels(results, ['out/bench/a/results.json', 'out/bench/b/results.json']) == [
         f'{MODEL} [random init] (a)', f'{MODEL} [random init] (b)']
     assert default_labels(results[:1] + [dict(results[0], model=VIT)]) == [MODEL, VIT]
+
+
+# --- logs -------------------------------------------------------------------------------------------------------
+
+def test_bench_log_file_has_no_carriage_returns(val, tmp_path):
+    """Before: tqdm's carriage-return progress went into log files; now bars only on a terminal, one line a split."""
+    import re
+    import subprocess
+    import sys
+    write_imagenet_c(str(tmp_path / 'c'))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = 'import sys, bench_fixtures; from timm_rspc.cli import main; sys.exit(main(["bench"] + sys.argv[1:]))'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([tests, os.environ.get('PYTHONPATH', '')]))
+    log = tmp_path / 'bench.log'
+    with open(log, 'w') as f:  # no TTY, as under nohup, a scheduler or `> log 2>&1`; progress bars not switched off
+        proc = subprocess.run(
+            [sys.executable, '-c', code, '--model', MODEL, '--imagenet', val, '--imagenet-c', str(tmp_path / 'c'),
+             '-j', '0', '-b', '2', '--no-plot', '--output', str(tmp_path / 'out')],
+            stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, timeout=300)
+    text = log.read_bytes().decode()
+    assert proc.returncode == 0, text[-3000:]
+    assert '\r' not in text and '\x1b[' not in text
+    assert re.search(r'^imagenet/all +top-1 +75\.00%  \(\d+ images\)$', text, flags=re.M)
+    assert len(re.findall(r'^imagenet_c/\w+/[1-5] +top-1 ', text, flags=re.M)) == 75  # one line per split

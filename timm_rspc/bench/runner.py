@@ -124,6 +124,15 @@ def _one_line(split: Split, record: Dict[str, Any]) -> str:
             f"({record['videos']} videos)")
 
 
+def _on_a_terminal(stream) -> bool:
+    """Progress bars only where someone watches them: in a log file (no TTY) tqdm's carriage returns are noise, and
+    every finished split prints its one line anyway."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
 class BenchmarkInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: what is saved (``finished`` of ``total`` splits in ``output``) for the message."""
 
@@ -216,7 +225,8 @@ def run_benchmark(
     The model is built the way it was trained: a checkpoint's stored training arguments (or the ``args.yaml``
     beside it) give ``model_kwargs``, ``num_classes`` and the input size unless given here (``use_recorded_args``
     off ignores them); ``img_size`` / ``input_size`` set the evaluated size as in timm's validate.py; ``use_ema``
-    loads the checkpoint's EMA weights. ``amp``: ``'float16'`` or ``'bfloat16'`` autocast. Every mistake that can
+    loads the checkpoint's EMA weights. ``amp``: ``'float16'`` or ``'bfloat16'`` autocast. ``progress`` bars are
+    drawn only when stderr is a terminal; in a log file each finished split is one line. Every mistake that can
     be seen before evaluating (values, device, paths, model, input size, empty data sets) raises before the run
     folder is created. Ctrl-C raises `BenchmarkInterrupted`, which says what is saved.
     """
@@ -269,7 +279,8 @@ def run_benchmark(
     size = 'x'.join(str(v) for v in config['input_size'])
     say(f"timm-rspc bench: {model_name} at {size} ({len(splits)} splits, {len(records)} already done) -> {output}")
     evaluator = Evaluator(model, config['mean'], config['std'], device=device, batch_size=batch_size,
-                          workers=workers, amp=amp, channels_last=settings['channels_last'], progress=progress)
+                          workers=workers, amp=amp, channels_last=settings['channels_last'],
+                          progress=progress and _on_a_terminal(sys.stderr))
     started = time.time()
     try:
         for split in splits:
