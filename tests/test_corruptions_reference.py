@@ -20,6 +20,7 @@ independence between pixels and channels.
 """
 import ast
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -51,7 +52,8 @@ ADAPTATIONS = (
 )
 IMAGES = ('astronaut', 'chelsea', 'coffee')
 FLOAT32_SLACK = 1e-3  # grey levels
-EXACT = ('defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'contrast', 'pixelate', 'saturate')
+EXACT = ('defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'contrast', 'pixelate', 'jpeg_compression',
+         'saturate')
 RANDOM = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise')
 
 
@@ -94,7 +96,7 @@ def reference():
     """The reference's corruption functions (and helpers), defined from its own source."""
     namespace = {'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL_Image,
                  'Image': PIL_Image, 'scizoom': scipy.ndimage.zoom, 'map_coordinates': scipy.ndimage.map_coordinates,
-                 'cv2': cv2, '__name__': 'imagenet_c.corruptions'}
+                 'cv2': cv2, 'BytesIO': io.BytesIO, '__name__': 'imagenet_c.corruptions'}
     tree = ast.parse(reference_source())
     wanted = set(EXACT) | set(RANDOM) | {'fog', 'plasma_fractal', 'clipped_zoom', 'disk', 'frost', 'elastic_transform'}
     functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]

@@ -20,20 +20,22 @@ constants). So far, each with a test against the reference code (``tests/test_co
 | contrast | digital | exact |
 | elastic_transform | digital | in distribution (exact given the same draws) |
 | pixelate | digital | exact (bit-identical) |
+| jpeg_compression | digital | exact (bit-identical; sides multiples of 16) |
 | saturate | digital (extra) | exact |
 
-Not yet: glass and motion blur, snow, JPEG, spatter. frost's photographs come from the
+Not yet: glass and motion blur, snow, spatter. frost's photographs come from the
 reference's PyPI sdist, fetched once (`reference_data`).
 
 `primitives` holds the library operations the reference relies on (scikit-image's ``gaussian``, Pillow's BOX resize,
 scipy.ndimage's linear zoom and ``map_coordinates``, OpenCV's ``filter2D`` and ``warpAffine`` sampling, ImageNet-C's
-anti-aliased disk, the diamond-square plasma fractal).
+anti-aliased disk, the diamond-square plasma fractal); `jpeg` is Pillow's (libjpeg-turbo's) JPEG round trip.
 """
 from .imagenet_c import (
     CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur,
-    elastic_transform, fog, frost, gaussian_blur, gaussian_noise, impulse_noise, pixelate, saturate, shot_noise,
-    speckle_noise, zoom_blur,
+    elastic_transform, fog, frost, gaussian_blur, gaussian_noise, impulse_noise, jpeg_compression, pixelate, saturate,
+    shot_noise, speckle_noise, zoom_blur,
 )
+from .jpeg import jpeg_round_trip
 from .primitives import (
     border_index, box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, plasma_fractal, sample_bilinear,
 )
@@ -41,6 +43,6 @@ from .primitives import (
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
-    'contrast', 'elastic_transform', 'pixelate', 'saturate', 'border_index', 'box_resize', 'clipped_zoom',
-    'disk_kernel', 'filter2d', 'gaussian_filter', 'plasma_fractal', 'sample_bilinear',
+    'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'jpeg_round_trip', 'border_index',
+    'box_resize', 'clipped_zoom', 'disk_kernel', 'filter2d', 'gaussian_filter', 'plasma_fractal', 'sample_bilinear',
 ]

@@ -24,12 +24,13 @@ import torch
 from .primitives import (
     box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
 )
+from .jpeg import jpeg_round_trip
 from .reference_data import frost_images
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
-    'contrast', 'elastic_transform', 'pixelate', 'saturate',
+    'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate',
 ]
 
 SEVERITIES = {
@@ -49,13 +50,15 @@ SEVERITIES = {
                           (244 * .05, 244 * .01, 244 * .02), (244 * .07, 244 * .01, 244 * .02),
                           (244 * .12, 244 * .01, 244 * .02)),
     'pixelate': (.6, .5, .4, .3, .25),
+    'jpeg_compression': (25, 18, 15, 10, 7),
     'saturate': ((.3, 0), (.1, 0), (2, 0), (5, .1), (20, .2)),
 }
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
     'defocus_blur': 'blur', 'zoom_blur': 'blur', 'gaussian_blur': 'blur',
     'frost': 'weather', 'brightness': 'weather', 'fog': 'weather',
-    'contrast': 'digital', 'elastic_transform': 'digital', 'pixelate': 'digital', 'saturate': 'digital',
+    'contrast': 'digital', 'elastic_transform': 'digital', 'pixelate': 'digital', 'jpeg_compression': 'digital',
+    'saturate': 'digital',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
 EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
@@ -63,7 +66,7 @@ FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
     'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact',
     'frost': 'in distribution', 'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact',
-    'elastic_transform': 'in distribution', 'pixelate': 'exact', 'saturate': 'exact',
+    'elastic_transform': 'in distribution', 'pixelate': 'exact', 'jpeg_compression': 'exact', 'saturate': 'exact',
 }
 
 
@@ -243,6 +246,13 @@ def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
     return box_resize(small, (height, width))
 
 
+def jpeg_compression(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Saved by Pillow as a baseline JPEG of quality 25, 18, 15, 10, 7 and read back (`jpeg_round_trip`:
+    libjpeg-turbo's 4:2:0 encoder and decoder with the accurate integer DCT, in torch integers). Exact (bit-identical
+    at 224 px); image sides must be multiples of 16; not differentiable."""
+    return jpeg_round_trip(x, _constant('jpeg_compression', severity))
+
+
 def saturate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """HSV saturation scaled and shifted, ``clip(s * a + b, 0, 1)``, hue and value kept, with (a, b) = (0.3, 0),
     (0.1, 0), (2, 0), (5, 0.1), (20, 0.2) (ImageNet-C's extra corruption; the reference's round trip through
@@ -265,7 +275,8 @@ CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_noise': gaussian_noise, 'shot_noise': shot_noise, 'impulse_noise': impulse_noise,
     'speckle_noise': speckle_noise, 'defocus_blur': defocus_blur, 'zoom_blur': zoom_blur,
     'gaussian_blur': gaussian_blur, 'frost': frost, 'brightness': brightness, 'fog': fog, 'contrast': contrast,
-    'elastic_transform': elastic_transform, 'pixelate': pixelate, 'saturate': saturate,
+    'elastic_transform': elastic_transform, 'pixelate': pixelate, 'jpeg_compression': jpeg_compression,
+    'saturate': saturate,
 }
 
 
