@@ -65,6 +65,19 @@ def test_self_check_passes_and_runs_once(monkeypatch):
     assert len(calls) == 1
 
 
+def test_self_check_inside_a_training_step_context():
+    """First use may come inside a step: under autocast, no_grad, inference_mode or activation checkpointing's
+    saved-tensor hooks. The check is not disturbed by them (a failure would be a false alarm: a warning and a slower
+    run)."""
+    def refuse(tensor):
+        raise RuntimeError('saved by the self-check into the caller\'s checkpoint')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with torch.autocast('cpu', dtype=torch.bfloat16), torch.inference_mode(), \
+                torch.autograd.graph.saved_tensors_hooks(refuse, refuse):
+            assert all(kernel_status(name, CPU) is None for name in KERNELS)
+
+
 def test_compile_error_switches_the_kernel_off_with_one_warning(monkeypatch):
     monkeypatch.setattr(paired_distance, '_paired_sq_sum_fwd', _Broken())
     with pytest.warns(RuntimeWarning) as record:

@@ -80,19 +80,26 @@ def run_case(case: CheckCase) -> Optional[str]:
     return None
 
 
+def _identity(tensor):
+    return tensor
+
+
 def self_check(kernel: str, device) -> Optional[str]:
     """The runtime safety net: the first float32 case of ``kernel`` on ``device`` against its reference.
 
     Returns ``None`` when it matches, else the reason (a mismatch, or the error the compiler or launch raised). It
-    leaves the caller's state alone: it may run inside a training step under autocast, ``inference_mode``, a host-sync
-    debug mode (it must sync once to compare) or a seeded RNG (its inputs come from their own generators).
+    leaves the caller's state alone and is not disturbed by it: it may run inside a training step under autocast,
+    ``inference_mode``, a host-sync debug mode (it must sync once to compare), activation checkpointing (whose
+    saved-tensor hooks would take its tensors; identity hooks stand in) or a seeded RNG (its inputs come from their own
+    generators).
     """
     device = torch.device(device)
     sync_mode = torch.cuda.get_sync_debug_mode() if device.type == 'cuda' else 0
     try:
         if sync_mode:
             torch.cuda.set_sync_debug_mode(0)
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False), \
+                torch.autograd.graph.saved_tensors_hooks(_identity, _identity):
             mismatch = run_case(next(iter(cases(kernel, device, (torch.float32,)))))
             return None if mismatch is None else f'did not match its PyTorch reference ({mismatch})'
     except Exception as error:  # noqa: BLE001 - any failure of an optional fast path means: do not use it
