@@ -31,6 +31,7 @@ STAND_IN_TRAIN_PY = textwrap.dedent('''
     parser.add_argument('--resume', default='')
     parser.add_argument('--model', default='vit_tiny_patch16_224')
     parser.add_argument('--amp', action='store_true')
+    parser.add_argument('--opt', default='sgd')
 
 
     def train_one_epoch(task, optimizer, input, target, loss_scaler=None):
@@ -53,7 +54,7 @@ STAND_IN_TRAIN_PY = textwrap.dedent('''
                              num_heads=2)
         task = ClassificationTask(model=model, criterion=torch.nn.CrossEntropyLoss(), device=torch.device('cpu'),
                                   dtype=None, verbose=False)
-        optimizer = create_optimizer_v2(task.get_trainable_module(), opt='sgd', lr=0.1)
+        optimizer = create_optimizer_v2(task.get_trainable_module(), opt=args.opt, lr=0.1)
         if args.resume:
             resume_task_checkpoint(task, args.resume, optimizer=optimizer)
         metrics = train_one_epoch(task, optimizer, torch.rand(4, 3, 32, 32), torch.arange(4), loss_scaler)
@@ -135,6 +136,20 @@ def test_resume_across_methods_needs_the_switch(script, monkeypatch, tmp_path):
     assert type(resumed['task']).__name__ == 'ClassificationTask'
     _, resumed = _run(script, monkeypatch, '--resume', checkpoint, '--rspc')
     assert isinstance(resumed['task'], RSPCTask)
+
+
+def test_resume_with_another_optimiser_is_refused(script, monkeypatch, tmp_path):
+    """timm's resume loads an AdamW state into SGD and the first step fails (KeyError: 'momentum')."""
+    import argparse
+    _, result = _run(script, monkeypatch, '--opt', 'adamw')
+    task = result['task']
+    optimizer = torch.optim.AdamW(task.get_trainable_module().parameters())
+    checkpoint = str(tmp_path / 'adamw.pth.tar')
+    torch.save({**task.get_checkpoint_state(), 'epoch': 0, 'optimizer': optimizer.state_dict(),
+                'args': argparse.Namespace(opt='adamw')}, checkpoint)
+    with pytest.raises(ConfigError, match=r"was trained with --opt adamw, this run uses --opt sgd: pass --opt adamw"):
+        _run(script, monkeypatch, '--resume', checkpoint)
+    _run(script, monkeypatch, '--resume', checkpoint, '--opt', 'adamw')
 
 
 def test_train_script_without_task_seams_refuses_rspc(script, monkeypatch):

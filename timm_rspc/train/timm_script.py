@@ -32,7 +32,7 @@ from timm_rspc.method import add_rspc_args, create_rspc_task
 
 from .args import ConfigError, add_method_change_arg
 from .loop import ScalarSums
-from .resume_check import check_resume_file
+from .resume_check import check_resume_file, check_same_optimizer
 
 SCRIPT_MODULE_NAME = '__timm_rspc_script__'
 # Names of timm's train.py that --rspc replaces; all of them must exist.
@@ -134,8 +134,10 @@ class RSPCInjection:
     def _checked_resume(self, resume_task_checkpoint: Callable) -> Callable:
         def resume(task, checkpoint_path, *args, **kwargs):
             if os.path.isfile(checkpoint_path):
-                check_resume_file(checkpoint_path, task.get_eval_model(), self.rspc,
-                                  getattr(self.args, 'allow_method_change', False))
+                checkpoint = check_resume_file(checkpoint_path, task.get_eval_model(), self.rspc,
+                                               getattr(self.args, 'allow_method_change', False))
+                if kwargs.get('optimizer') is not None and getattr(self.args, 'opt', None):  # not --no-resume-opt
+                    check_same_optimizer(checkpoint, self.args.opt, checkpoint_path)
             return resume_task_checkpoint(task, checkpoint_path, *args, **kwargs)
         return resume
 
