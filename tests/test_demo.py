@@ -92,3 +92,30 @@ def test_ctrl_c_stops_the_whole_demo(tmp_path):
         f"timm-rspc demo: interrupted: stopped before the report; '{out}' holds only what was finished (the demo "
         "does not resume: run it again with a new --output).")
     assert sorted(os.listdir(out)) == ['baseline']
+
+
+def test_quick_demo_log_has_one_result_block_per_training_run(tmp_path):
+    """`timm-rspc demo --quick > log 2>&1`: each training run's --result block right after that run's log, once.
+
+    Before: stdout (the blocks) is block-buffered without a terminal while the log (stderr) is not, so the
+    baseline's block landed inside or after the RSPC run's log, two blocks interleaved with the wrong run.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env.pop('PYTHONUNBUFFERED', None)  # as for a user: stdout buffered when it is a file
+    log = tmp_path / 'demo.log'
+    with open(log, 'w') as f:
+        proc = subprocess.run(
+            [sys.executable, '-m', 'timm_rspc.cli', 'demo', '--quick', '--output', str(tmp_path / 'demo'),
+             '--data-dir', str(tmp_path / 'data')],
+            cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    runs = text.split('Training with one process')[1:]
+    assert len(runs) == 2 and text.count('--result\n') == 2
+    for run, name in zip(runs, ('baseline', 'rspc')):
+        assert f"Output folder: {tmp_path / 'demo' / name}." in run
+        assert run.count('--result\n') == 1, run
+        before, block = run.split('--result\n')
+        assert 'Best top1' in before  # after the run's own last log line
+        epochs = json.JSONDecoder().raw_decode(block)[0]
+        assert ('align_loss' in epochs[-1]['train']) == (name == 'rspc')  # the block of this run

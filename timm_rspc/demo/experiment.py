@@ -9,6 +9,7 @@ analysis of `timm_rspc.analysis`, on the same fixed random patch masks for both 
 import argparse
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional
@@ -122,6 +123,10 @@ def _train_one(config: DemoConfig, data_dir: str, output_dir: str, rspc: bool):
     args, _ = parse_args(config.train_argv(data_dir, output_dir, rspc))
     start = time.perf_counter()
     result = train(args)
+    # The trainer's closing --result block goes to stdout, its log to stderr. Without a terminal stdout is
+    # block-buffered: unflushed, the baseline's block came out inside the RSPC run's log (or after it, beside the
+    # RSPC block), flushed by whichever process wrote next. Each run's block belongs right after that run.
+    sys.stdout.flush()
     return result, time.perf_counter() - start
 
 
