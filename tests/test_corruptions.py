@@ -1,8 +1,10 @@
-"""`timm_rspc.corruptions`: its primitives against the libraries the reference uses (Pillow's BOX resize, scikit-image's
+"""`timm_rspc.corruptions`: its primitives against the libraries the reference uses (Pillow's BOX resize and JPEG, scikit-image's
 gaussian) at many sizes, and the torch contract (any size, batching, generators, gradients, errors).
 
 The corruptions against the reference implementation itself: ``test_corruptions_reference.py``.
 """
+import io
+
 import numpy as np
 import PIL.Image as PIL_Image
 import pytest
@@ -117,6 +119,22 @@ def test_plasma_fractal_is_in_unit_range_and_independent_per_image():
     assert not torch.equal(maps[0], maps[1])
     with pytest.raises(ValueError, match='power of two'):
         plasma_fractal(1, 48)
+
+
+@pytest.mark.parametrize('size', [(16, 16), (32, 48), (64, 224)])
+@pytest.mark.parametrize('quality', [1, 7, 25, 50, 85, 100])
+def test_jpeg_round_trip_is_pillows(size, quality):
+    from timm_rspc.corruptions import jpeg_round_trip
+    images = random_8bit((2, *size, 3), seed=quality)
+    images[1] = np.linspace(0, 255, size[1], dtype=np.uint8)[None, :, None]   # a smooth ramp as well as noise
+    expected = []
+    for image in images:
+        buffer = io.BytesIO()
+        PIL_Image.fromarray(image).save(buffer, 'JPEG', quality=quality)
+        expected.append(np.asarray(PIL_Image.open(buffer)))
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    ours = (jpeg_round_trip(pixels, quality) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(ours, np.stack(expected)), np.abs(ours.astype(int) - np.stack(expected)).max()
 
 
 def test_frost_draws_cover_the_references_ranges():
