@@ -1,5 +1,5 @@
-"""`timm_rspc.corruptions`: its primitives against the libraries the reference uses (Pillow's BOX resize and JPEG, scikit-image's
-gaussian) at many sizes, and the torch contract (any size, batching, generators, gradients, errors).
+"""`timm_rspc.corruptions`: its primitives against the libraries the reference uses (Pillow's BOX resize and JPEG,
+scikit-image's gaussian) at many sizes, and the torch contract (any size, batching, generators, gradients, errors).
 
 The corruptions against the reference implementation itself: ``test_corruptions_reference.py``.
 """
