@@ -7,6 +7,7 @@ timm the two are the same and the test still checks that everything runs. Fast: 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -125,3 +126,10 @@ def test_one_bench_split(tmp_path):
     out = run_benchmark('bench_test_mean_pixel', str(tmp_path / 'run'), imagenet=str(tmp_path / 'val'), workers=0,
                         progress=False, plot=False, verbose=False)
     assert out['summary']['imagenet']['top1'] == 75.0
+
+
+def test_pyproject_declares_the_models_lower_bound():
+    """pip's lower bound is the oldest timm the models (and so ``import timm_rspc``) run on; .ci/run tests it."""
+    with open(os.path.join(ROOT, 'pyproject.toml')) as f:
+        bounds = re.findall(r'"timm>=([0-9.]+)"', f.read())
+    assert bounds == [MODELS_MIN_VERSION]
