@@ -38,7 +38,7 @@ def test_dry_run_runs_every_section_or_says_why_not(gpu_check, tmp_path, capsys)
     assert '### kernels: passed' in block  # the first case of each kernel, under the interpreter
     for kernel in ('patch_noise', 'paired_distance', 'attention_change'):
         assert f'| {kernel} | float32' in block
-    assert 'fp16 autocast with a GradScaler needs CUDA' in block and 'max_memory_allocated needs CUDA' in block
+    assert '| float16 | vit_tiny_patch16_224 |' in block and 'max_memory_allocated needs CUDA' in block
     assert 'FAILED' not in block
 
     # A second run replaces its block; run.py's report keeps it.
