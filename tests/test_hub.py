@@ -619,7 +619,7 @@ def test_export_puts_paper_results_only_on_the_released_file(tmp_path, monkeypat
     assert '12.5' in card and '55.7' not in card  # own result; not the paper's ImageNet-C mCE of RSPC-RVT-Ti
 
 
-# ---------------------------------------------------------------------------------------------------- cards true for their folder
+# ------------------------------------------------------------------------------------- cards true for their folder
 
 
 def _card_code(card):
@@ -671,7 +671,8 @@ def test_card_without_repo_id_loads_this_export(tmp_path, run_checkpoint, weight
     assert all(torch.equal(loaded[k], v) for k, v in weights['plain'].items())
     # every metric with its data set, image count and one decimal; the relative mCE bench measured is shown
     assert '| ImageNet-1k top-1 (↑) | ImageNet-1k val | 100.0 (32 of 50,000 images) |' in card
-    assert '| ImageNet-C mCE (↓) | ImageNet-C, 15 corruptions x 5 severities | 24.5 (750 of 3,750,000 images) |' in card
+    assert ('| ImageNet-C mCE (↓) | ImageNet-C, 15 corruptions x 5 severities | '
+            '24.5 (750 of 3,750,000 images) |') in card
     assert ('| ImageNet-C mCE w/o noise (↓) | ImageNet-C, 12 corruptions (no noise) x 5 severities | '
             '24.0 (600 of 3,000,000 images) |') in card
     assert ('| ImageNet-C relative mCE (↓) | ImageNet-C, 15 corruptions x 5 severities, and ImageNet-1k val | '

@@ -188,9 +188,12 @@ def read_results(path: str) -> Dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"'{path}': metric '{key}' must be a number (percent), got {value!r}.")
     results = dict(results)
-    relative = (data.get('summary') or {}).get('imagenet_c', {}) if isinstance(data.get('summary'), dict) else {}
-    if 'imagenet_c_relative_mce' not in results and isinstance(relative.get('relative_mce'), (int, float)):
-        results['imagenet_c_relative_mce'] = relative['relative_mce']  # measured by bench (clean ImageNet + C)
+    summary = data.get('summary') if isinstance(data.get('summary'), dict) else {}
+    imagenet_c = summary.get('imagenet_c') if isinstance(summary.get('imagenet_c'), dict) else {}
+    relative = imagenet_c.get('relative_mce')
+    if 'imagenet_c_relative_mce' not in results and isinstance(relative, (int, float)) and \
+            not isinstance(relative, bool):
+        results['imagenet_c_relative_mce'] = relative  # measured by bench (clean ImageNet and all of ImageNet-C)
     images: Dict[str, int] = {}
     given = data.get('images') or {}
     if not isinstance(given, dict) or any(k not in results or isinstance(v, bool) or not isinstance(v, int) or v < 1
