@@ -13,7 +13,8 @@ Sections (each passes, fails or is skipped with its reason; any failure makes th
   skipped for overflow) and under bf16.
 * ``sync``: the step under ``torch.cuda.set_sync_debug_mode('error')``: no host-device synchronisation.
 * ``compile``: the task compiled by ``torch.compile`` (inductor) gives the eager step.
-* ``ddp``: two NCCL processes keep C and the backbone identical across ranks (needs two GPUs, else skipped, said so).
+* ``ddp``: two NCCL processes keep C and the backbone identical across ranks (needs two GPUs, else skipped, said so;
+  the dry run uses gloo on CPU).
 * ``timing``: RSPC step at B vs plain step at 2B (time, and ``max_memory_allocated``) with the kernels on and off, and
   each kernel against its reference: ``benchmarks/run.py``'s measurements, reused.
 
@@ -203,15 +204,17 @@ def check_compile(args, device) -> List[Dict]:
                  ok=loss_error <= 1e-4 and grad_error <= 1e-2)]
 
 
-def _ddp_worker(rank: int, init_file: str, out_dir: str, model_name: str, img_size: int, batch: int) -> None:
+def _ddp_worker(rank: int, backend: str, init_file: str, out_dir: str, model_name: str, img_size: int,
+                batch: int) -> None:
     import torch.distributed as dist
-    torch.cuda.set_device(rank)
-    dist.init_process_group('nccl', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    dist.init_process_group(backend, init_method=f'file://{init_file}', rank=rank, world_size=2)
     try:
-        device = torch.device('cuda', rank)
+        device = torch.device('cuda', rank) if backend == 'nccl' else torch.device('cpu')
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
         torch.manual_seed(100 + rank)  # C differs per rank until prepare_distributed
         task, optimizer = _task(model_name, argparse.Namespace(img_size=img_size), device)
-        task.prepare_distributed(device_ids=[rank])
+        task.prepare_distributed(device_ids=[rank] if device.type == 'cuda' else None)
         x, target, _ = _batch(batch, img_size, device, seed=rank)  # each rank its own data
         for _ in range(2):
             task(x, target)['loss'].backward()
@@ -225,19 +228,25 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str, model_name: str, img_si
 
 
 def check_ddp(args, device) -> List[Dict]:
-    _require_cuda(device, 'NCCL DDP')
-    if torch.cuda.device_count() < 2:
+    if device.type == 'cuda' and torch.cuda.device_count() < 2:
         raise Skip(f'two-process NCCL DDP needs 2 GPUs, found {torch.cuda.device_count()}')
+    if device.type != 'cuda' and not args.dry_run:
+        raise Skip('NCCL DDP needs CUDA')
+    # The dry run on CPU runs the same two processes on gloo, so that the GPU run does not meet this code first.
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if __name__ != '__main__':
+        raise Skip(f'{backend} DDP: spawned processes must import this file as a script (python '
+                   'benchmarks/gpu_check.py)')
     import torch.multiprocessing as mp
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(os.path.join(tmp, 'init'), tmp, args.models[-1], args.img_size, args.check_batch),
-                 nprocs=2, join=True)
+        mp.spawn(_ddp_worker, nprocs=2, join=True, args=(
+            backend, os.path.join(tmp, 'init'), tmp, args.models[-1], args.img_size, args.check_batch))
         states = [torch.load(os.path.join(tmp, f'rank{r}.pt'), weights_only=True) for r in range(2)]
     # C's gradients are averaged by its optimiser, the backbone's by DDP: both stay identical across the ranks.
     same_c = all(torch.equal(states[0][k], states[1][k]) for k in states[0] if not k.startswith('backbone.'))
     same_backbone = all(torch.allclose(states[0][k].float(), states[1][k].float(), rtol=1e-5, atol=1e-7)
                         for k in states[0] if k.startswith('backbone.'))
-    return [dict(model=args.models[-1], processes=2, backend='nccl', c_identical_across_ranks=same_c,
+    return [dict(model=args.models[-1], processes=2, backend=backend, c_identical_across_ranks=same_c,
                  backbone_same_across_ranks=same_backbone, ok=same_c and same_backbone)]
 
 

@@ -3,6 +3,8 @@ kernel section runs its first cases under Triton's interpreter, and the tables l
 markers that ``benchmarks/run.py`` keeps."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,3 +58,14 @@ def test_a_mismatch_fails_loudly(gpu_check, monkeypatch, capsys):
     monkeypatch.setattr(checks, 'run_case', lambda case: f'{case.label}: output 0 differs by up to 1')
     assert gpu_check.main(['--dry-run', '--only', 'kernels']) == 1
     assert 'GPU CHECK FAILED: kernels' in capsys.readouterr().err
+
+
+def test_dry_run_ddp_as_a_script_runs_two_gloo_processes(tmp_path):
+    """The DDP section's processes import the script by path, so it runs as the GPU run will: a subprocess."""
+    results = tmp_path / 'RESULTS.md'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'gpu_check.py'), '--dry-run', '--only',
+                           'ddp', '--models', 'vit_tiny_patch16_224', '--output', str(results)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '### ddp: passed' in results.read_text()
+    assert '| vit_tiny_patch16_224 | 2 | gloo | True | True | True |' in results.read_text()
