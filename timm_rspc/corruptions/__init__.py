@@ -20,7 +20,7 @@ constants). So far, each with a test against the reference code (``tests/test_co
 | contrast | digital | exact |
 | elastic_transform | digital | in distribution (exact given the same draws) |
 | pixelate | digital | exact (bit-identical) |
-| jpeg_compression | digital | exact (bit-identical; sides multiples of 16) |
+| jpeg_compression | digital | exact (bit-identical) |
 | saturate | digital (extra) | exact |
 
 Not yet: glass and motion blur, snow, spatter. frost's photographs come from the

@@ -248,8 +248,8 @@ def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
 
 def jpeg_compression(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Saved by Pillow as a baseline JPEG of quality 25, 18, 15, 10, 7 and read back (`jpeg_round_trip`:
-    libjpeg-turbo's 4:2:0 encoder and decoder with the accurate integer DCT, in torch integers). Exact (bit-identical
-    at 224 px); image sides must be multiples of 16; not differentiable."""
+    libjpeg-turbo's 4:2:0 encoder and decoder with the accurate integer DCT, in torch integers). Exact (bit-identical,
+    at any size); not differentiable."""
     return jpeg_round_trip(x, _constant('jpeg_compression', severity))
 
 

@@ -13,7 +13,7 @@ Each step follows libjpeg-turbo's fixed-point definition (the values below are i
   (triangular) 2 x 2 chroma upsampling with biases 8 / 7 and the edge rows and columns repeated (``jdsample.c``,
   ``jdmainct.c``), YCbCr -> RGB with its tables (``jdcolor.c``).
 
-Entropy coding is lossless and left out. Image sides must be multiples of 16 (whole 4:2:0 MCUs, e.g. 224). Not
+Entropy coding is lossless and left out. Any image size (partial MCUs filled as libjpeg fills them). Not
 differentiable (rounding at every step).
 """
 import torch
@@ -145,13 +145,25 @@ def _fancy_upsample(plane: torch.Tensor) -> torch.Tensor:
     return torch.stack([(sums * 3 + left + 8) >> 4, (sums * 3 + right + 7) >> 4], dim=3).flatten(2, 3)
 
 
+def _replicate(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, h, w) -> (B, height, width): cropped, or extended by repeating the last row and column (libjpeg's
+    ``expand_right_edge`` / ``expand_bottom_edge``)."""
+    rows = torch.arange(height, device=plane.device).clamp(max=plane.shape[1] - 1)
+    cols = torch.arange(width, device=plane.device).clamp(max=plane.shape[2] - 1)
+    return plane.index_select(1, rows).index_select(2, cols)
+
+
+def _ceil(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     """(B, 3, H, W) pixels in [0, 1] (rounded to 8 bits first, as Pillow's input) saved as a baseline JPEG of
-    ``quality`` by Pillow and read back: returns the decoded pixels in [0, 1]."""
+    ``quality`` by Pillow and read back: returns the decoded pixels in [0, 1]. Any size: partial MCUs are filled by
+    repeating the last row / column as libjpeg does (luma to whole blocks; chroma planes to whole 16-pixel MCUs
+    before 2 x 2 averaging, then to whole blocks); the decoder upsamples the ``ceil(H / 2) x ceil(W / 2)`` chroma
+    samples (fancy upsampling if wider than 2, else plain 2 x 2 repetition, as libjpeg chooses)."""
     batch, _, height, width = x.shape
-    if height % 16 or width % 16:
-        raise ValueError(f'jpeg_compression needs image sides that are multiples of 16 (whole 4:2:0 MCUs), '
-                         f'got {height} x {width}.')
     rgb = torch.floor(x.detach() * 255 + 0.5).clamp(0, 255).long()
     r, g, b = rgb.unbind(1)
     half = 1 << 15
@@ -159,12 +171,23 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     chroma_offset = (128 << 16) + half - 1
     cb = (-_fix16(0.16874) * r - _fix16(0.33126) * g + _fix16(0.5) * b + chroma_offset) >> 16
     cr = (_fix16(0.5) * r - _fix16(0.41869) * g - _fix16(0.08131) * b + chroma_offset) >> 16
-    bias = torch.tensor([1, 2], device=x.device).repeat(width // 4).view(1, 1, -1)
-    cb, cr = ((c.view(batch, height // 2, 2, width // 2, 2).sum(dim=(2, 4)) + bias) >> 2 for c in (cb, cr))
+    chroma_height, chroma_width = -(-height // 2), -(-width // 2)
+    padded_height, padded_width = 2 * chroma_height, _ceil(width, 16)
+    bias = torch.tensor([1, 2], device=x.device).repeat(padded_width // 4).view(1, 1, -1)
     luma_table, chroma_table = quantization_tables(quality)
-    y = _code_plane(y, luma_table)
-    cb = _fancy_upsample(_code_plane(cb, chroma_table)) - 128
-    cr = _fancy_upsample(_code_plane(cr, chroma_table)) - 128
+    y = _code_plane(_replicate(y, _ceil(height, 8), _ceil(width, 8)), luma_table)[:, :height, :width]
+    planes = []
+    for plane in (cb, cr):
+        plane = _replicate(plane, padded_height, padded_width)
+        plane = (plane.view(batch, chroma_height, 2, padded_width // 2, 2).sum(dim=(2, 4)) + bias) >> 2
+        plane = _code_plane(_replicate(plane, _ceil(chroma_height, 8), padded_width // 2), chroma_table)
+        plane = plane[:, :chroma_height, :chroma_width]
+        if chroma_width > 2:
+            plane = _fancy_upsample(plane)
+        else:
+            plane = plane.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        planes.append(plane[:, :height, :width] - 128)
+    cb, cr = planes
     red = y + ((_fix16(1.402) * cr + half) >> 16)
     green = y + ((-_fix16(0.34414) * cb + half - _fix16(0.71414) * cr) >> 16)
     blue = y + ((_fix16(1.772) * cb + half) >> 16)
