@@ -38,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import run as suite  # noqa: E402  (benchmarks/run.py: steps, timing, memory, kernel timings, report tables)
-from timm_rspc.kernels import KERNELS, KERNELS_ENV  # noqa: E402
+from timm_rspc.kernels import KERNELS, KERNELS_ENV, kernel_status  # noqa: E402
 
 BEGIN, END = suite.GPU_CHECK_MARKERS
 SECTIONS = ('kernels', 'equivalence', 'amp', 'sync', 'compile', 'ddp', 'timing')
@@ -117,6 +117,9 @@ def check_kernels(args, device) -> List[Dict]:
                 break
             mismatch = run_case(case)
             rows.append(dict(kernel=kernel, case=case.label, result=mismatch or 'matches', ok=mismatch is None))
+        # A launch that failed fell back to the reference (so its case matched) and switched the kernel off: a failure.
+        state = kernel_status(kernel, device)
+        rows.append(dict(kernel=kernel, case='state after its cases', result=state or 'active', ok=state is None))
     return rows
 
 
@@ -314,12 +317,17 @@ def run_sections(args, device) -> Dict[str, Dict]:
 
 
 def report(results: Dict[str, Dict], machine: Dict, args) -> str:
+    from timm_rspc.cli.info import collect  # `timm-rspc info`: versions and each kernel's state per GPU
+    info = collect()
     card = machine.get('gpu', f"no GPU ({machine['cpu']})")
+    versions = ', '.join(f'{name} {version}' for name, version in info['versions'].items())
+    states = '; '.join(f'{name} on {device}: {state}' for device, kernels in info['kernels'].items()
+                       for name, state in kernels.items()) or f"inactive ({info['inactive_reason']})"
     lines = [BEGIN, f'## GPU check: {card}', '',
-             f"`python benchmarks/gpu_check.py{' --dry-run' if args.dry_run else ''}`, torch {machine['torch']}, "
-             f"image size {args.img_size}, check batch {args.check_batch}, timing batches {args.batch_sizes}, median "
-             f'of {args.repeats} interleaved repeats. Targets: rspc_vs_floor <= 1.02 (time and memory), each kernel '
-             '>= 1.5x its reference, no host syncs.', '']
+             f"`python benchmarks/gpu_check.py{' --dry-run' if args.dry_run else ''}`: {versions}; CUDA "
+             f"{info['cuda']}; image size {args.img_size}, check batch {args.check_batch}, timing batches "
+             f'{args.batch_sizes}, median of {args.repeats} interleaved repeats. Targets: rspc_vs_floor <= 1.02 (time '
+             'and memory), each kernel >= 1.5x its reference, no host syncs.', '', f'Kernels: {states}.', '']
     for name, section in results.items():
         lines.append(f"### {name}: {section['status']} ({section.get('seconds', 0):.0f} s)")
         lines.append('')

@@ -60,6 +60,25 @@ def test_a_mismatch_fails_loudly(gpu_check, monkeypatch, capsys):
     assert 'GPU CHECK FAILED: kernels' in capsys.readouterr().err
 
 
+def test_a_kernel_that_fell_back_fails_loudly(gpu_check, monkeypatch, tmp_path, capsys):
+    """A failed launch returns the reference's result (so its case matches) and switches the kernel off: the check
+    must still fail."""
+    import timm_rspc.kernels as kernels
+    from timm_rspc.kernels import paired_distance
+    monkeypatch.setattr(kernels, '_STATUS', {})
+    monkeypatch.setattr(kernels, '_WARNED', set())
+
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError('ptxas fatal: simulated')
+    monkeypatch.setattr(paired_distance, '_paired_sq_sum_bwd', Broken())
+    results = tmp_path / 'RESULTS.md'
+    with pytest.warns(RuntimeWarning, match="'paired_distance' failed"):
+        assert gpu_check.main(['--dry-run', '--only', 'kernels', '--output', str(results)]) == 1
+    assert '| paired_distance | state after its cases | failed (RuntimeError: ptxas fatal: simulated) |' in \
+        results.read_text()
+
+
 def test_dry_run_ddp_as_a_script_runs_two_gloo_processes(tmp_path):
     """The DDP section's processes import the script by path, so it runs as the GPU run will: a subprocess."""
     results = tmp_path / 'RESULTS.md'
