@@ -7,10 +7,13 @@
   trimmed back to the image size);
 - `numpy_arange`: ``numpy.arange``'s float values, which decide how many zooms ``zoom_blur`` averages;
 - `disk_kernel`, `filter2d`: ImageNet-C's anti-aliased disk (its ``disk``: OpenCV's ``GaussianBlur`` of a binary
-  disk) and OpenCV's ``filter2D`` (correlation, ``BORDER_REFLECT_101``).
+  disk) and OpenCV's ``filter2D`` (correlation, ``BORDER_REFLECT_101``);
+- `sample_bilinear`, `border_index`: linear interpolation at arbitrary positions with scipy's / OpenCV's borders
+  (scipy.ndimage's ``map_coordinates(order=1)``, OpenCV's ``warpAffine`` with ``INTER_LINEAR``).
 
-All work on (B, C, H, W) tensors on any device; `gaussian_filter`, `box_resize` and `clipped_zoom` are differentiable
-(`box_resize`'s rounding to 8 bits passes gradients straight through).
+All work on (B, C, H, W) tensors on any device; `gaussian_filter`, `box_resize`, `clipped_zoom`, `filter2d` and
+`sample_bilinear` are differentiable in the image (`box_resize`'s rounding to 8 bits passes gradients straight
+through).
 """
 import functools
 import math
@@ -35,8 +38,9 @@ def _gaussian_kernel(sigma: float, truncate: float, dtype, device) -> torch.Tens
 
 def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """Where index ``index`` of a line of ``size`` samples reads from, for a border ``mode``: scipy.ndimage's
-    ``'nearest'`` (``aaa|abcd|ddd``) and ``'reflect'`` (``cba|abcd|dcb``, half-sample symmetric), OpenCV's
-    ``'reflect101'`` (``dcb|abcd|cba``); reflected again as often as needed."""
+    ``'nearest'`` (``a a a | a b c d | d d d``) and ``'reflect'`` (``c b a | a b c d | d c b``, half-sample
+    symmetric), OpenCV's ``'reflect101'`` (``BORDER_REFLECT_101``, scipy's ``'mirror'``: ``d c b | a b c d | c b
+    a``); reflected again as often as needed."""
     if mode == 'nearest':
         return index.clamp(0, size - 1)
     if mode == 'reflect':
@@ -228,8 +232,13 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(_pad_reflect101(x, radius, radius), weight, groups=channels)
 
 
-@functools.lru_cache(maxsize=16)
 def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """ImageNet-C's anti-aliased disk as a float32 (k, k) tensor (see `_disk_kernel`)."""
+    return _disk_kernel(radius, alias_blur).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     """ImageNet-C's ``disk(radius, alias_blur)``: the float32 binary disk ``x^2 + y^2 <= radius^2`` on the grid
     -8..8 (radius <= 8) or -radius..radius, normalised to sum 1, then blurred by OpenCV's ``GaussianBlur`` (3 x 3 for
     radius <= 8, else 5 x 5; sigma ``alias_blur``; ``BORDER_REFLECT_101``): OpenCV's Gaussian kernel
