@@ -62,11 +62,6 @@ def kernels_enabled(enabled: bool):
             os.environ[KERNELS_ENV] = previous
 
 
-def _require_cuda(device: torch.device, what: str) -> None:
-    if device.type != 'cuda':
-        raise Skip(f'{what} needs CUDA')
-
-
 def _batch(batch: int, img_size: int, device: torch.device, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, img_size, img_size, generator=gen)
@@ -171,20 +166,9 @@ def check_amp(args, device) -> List[Dict]:
 
 
 def check_sync(args, device) -> List[Dict]:
-    _require_cuda(device, 'set_sync_debug_mode')
-    rows = []
-    for model_name in args.models:
-        step = suite.make_step('rspc', model_name, args.check_batch, args.img_size, device)
-        step()  # the first use runs the kernels' self-checks, which synchronise once (by design)
-        torch.cuda.set_sync_debug_mode('error')
-        try:
-            step()
-            rows.append(dict(model=model_name, host_device_syncs='none', ok=True))
-        except RuntimeError as error:
-            rows.append(dict(model=model_name, host_device_syncs=str(error).splitlines()[0], ok=False))
-        finally:
-            torch.cuda.set_sync_debug_mode('default')
-    return rows
+    if device.type != 'cuda':
+        raise Skip('set_sync_debug_mode needs CUDA')
+    return [suite.sync_row(model_name, args.check_batch, args.img_size, device) for model_name in args.models]
 
 
 def check_compile(args, device) -> List[Dict]:

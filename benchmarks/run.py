@@ -357,20 +357,26 @@ def bench_kernels(args, device) -> Dict:
     return dict(rows=rows, target_speedup=1.5)
 
 
-def bench_sync(args, device) -> Dict:
-    if device.type != 'cuda':
-        return dict(skipped='no CUDA device')
-    step = make_step('rspc', args.models[0], args.batch_sizes[0], args.img_size, device)
+def sync_row(model_name: str, batch: int, img_size: int, device: torch.device) -> Dict:
+    """One RSPC step under ``set_sync_debug_mode('error')``, after an unchecked first step (the kernels' first-use
+    self-checks synchronise once, by design). Also used by benchmarks/gpu_check.py for every model."""
+    step = make_step('rspc', model_name, batch, img_size, device)
     step()
     torch.cuda.set_sync_debug_mode('error')
     try:
         step()
-        result = dict(host_device_syncs='none (set_sync_debug_mode error did not raise)')
+        return dict(model=model_name, host_device_syncs='none (set_sync_debug_mode error did not raise)', ok=True)
     except RuntimeError as e:
-        result = dict(host_device_syncs=f'sync found: {str(e).splitlines()[0]}')
+        return dict(model=model_name, host_device_syncs=f'sync found: {str(e).splitlines()[0]}', ok=False)
     finally:
         torch.cuda.set_sync_debug_mode('default')
-    return result
+
+
+def bench_sync(args, device) -> Dict:
+    if device.type != 'cuda':
+        return dict(skipped='no CUDA device')
+    return dict(host_device_syncs=sync_row(args.models[0], args.batch_sizes[0], args.img_size, device)[
+        'host_device_syncs'])
 
 
 # --- report ------------------------------------------------------------------------------------------------------
