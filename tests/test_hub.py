@@ -735,17 +735,20 @@ def test_push_dry_run_digests_are_of_the_files_as_they_are_now(exported, monkeyp
 
 @pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
 def test_export_files_get_the_usual_file_mode(tmp_path, run_checkpoint, umask):
-    """Before: model.safetensors was 0600 (safetensors' own mode) beside 0644 checkpoints."""
+    """Before: model.safetensors was 0600 (safetensors' own mode) beside 0644 checkpoints (export and convert)."""
     old = os.umask(umask)
     try:
         (tmp_path / 'probe').write_text('')  # any file the user writes
         export_model(tmp_path / 'export', MODEL, checkpoint=run_checkpoint)
+        convert_checkpoint(run_checkpoint, tmp_path / 'converted' / 'model.safetensors')
     finally:
         os.umask(old)
     expected = (tmp_path / 'probe').stat().st_mode & 0o777
     assert expected == 0o666 & ~umask
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'export').iterdir()} == {
         name: expected for name in EXPORT_FILES}
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'converted').iterdir()} == {
+        'model.safetensors': expected, 'model.json': expected}
 
 
 def test_ema_without_ema_weights_speaks_in_flags(tmp_path, weights, capsys):

@@ -25,7 +25,7 @@ from timm_rspc.models.checkpoint_loading import family_filter_fn
 
 __all__ = [
     'sha256_file', 'training_args', 'build_model', 'model_from_checkpoint', 'save_state_dict', 'convert_checkpoint',
-    'refuse_existing',
+    'refuse_existing', 'default_file_mode',
 ]
 
 
@@ -36,6 +36,20 @@ def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def default_file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open()`` gives a new file."""
+    try:
+        with open('/proc/self/status') as f:  # Linux: read without changing it
+            for line in f:
+                if line.startswith('Umask:'):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)  # elsewhere: read by setting it, restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def refuse_existing(paths, what: str = 'file', flag: str = '--overwrite') -> None:
@@ -151,6 +165,7 @@ def save_state_dict(model: nn.Module, path: str) -> str:
     from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, os.fspath(path), metadata={'format': 'pt'})
+    os.chmod(path, default_file_mode())  # safetensors creates its files 0600; give it the mode of any other file
     return sha256_file(path)
 
 

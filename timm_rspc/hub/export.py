@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from timm_rspc.models.release_info import RELEASE_SHA256
 
-from .convert import build_model, model_from_checkpoint, refuse_existing, sha256_file
+from .convert import build_model, default_file_mode, model_from_checkpoint, refuse_existing, sha256_file
 from .model_card import build_model_card, model_stats, read_args_yaml, read_results
 from .released import ReleasedWeight, release_of
 
@@ -99,20 +99,6 @@ def prepare_model(
                    'unconfirmed': unconfirmed, 'train_args': {}}
 
 
-def _default_file_mode() -> int:
-    """``0o666`` less the process's umask: the mode ``open()`` gives a new file."""
-    try:
-        with open('/proc/self/status') as f:  # Linux: read without changing it
-            for line in f:
-                if line.startswith('Umask:'):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    umask = os.umask(0o022)  # elsewhere: read by setting it, restored at once
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def read_manifest(folder: str) -> Dict[str, Any]:
     with open(os.path.join(folder, MANIFEST_NAME)) as f:
         return json.load(f)
@@ -162,7 +148,7 @@ def write_export(
         with open(os.path.join(staging, MANIFEST_NAME), 'w') as f:
             json.dump(manifest, f, indent=2)
             f.write('\n')
-        mode = _default_file_mode()
+        mode = default_file_mode()
         for name in EXPORT_FILES:  # safetensors creates its file 0600; every export file gets the usual mode
             os.chmod(os.path.join(staging, name), mode)
         os.makedirs(out_dir, exist_ok=True)
