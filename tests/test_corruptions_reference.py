@@ -16,7 +16,9 @@ corruptions run on the three images as one batch and are brought to 8 bits the s
 
 Fidelity classes: *exact* corruptions agree within 1 grey level on every pixel at every severity; *in distribution*
 ones (random) must have the same per-pixel distribution (checked on the corrupted-minus-clean values) and the same
-independence between pixels and channels.
+independence between pixels and channels. Where the randomness is a few draws the reference can be handed (fog's
+plasma fractal, frost's photograph and crop, elastic_transform's jitter and fields), the reference's ``np.random``
+calls receive the torch function's own draws and the outputs must agree within 1 grey level.
 """
 import ast
 import hashlib
