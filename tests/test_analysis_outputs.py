@@ -25,7 +25,7 @@ def test_drops_have_one_sign_in_terminal_csv_and_json(tmp_path):
     assert printed['noise'].strip() == '53.1 ( 21.9)'  # a loss is positive, as in the files
     assert printed['none'].strip() == '75.0 (  0.0)'  # never -0.0
     assert printed['helps'].strip() == '76.2 ( -1.2)'  # a gain is negative
-    write_csv(sensitivity_rows(result), str(tmp_path / 'sensitivity.csv'))
+    write_csv(str(tmp_path / 'sensitivity.csv'), sensitivity_rows(result))
     write_json(result, str(tmp_path / 'analysis.json'))
     rows = {r['perturbation']: r for r in csv.DictReader(open(tmp_path / 'sensitivity.csv'))}
     stored = json.load(open(tmp_path / 'analysis.json'))['models']['m']['perturbed']

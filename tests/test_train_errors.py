@@ -16,6 +16,7 @@ from timm_rspc.cli import main
 from timm_rspc.demo.shapes import write_image_folder
 from timm_rspc.method import create_rspc_task
 from timm_rspc.train import ConfigError
+from timm_rspc import files
 from timm_rspc.train import output as run_output
 from timm_rspc.train.output import claim_output_dir
 
@@ -191,7 +192,7 @@ def test_full_disk_is_one_line_and_the_last_checkpoint_survives(data_dir, tmp_pa
         saves.append(epoch)
         return save_checkpoint(self, epoch, metric)
 
-    monkeypatch.setattr(run_output, '_open_for_writing', _FillsUp)
+    monkeypatch.setattr(files, '_open_for_writing', _FillsUp)
     monkeypatch.setattr(run_output.AtomicCheckpointSaver, 'save_checkpoint', save_then_fill_disk)
     assert _train(data_dir, tmp_path, '--epochs', '2') == 2
     run = tmp_path / 'out' / 'run'

@@ -1,8 +1,9 @@
 """Figures of the analyses (matplotlib, the optional ``plot`` extra): they return figures, `save_figure` writes them."""
-import os
 from typing import Dict
 
 import numpy as np
+
+from timm_rspc.files import atomic_write
 
 __all__ = ['PLOT_EXTRA_HINT', 'require_matplotlib', 'save_figure', 'sensitivity_figure', 'attention_stability_figure',
            'attention_grid_figure']
@@ -32,9 +33,8 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
     fig.canvas.draw()
     image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
     plt.close(fig)
-    partial = path + '.partial.png'
-    image.quantize(256, method=Image.Quantize.MEDIANCUT).save(partial, format='PNG', optimize=True)
-    os.replace(partial, path)
+    quantized = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    atomic_write(path, lambda f: quantized.save(f, format='PNG', optimize=True))
     return path
 
 

@@ -1,12 +1,9 @@
 """The analyses' outputs: a run folder that is never overwritten, ``analysis.json``, CSV tables and terminal tables."""
-import csv
-import io
-import json
 import math
 import os
 from typing import Dict, List
 
-from timm_rspc.train.output import atomic_write_text
+from timm_rspc.files import atomic_write_json, write_csv
 
 from .sensitivity import sensitivity_rows
 
@@ -14,25 +11,16 @@ __all__ = ['create_run_folder', 'write_json', 'write_csv', 'attention_rows', 'fo
            'format_attention_table']
 
 
+def write_json(result: Dict, path: str) -> str:
+    atomic_write_json(path, result)
+    return path
+
+
 def create_run_folder(path: str) -> str:
     """Create ``path`` for a new run; refuse a folder that exists and is not empty (nothing is ever overwritten)."""
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise FileExistsError(f"'{path}' already exists and is not empty; choose a new --output folder.")
     os.makedirs(path, exist_ok=True)
-    return path
-
-
-def write_json(result: Dict, path: str) -> str:
-    atomic_write_text(path, json.dumps(result, indent=2, allow_nan=True) + '\n')
-    return path
-
-
-def write_csv(rows: List[Dict], path: str) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
     return path
 
 

@@ -1,8 +1,9 @@
 """How a run is shown: the paper's table row(s) on the terminal, results.csv, and the error plot."""
-import csv
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['COLUMNS', 'table', 'write_csv', 'write_plot', 'missing_imagenet_c']
+from timm_rspc.files import atomic_write, write_csv
+
+__all__ = ['COLUMNS', 'table', 'write_summary_csv', 'write_plot', 'missing_imagenet_c']
 
 # (label, dataset, key in its summary, higher is better): the poster's columns first, then the other benchmarks.
 COLUMNS: Tuple[Tuple[str, str, str, bool], ...] = (
@@ -101,14 +102,10 @@ def _rows(summary: Dict[str, Any], prefix: str = ''):
             yield name, value
 
 
-def write_csv(path: str, summary: Dict[str, Any]) -> None:
+def write_summary_csv(path: str, summary: Dict[str, Any]) -> None:
     """``dataset,metric,value`` rows: every figure of the summary (per-severity lists as .1 ... .5)."""
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['dataset', 'metric', 'value'])
-        for dataset, values in summary.items():
-            for name, value in _rows(values):
-                writer.writerow([dataset, name, repr(value)])
+    write_csv(path, [dict(dataset=dataset, metric=name, value=repr(value))
+                     for dataset, values in summary.items() for name, value in _rows(values)])
 
 
 def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
@@ -169,7 +166,7 @@ def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
         line_ax.set_xticks(list(severities))
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
     plt.close(fig)
     return True
 

@@ -7,32 +7,16 @@ before its first split finished holds nothing to continue: it is started again, 
 """
 import json
 import os
-import tempfile
 from typing import Any, Dict
 
-__all__ = ['RunFolder', 'write_json_atomic']
+from timm_rspc.files import atomic_write_json
+
+__all__ = ['BenchmarkFolder']
 
 SETTINGS_FILE, RESULTS_FILE, SPLITS_DIR = 'settings.json', 'results.json', 'splits'
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves a truncated file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.json', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=2)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-class RunFolder:
+class BenchmarkFolder:
     """``path/settings.json``, ``path/splits/<dataset>__<split>.json``, ``path/results.json`` (+ csv, plot)."""
 
     def __init__(self, path: str, settings: Dict[str, Any], resume: bool = False):
@@ -58,13 +42,13 @@ class RunFolder:
         elif os.path.exists(settings_path):
             # A run that stopped before its first split finished: nothing to continue, start it again.
             os.makedirs(self.splits_dir, exist_ok=True)
-            write_json_atomic(settings_path, settings)
+            atomic_write_json(settings_path, settings)
         else:
             if os.path.isdir(path) and os.listdir(path):
                 raise FileExistsError(f"'{path}' exists and is not a benchmark run folder; choose another output "
                                       "folder (--output DIR).")
             os.makedirs(self.splits_dir, exist_ok=True)
-            write_json_atomic(settings_path, settings)
+            atomic_write_json(settings_path, settings)
 
     def _split_path(self, key: str) -> str:
         return os.path.join(self.splits_dir, key.replace('/', '__') + '.json')
@@ -79,7 +63,7 @@ class RunFolder:
         return records
 
     def write_split(self, key: str, record: Dict[str, Any]) -> None:
-        write_json_atomic(self._split_path(key), record)
+        atomic_write_json(self._split_path(key), record)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

@@ -9,11 +9,13 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from timm_rspc.files import atomic_write_json
+
 from .evaluate import AMP_DTYPES, Evaluator, amp_dtype_name
 from .model import EvalModel, build_eval_model, check_input_size, eval_data_config
 from .reference import IMAGENET_P_PERTURBATIONS
-from .report import table, write_csv, write_plot
-from .run_folder import RESULTS_FILE, RunFolder, write_json_atomic
+from .report import table, write_plot, write_summary_csv
+from .run_folder import RESULTS_FILE, BenchmarkFolder
 from .splits import DATASET_ROOTS, Split, plan_splits
 from .summary import paper_results, summarise
 
@@ -267,7 +269,7 @@ def run_benchmark(
 
     def open_folder():
         nonlocal folder
-        folder = RunFolder(output, settings, resume=resume)
+        folder = BenchmarkFolder(output, settings, resume=resume)
         return folder.finished_splits()
     records = _on_first_process(open_folder)
     if folder is not None and folder.finished:  # --resume of a finished run: its results, nothing written
@@ -308,14 +310,14 @@ def run_benchmark(
         'versions': _versions(),
     }
     if folder is not None:
-        write_csv(folder.file('results.csv'), summary)
+        write_summary_csv(folder.file('results.csv'), summary)
         if plot:
             try:
                 if write_plot(folder.file('results.png'), summary, model_name):
                     say(f"plot: {folder.file('results.png')}")
             except ImportError:
                 say("plot skipped: matplotlib is not installed (pip install 'timm-rspc[plot]').")
-        write_json_atomic(folder.file(RESULTS_FILE), results)  # last: its presence marks the run as finished
+        atomic_write_json(folder.file(RESULTS_FILE), results)  # last: its presence marks the run as finished
         say(table([(model_name, summary)]))
         say(f"results: {folder.file(RESULTS_FILE)}")
     return results

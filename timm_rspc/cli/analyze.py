@@ -280,7 +280,7 @@ def run_analysis(args: argparse.Namespace) -> int:
         from timm_rspc.analysis import evaluate_sensitivity, sensitivity_figure, sensitivity_rows
         result = evaluate_sensitivity(models, loader, _perturbations(args, models, loader), args.ratio, args.seed)
         table = report.format_sensitivity_table(result)
-        written.append(report.write_csv(sensitivity_rows(result), os.path.join(output, 'sensitivity.csv')))
+        written.append(report.write_csv(os.path.join(output, 'sensitivity.csv'), sensitivity_rows(result)))
         if plotting:
             written.append(save_figure(sensitivity_figure(result), os.path.join(output, 'sensitivity.png')))
     else:
@@ -291,7 +291,7 @@ def run_analysis(args: argparse.Namespace) -> int:
         extract = dict(names=args.attention_layers, method=args.attention_method)
         result = evaluate_attention_stability(models, loader, args.ratio, args.seed, **extract)
         table = report.format_attention_table(result)
-        written.append(report.write_csv(report.attention_rows(result), os.path.join(output, 'attention.csv')))
+        written.append(report.write_csv(os.path.join(output, 'attention.csv'), report.attention_rows(result)))
         if plotting:
             written.append(save_figure(attention_stability_figure(result), os.path.join(output, 'attention.png')))
             if args.grid_images > 0:

@@ -9,7 +9,7 @@ from timm_rspc.analysis.plots import (
     PLOT_EXTRA_HINT, attention_stability_figure, require_matplotlib, save_figure, sensitivity_figure,
 )
 from timm_rspc.analysis.report import DROP_CONVENTION, format_attention_table, format_drop, format_sensitivity_table
-from timm_rspc.train.output import atomic_write_text
+from timm_rspc.files import atomic_write_text
 
 __all__ = ['PLOT_EXTRA_HINT', 'format_table', 'format_analyses', 'write_json', 'write_plots']
 

@@ -10,13 +10,12 @@ Next to ``NAME.safetensors`` a ``NAME.json`` record names the model, the weights
 and of the output, so anyone can check that a file on the Hub is the conversion of a given release file.
 """
 import argparse
-import hashlib
-import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
+from timm_rspc.files import atomic_write_json, sha256_file  # sha256_file also for export, push, export_released
 from timm_rspc.models.checkpoint_loading import (
     check_classifier, load_state_dict_strict, read_checkpoint, select_state_dict,
 )
@@ -27,15 +26,6 @@ __all__ = [
     'sha256_file', 'training_args', 'build_model', 'model_from_checkpoint', 'save_state_dict', 'convert_checkpoint',
     'refuse_existing', 'default_file_mode',
 ]
-
-
-def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (release files are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(chunk_size), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_file_mode() -> int:
@@ -209,7 +199,5 @@ def convert_checkpoint(
         'sha256': save_state_dict(model, weights_path),
         'num_params': sum(p.numel() for p in model.parameters()),
     }
-    with open(record_path, 'w') as f:
-        json.dump(record, f, indent=2)
-        f.write('\n')
+    atomic_write_json(record_path, record)
     return record

@@ -2,12 +2,12 @@
 
 The export side of `released` (which only queries the registry), built on `export.export_model`.
 """
-import json
 import os
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
-from .convert import sha256_file
+from timm_rspc.files import atomic_write_json, sha256_file
+
 from .export import MANIFEST_NAME, UnverifiedReleaseError, export_model, read_manifest
 from .released import ReleasedWeight, find_release_file, released_weights
 
@@ -58,9 +58,7 @@ def export_all_released(
     index = {'source_dir': os.path.abspath(source_dir), 'exported': exported, 'skipped': skipped, 'missing': missing,
              'unverified': unverified}
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, 'released_index.json'), 'w') as f:
-        json.dump(index, f, indent=2)
-        f.write('\n')
+    atomic_write_json(os.path.join(output_dir, 'released_index.json'), index)
     return index
 
 

@@ -9,12 +9,10 @@ same folder is refused while the first lives and a crashed run never leaves a st
 """
 import argparse
 import csv
-import errno
 import glob
 import io
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -28,6 +26,10 @@ except ImportError:  # pragma: no cover  (Windows: no advisory locks; the folder
 import torch
 from timm.models import safe_model_name
 from timm.utils import CheckpointSaver
+
+from timm_rspc import files
+from timm_rspc.files import DiskFullError  # noqa: F401  (re-exported for train.main)
+from timm_rspc.files import PARTIAL_PATTERN, fsync_dir, partial_path
 
 from .args import ConfigError
 
@@ -47,7 +49,6 @@ def default_experiment_name(model_name: str, img_size: int) -> str:
 
 
 LOCK_NAME = '.timm-rspc.lock'
-PARTIAL_PATTERN = re.compile(r'\.partial-\d+$')
 # What a run writes; --output-exists overwrite removes these (and nothing else) from the folder it reuses.
 RUN_FILE_PATTERNS = ('args.yaml', 'args-resume-*.yaml', 'summary.csv', 'last' + CHECKPOINT_EXTENSION,
                      'model_best' + CHECKPOINT_EXTENSION, 'checkpoint-*' + CHECKPOINT_EXTENSION,
@@ -193,87 +194,12 @@ def _holds_run_message(folder: str, resume: str) -> str:
             "choose another --experiment, or pass --output-exists increment / overwrite.")
 
 
-def _fsync_dir(folder: str) -> None:
-    """Make a rename in ``folder`` durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder or '.', os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _partial_path(path: str) -> str:
-    return f'{path}.partial-{os.getpid()}'
-
-
-class DiskFullError(OSError):
-    """The disk filled during a write; the file being replaced is untouched."""
-
-
-class _CountingWriter:
-    """The file object torch.save writes through: counts bytes, and keeps the OSError of a failed write, which
-    torch otherwise reports as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``."""
-
-    def __init__(self, file):
-        self.file = file
-        self.written = 0
-        self.error: Optional[OSError] = None
-
-    def write(self, data) -> int:
-        try:
-            count = self.file.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-        self.written += len(data)
-        return count
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def _open_for_writing(path: str):
-    return open(path, 'wb')
-
-
-def _write_file(path: str, write: Callable[[object], None], what: Optional[str] = None) -> None:
-    """``write(file)`` into ``path``, flushed to disk; on failure ``path`` is removed, and a full disk raises
-    :class:`DiskFullError` naming ``what`` was written (default: the file name), whatever form the writer's error
-    took."""
-    writer = None
-    try:
-        with _open_for_writing(path) as f:
-            writer = _CountingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        if os.path.exists(path):
-            os.remove(path)
-        cause = writer.error if writer is not None and writer.error is not None else e
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-            target = PARTIAL_PATTERN.sub('', path)
-            folder = os.path.dirname(os.path.abspath(target))
-            free = shutil.disk_usage(folder).free
-            raise DiskFullError(
-                errno.ENOSPC,
-                f"no space left on the disk of '{folder}' while writing {what or repr(os.path.basename(target))} "
-                f"({writer.written / 2 ** 20 if writer else 0:.1f} MiB written, {free / 2 ** 20:.1f} MiB free); "
-                "the previous files are intact, nothing was lost: free some space, then resume from the run's "
-                "last.pth.tar with --resume", target) from None
-        raise
+# What to do when the disk fills while a run writes: its previous checkpoint is intact.
+_RESUME_HINT = "free some space, then resume from the run's last.pth.tar with --resume"
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    partial = _partial_path(path)
-    _write_file(partial, lambda f: f.write(text.encode()))
-    os.replace(partial, path)
-    _fsync_dir(os.path.dirname(path))
+    files.atomic_write_text(path, text, on_disk_full=_RESUME_HINT)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -311,19 +237,20 @@ class AtomicCheckpointSaver(CheckpointSaver):
             state.update(self.extra_state())
         # timm writes to one fixed temp name (tmp.pth.tar) and renames it with _replace: write a name of this
         # process instead, which _replace renames straight onto the target.
-        partial = _partial_path(save_path)
-        _write_file(partial, lambda f: torch.save(state, f), what=f'the checkpoint of epoch {epoch}')
+        partial = partial_path(save_path)
+        files.write_file(partial, lambda f: torch.save(state, f), what=f'the checkpoint of epoch {epoch}',
+                         on_disk_full=_RESUME_HINT)
         self._written[save_path] = (partial, epoch)
 
     def _replace(self, src, dst):
         written, epoch = self._written.pop(src, (src, None))
         os.replace(written, dst)
-        _fsync_dir(os.path.dirname(dst))
+        fsync_dir(os.path.dirname(dst))
         if os.path.basename(dst) == 'last' + self.extension:
             self.last_epoch = epoch
 
     def _duplicate(self, src, dst):
-        partial = _partial_path(dst)
+        partial = partial_path(dst)
         if os.path.exists(partial):
             os.remove(partial)
         try:
@@ -331,7 +258,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         except (OSError, NotImplementedError):
             shutil.copy2(src, partial)
         os.replace(partial, dst)
-        _fsync_dir(os.path.dirname(dst))
+        fsync_dir(os.path.dirname(dst))
 
 
 def append_summary_row(path: str, epoch: int, train_metrics, eval_metrics, lr: Optional[float] = None) -> None:
