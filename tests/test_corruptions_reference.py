@@ -298,7 +298,12 @@ def test_frost_matches_the_reference_given_the_same_photograph_and_crop(referenc
 
 def test_elastic_transform_matches_the_reference_given_the_same_draws(reference, photos, monkeypatch):
     """The reference's three ``np.random.uniform`` calls (the points' jitter, then the two displacement fields) get
-    the draws ours makes from the same seed; OpenCV and scipy run as the reference calls them."""
+    the draws ours makes from the same seed; OpenCV and scipy run as the reference calls them. OpenCV 5 changed
+    ``warpAffine`` (exact positions instead of a 1/32-pixel grid), so the reference is run with OpenCV 3 / 4, the
+    generation ImageNet-C pinned (``opencv-python ~= 3.4``) and the dev extra installs."""
+    assert int(cv2.__version__.split('.')[0]) < 5, (
+        f'OpenCV {cv2.__version__}: the reference elastic_transform needs OpenCV < 5 (pip install '
+        f'"opencv-python-headless>=4.10,<5", as the dev extra pins); OpenCV 5 samples warpAffine differently')
     views, batch = photos
     rows = {}
     for severity in range(1, 6):

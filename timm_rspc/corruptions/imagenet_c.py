@@ -197,6 +197,23 @@ def _uniform(low: float, high: float, shape, generator, device) -> torch.Tensor:
     return low + (high - low) * unit.to(torch.float64 if unit.device.type != 'mps' else torch.float32)
 
 
+def _warp_affine_positions(inverse: torch.Tensor, height: int, width: int, device):
+    """Where OpenCV's ``warpAffine`` (``INTER_LINEAR``, OpenCV 3 and 4; ImageNet-C pinned ``opencv-python ~= 3.4``)
+    reads each output pixel, for the (B, 2, 3) float64 inverse maps: in fixed point, ``round(m * 1024)`` per row and
+    per column term plus a rounding 16, then ``>> 5``: source positions on a 1/32-pixel grid (``INTER_BITS = 5``).
+    OpenCV 5 samples at the exact positions instead. Returns (rows, columns), each (B, H, W), exact in float32."""
+    inverse = inverse.cpu()
+    y = torch.arange(height, dtype=torch.float64).view(1, -1, 1)
+    x = torch.arange(width, dtype=torch.float64).view(1, 1, -1)
+    coords = []
+    for k in (0, 1):   # 0: column (X), 1: row (Y)
+        per_row = torch.round((inverse[:, k, 1, None, None] * y + inverse[:, k, 2, None, None]) * 1024).long() + 16
+        per_col = torch.round(inverse[:, k, 0, None, None] * x * 1024).long()
+        coords.append(((per_row + per_col) >> 5).float() / 32)
+    wide = torch.float32 if torch.device(device).type == 'mps' else torch.float64
+    return coords[1].to(device, wide), coords[0].to(device, wide)
+
+
 def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """A random affine warp, then a smooth random displacement (alpha, sigma, a) = (488, 170.8, 24.4), (488, 19.52,
     48.8), (12.2, 2.44, 4.88), (17.08, 2.44, 4.88), (29.28, 2.44, 4.88) (the reference's 244-based constants):
@@ -210,8 +227,8 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[to
       scipy.ndimage's ``map_coordinates(order=1, mode='reflect')``.
 
     In distribution (exact given the same uniform draws: six for the points, then the two fields, numpy's order).
-    OpenCV before 4.11 (ImageNet-C's time) rounds ``warpAffine``'s source positions to 1/32 pixel; current OpenCV and
-    this function do not."""
+    ``warpAffine`` as OpenCV 3 and 4 compute it (source positions on a 1/32-pixel grid, `_warp_affine_positions`);
+    OpenCV 5 interpolates at exact positions, which moves results by up to 2-3 grey levels."""
     alpha, sigma, jitter = _constant('elastic_transform', severity)
     batch, _, height, width = x.shape
     device = x.device
@@ -219,19 +236,21 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[to
     side = min(height, width) // 3
     points = torch.stack([centre + side, torch.stack([centre[0] + side, centre[1] - side]), centre - side])
     moved = points.to(device) + _uniform(-jitter, jitter, (batch, 3, 2), generator, device).float()
-    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p; warpAffine samples the source at M^-1 [x, y, 1]
-    # (3 x 3 solves, in float64 on the CPU; positions in float64 where the device has it).
-    wide = torch.float32 if device.type == 'mps' else torch.float64
+    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p (3 x 3 solves in float64 on the CPU); warpAffine inverts
+    # it (invertAffineTransform's formulas) and samples the source at M^-1 [x, y, 1].
     source = torch.cat([points.double(), torch.ones(3, 1, dtype=torch.float64)], dim=1)
     forward = torch.linalg.solve(source, moved.cpu().double()).transpose(1, 2)                # (B, 2, 3)
-    linear, shift = forward[:, :, :2], forward[:, :, 2:]
-    inverse = torch.cat([torch.linalg.inv(linear), -torch.linalg.inv(linear) @ shift], dim=2).to(device, wide)
-    row = torch.arange(height, dtype=wide, device=device).view(1, -1, 1)
-    col = torch.arange(width, dtype=wide, device=device).view(1, 1, -1)
-    src_col = inverse[:, 0, 0, None, None] * col + inverse[:, 0, 1, None, None] * row + inverse[:, 0, 2, None, None]
-    src_row = inverse[:, 1, 0, None, None] * col + inverse[:, 1, 1, None, None] * row + inverse[:, 1, 2, None, None]
+    (m00, m01, m02), (m10, m11, m12) = (row.unbind(-1) for row in forward.unbind(1))
+    det = m00 * m11 - m01 * m10
+    det = torch.where(det != 0, 1 / det, torch.zeros_like(det))
+    a00, a01, a10, a11 = m11 * det, -m01 * det, -m10 * det, m00 * det
+    inverse = torch.stack([torch.stack([a00, a01, -a00 * m02 - a01 * m12], -1),
+                           torch.stack([a10, a11, -a10 * m02 - a11 * m12], -1)], 1)
+    src_row, src_col = _warp_affine_positions(inverse, height, width, device)
     warped = sample_bilinear(x, src_row, src_col, 'reflect101')
     fields = _uniform(-1, 1, (batch, 2, height, width), generator, device).to(x.dtype)
+    row = torch.arange(height, device=device, dtype=src_row.dtype).view(1, -1, 1)
+    col = torch.arange(width, device=device, dtype=src_row.dtype).view(1, 1, -1)
     shift_col, shift_row = (gaussian_filter(fields, sigma, truncate=3, mode='reflect') * alpha).unbind(1)
     out = sample_bilinear(warped, row + shift_row, col + shift_col, 'reflect')
     return out.clamp(0, 1)
