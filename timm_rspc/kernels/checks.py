@@ -26,11 +26,14 @@ import torch
 
 from timm_rspc.kernels import KERNELS, first_line
 
-__all__ = ['KERNELS', 'ARCHS', 'DTYPES', 'CheckCase', 'leaf', 'cases', 'run_case', 'self_check', 'compile_matrix']
+__all__ = ['KERNELS', 'ARCHS', 'DTYPES', 'COMPILE_DTYPES', 'CheckCase', 'leaf', 'cases', 'run_case', 'self_check',
+           'compile_matrix']
 
 # The architectures CI compiles for: A100 (sm_80) and H100 (sm_90).
 ARCHS = (80, 90)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The wrappers also take float64 (their gradcheck tests use it); compiled, not timed or checked on GPUs.
+COMPILE_DTYPES = DTYPES + (torch.float64,)
 # (rtol, atol) per dtype: one rounding of the result to the dtype, on values of order 1 (atol grows with the
 # reference's magnitude, for sums).
 _TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-7, 1e-7), torch.float16: (1e-2, 1e-2),
@@ -118,8 +121,8 @@ def _jit_functions(module) -> List:
 
 
 def record_launches(kernel: str) -> List[Tuple[str, object, tuple, dict]]:
-    """Run every case of ``kernel`` on CPU with the Triton launches recorded instead of run: (case label, jit
-    function, args, kwargs) per launch, in the wrapper's own argument order, strides and constexprs."""
+    """Run every case of ``kernel`` (in `COMPILE_DTYPES`) on CPU with the Triton launches recorded instead of run:
+    (case label, jit function, args, kwargs) per launch, in the wrapper's own argument order, strides, constexprs."""
     module = importlib.import_module(f'timm_rspc.kernels.{kernel}')
     functions = _jit_functions(module)
     if not functions:
@@ -135,7 +138,7 @@ def record_launches(kernel: str) -> List[Tuple[str, object, tuple, dict]]:
     for fn in functions:
         fn.run = recorder(fn)  # an instance attribute over JITFunction.run
     try:
-        for case in cases(kernel, 'cpu'):
+        for case in cases(kernel, 'cpu', COMPILE_DTYPES):
             label[0] = case.label
             case.fused()  # the outputs are uninitialised: nothing ran
     finally:
