@@ -337,3 +337,19 @@ def test_bench_log_file_has_no_carriage_returns(val, tmp_path):
     assert '\r' not in text and '\x1b[' not in text
     assert re.search(r'^imagenet/all +top-1 +75\.00%  \(\d+ images\)$', text, flags=re.M)
     assert len(re.findall(r'^imagenet_c/\w+/[1-5] +top-1 ', text, flags=re.M)) == 75  # one line per split
+
+
+def test_use_ema_without_ema_weights_names_the_flag(tmp_path, capsys):
+    """bench / analyze say `--use-ema`, their flag (it read "Load without use_ema.", a Python argument)."""
+    import timm
+    from timm_rspc.cli import main
+    path = tmp_path / 'plain.pth.tar'
+    torch.save({'state_dict': timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, depth=1,
+                                                num_classes=10).state_dict()}, path)
+    with pytest.raises(SystemExit) as exit_:
+        main(['bench', '--model', 'vit_tiny_patch16_224', '--checkpoint', str(path), '--use-ema',
+              '--model-kwargs', 'img_size=32', 'patch_size=8', 'depth=1', '--num-classes', '10',
+              '--imagenet-a', str(tmp_path), '--output', str(tmp_path / 'out')])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith('drop --use-ema to use its non-EMA weights.') and len(err.splitlines()) == 1

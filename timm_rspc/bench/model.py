@@ -179,7 +179,7 @@ def build_eval_model(
     build['num_classes'] = getattr(model, 'num_classes', build.get('num_classes'))
     if stored is not None:
         label = f"'{checkpoint}'"
-        state_dict = select_state_dict(stored, use_ema=use_ema, source=label)
+        state_dict = select_state_dict(stored, use_ema=use_ema, source=label, ema_flag='--use-ema')
         del stored
         filter_fn = family_filter_fn(model)
         if filter_fn is not None:

@@ -98,17 +98,6 @@ def _same_architecture(name: str, other: str) -> bool:
     return get_arch_name(name) == get_arch_name(other)
 
 
-def _require_ema(checkpoint: Any, path: str) -> None:
-    """EMA weights asked of a file without them: say so in the words of the commands' flag (``--ema``)."""
-    from timm_rspc.models.checkpoint_loading import _EMA_KEYS, CheckpointError
-    if isinstance(checkpoint, dict) and not any(isinstance(checkpoint.get(k), dict) and checkpoint.get(k)
-                                                for k in _EMA_KEYS):
-        held = ', '.join(sorted(map(str, checkpoint))[:12])
-        raise CheckpointError(
-            f"'{os.fspath(path)}' has no EMA weights (no {' / '.join(_EMA_KEYS)}; it holds {held}): drop --ema to use "
-            "its non-EMA weights.")
-
-
 def model_from_checkpoint(
         path: str,
         model_name: Optional[str] = None,
@@ -136,9 +125,7 @@ def model_from_checkpoint(
     kwargs.update(model_kwargs or {})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    if use_ema:
-        _require_ema(checkpoint, path)
-    state_dict = select_state_dict(checkpoint, use_ema=use_ema, source=f"'{os.fspath(path)}'")
+    state_dict = select_state_dict(checkpoint, use_ema=use_ema, source=f"'{os.fspath(path)}'", ema_flag='--ema')
     del checkpoint  # optimiser state and the other weights set are not needed any more
     model = build_model(model_name, model_kwargs=kwargs)
     filter_fn = family_filter_fn(model)

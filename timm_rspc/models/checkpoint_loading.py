@@ -141,10 +141,12 @@ def read_checkpoint(path: str, map_location: str = 'cpu') -> Any:
             from None
 
 
-def select_state_dict(checkpoint: Any, use_ema: bool = False, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
+def select_state_dict(checkpoint: Any, use_ema: bool = False, source: str = 'checkpoint',
+                      ema_flag: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Pick the model weights out of a loaded checkpoint container and strip wrapper prefixes.
 
-    Non-EMA weights are returned unless ``use_ema``; asking for EMA weights of a file that has none is an error.
+    Non-EMA weights are returned unless ``use_ema``; asking for EMA weights of a file that has none is an error that
+    tells the user to drop ``ema_flag`` (the command's flag, e.g. ``--ema``; default: the ``use_ema`` argument).
     """
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, expected a dict of weights.")
@@ -157,8 +159,9 @@ def select_state_dict(checkpoint: Any, use_ema: bool = False, source: str = 'che
     else:
         if use_ema:
             raise CheckpointError(
-                f"{source} has no EMA weights (looked for {', '.join(_EMA_KEYS)}; it has: "
-                f"{', '.join(sorted(map(str, checkpoint))[:12])}). Load without use_ema."
+                f"{source} has no EMA weights (no {' / '.join(_EMA_KEYS)}; it holds "
+                f"{', '.join(sorted(map(str, checkpoint))[:12])}): drop {ema_flag or 'use_ema=True'} to use its "
+                f"non-EMA weights."
             )
         state_dict = checkpoint  # a bare state dict
     if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
