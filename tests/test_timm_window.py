@@ -1,4 +1,4 @@
-"""The oldest supported timm (CI's second stage) against the installed one: imports, logits, an RSPC step, a bench split.
+"""The oldest supported timm (CI's second stage) against the newest: imports, logits, an RSPC step, a bench split.
 
 Run under the oldest timm of the window (``.ci/run``: ``PYTHONPATH=.ci/timm-oldest python -m pytest -q
 tests/test_timm_window.py``), each check also runs the same code in a subprocess under the *reference* timm, the one
@@ -16,7 +16,9 @@ import pytest
 import timm
 import torch
 
-from timm_rspc._timm_compat import MODELS_MIN_VERSION, TASK_MIN_VERSION, TimmVersionError, timm_version_at_least
+from timm_rspc._timm_compat import (
+    MODELS_MIN_VERSION, TASK_MIN_VERSION, TRAINER_MIN_VERSION, TimmVersionError, timm_version_at_least,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,6 +119,10 @@ def test_task_imports_everywhere_and_names_its_timm_when_too_old():
         with pytest.raises(TimmVersionError, match=rf'RSPCTask .*needs timm>={TASK_MIN_VERSION}; the installed timm '
                                                   rf'is {timm.__version__}'):
             RSPCTask(model, verbose=False)
+    if not timm_version_at_least(TRAINER_MIN_VERSION):  # the module loads; the command names its timm when run
+        from timm_rspc.train import trainer
+        with pytest.raises(TimmVersionError, match=rf'timm-rspc train needs timm>={TRAINER_MIN_VERSION}'):
+            trainer.create_classification_loss(loss_type='ce')
 
 
 def test_one_bench_split(tmp_path):

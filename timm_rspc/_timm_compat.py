@@ -4,8 +4,8 @@ Each name is timm's own where the installed timm has it; otherwise a small local
 timm release brings the original. Nothing here imports the rest of the package.
 
 `require_timm(version, feature)` is how a part that needs a newer timm than the models says so: one line naming the
-part, the timm it needs and the installed one, raised when the part is imported or used, never by ``import timm_rspc``
-(which needs `MODELS_MIN_VERSION`, the package's declared lower bound).
+part, the timm it needs and the installed one. Parts raise it when used, not when imported; only ``import timm_rspc``
+itself raises it on import, below `MODELS_MIN_VERSION` (the package's declared lower bound).
 """
 import re
 from typing import Optional
@@ -14,13 +14,13 @@ import timm
 
 __all__ = [
     'TIMM_VERSION', 'MODELS_MIN_VERSION', 'TASK_MIN_VERSION', 'TRAINER_MIN_VERSION', 'TimmVersionError',
-    'timm_version_at_least', 'require_timm', 'timm_task_classes', 'missing_from_timm', 'get_device_dtype', 'resolve_classification_loss',
-    'get_model_input_config',
+    'timm_version_at_least', 'require_timm', 'timm_task_classes', 'missing_from_timm', 'get_device_dtype',
+    'resolve_classification_loss',
 ]
 
 # The oldest timm each part runs on (README "Supported timm versions"; tests/test_timm_window.py runs the oldest).
 MODELS_MIN_VERSION = '1.0.21'   # timm's Mlp / XCiT / ConvNeXt building blocks take device= and dtype=
-TASK_MIN_VERSION = '1.0.23'     # timm.task: RSPCTask, create_rspc_task, run_script ... train.py --rspc
+TASK_MIN_VERSION = '1.0.23'     # timm.task: RSPCTask, create_rspc_task (run_script's train.py --rspc: 1.0.27)
 TRAINER_MIN_VERSION = '1.0.31'  # timm-rspc train: timm's loss factory, evaluation_sample_limit, trim_summary
 
 
@@ -73,7 +73,7 @@ except ImportError:  # timm < 1.0.29
 
 
 # --- timm.task (1.0.23+) and the helpers around it -----------------------------------------------------------------
-# Looked up when first called, not on import: `import timm_rspc` does not import timm.task or timm.loss.
+# Imported by the modules that use them, never by `import timm_rspc` (which imports neither timm.task nor timm.loss).
 
 def timm_task_classes() -> tuple:
     """``(ClassificationTask, TrainingTask)`` of ``timm.task`` (timm 1.0.23 brings it), or stand-ins without it.
@@ -138,24 +138,3 @@ def resolve_classification_loss(criterion, device, multi_label: bool = False, cr
     if isinstance(criterion, nn.Module):
         criterion = criterion.to(device=device)
     return criterion
-
-
-def get_model_input_config(model) -> dict:
-    """The model's current input channels and size (``input_size``), ``fixed_input_size`` and ``first_conv``.
-
-    timm's ``timm.models._input.get_model_input_config`` where it exists (timm 1.0.31 brings it); the local fallback
-    reads the model's pretrained cfg through timm's ``resolve_model_data_config``.
-    """
-    try:
-        from timm.models._input import get_model_input_config as timm_input_config
-    except ImportError:
-        timm_input_config = None
-    if timm_input_config is not None:
-        return timm_input_config(model)
-    from timm.data import resolve_model_data_config
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    return dict(
-        input_size=tuple(resolve_model_data_config(model)['input_size']),
-        fixed_input_size=cfg.get('fixed_input_size', False),
-        first_conv=cfg.get('first_conv'),
-    )
