@@ -9,7 +9,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from timm_rspc.models.checkpoint_loading import (
-    CheckpointError, CheckpointMismatchError, load_checkpoint, read_state_dict,
+    CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, load_checkpoint, read_checkpoint, read_state_dict,
 )
 
 
@@ -176,6 +176,16 @@ def test_damaged_cached_download_says_delete_and_download_again(download_cache, 
 def test_unsafe_file_is_refused_without_advice_to_unpickle_it(tmp_path, weights):
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': weights['plain'], 'hook': os.getpid}, path)
-    with pytest.raises(CheckpointError, match=r"is unsafe to read: .*GLOBAL posix\.getpid") as info:
+    with pytest.raises(UnsafeCheckpointError, match=r"is unsafe to read: it would import posix\.getpid when") as info:
         read_state_dict(path)
-    assert 'weights_only' not in str(info.value)
+    assert 'weights_only' not in str(info.value) and info.value.globals == ('posix.getpid',)
+
+
+def test_numpy_metrics_are_allowed_everywhere(tmp_path, weights):
+    """A checkpoint holding a numpy metric (timm's best metric can be one) reads in every path: one allow-list."""
+    import numpy as np
+    from timm_rspc.train.resume_check import read_training_checkpoint
+    path = tmp_path / 'last.pth.tar'
+    torch.save({'state_dict': weights['plain'], 'metric': np.float64(71.5), 'epoch': 3}, path)
+    assert read_checkpoint(path)['metric'] == 71.5
+    assert read_training_checkpoint(str(path))['metric'] == 71.5  # --resume refused it as unsafe before

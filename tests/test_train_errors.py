@@ -85,16 +85,17 @@ def _write(path, kind):
 
 
 @pytest.mark.parametrize('flag, kind, message', [
-    ('--resume', 'empty', r"is damaged: it is empty \(0 bytes\).*Resume from another checkpoint of the run"),
-    ('--resume', 'truncated', r"is damaged \(truncated or not a PyTorch file: .*\)\. Resume from another checkpoint"),
-    ('--resume', 'random bytes', r"is damaged \(truncated or not a PyTorch file"),
+    ('--resume', 'empty', r"is damaged \(an empty file \(0 bytes\), e\.g\. an interrupted copy\)\. Resume from "
+                          r"another checkpoint of the run"),
+    ('--resume', 'truncated', r"is damaged \(truncated or corrupt: .*\)\. Resume from another checkpoint"),
+    ('--resume', 'random bytes', r"is damaged \((truncated or corrupt|not a checkpoint): "),
     ('--resume', 'unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded.*so it was not loaded"),
     ('--resume', 'unsafe legacy pickle', r"is unsafe: it would run code \(posix\.system\)"),
     ('--resume', 'weights only', r"is not a training checkpoint \(no 'state_dict' entry\).*--initial-checkpoint"),
     ('--resume', 'other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\): its weights do not fit "
                                 r"this one \(2 of other shape, e\.g\. head\.weight \(100, 32\) in the file, "
                                 r"\(10, 32\) here\)"),
-    ('--initial-checkpoint', 'truncated', r"is damaged \(truncated or not a PyTorch file"),
+    ('--initial-checkpoint', 'truncated', r"is damaged \(truncated or corrupt: "),
     ('--initial-checkpoint', 'unsafe', r"is unsafe: it would run code \(posix\.system\) when loaded"),
     ('--initial-checkpoint', 'other model', r"is a checkpoint of another model \(vit_tiny_patch16_224\).*"
                                             r"head\.weight \(100, 32\) in the file, \(10, 32\) here\).*"

@@ -24,9 +24,12 @@ file there, the error says where to put it.
 import argparse
 import logging
 import os
+import io
 import pickle
+import pickletools
 import urllib.error
 import urllib.parse
+import zipfile
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
@@ -35,7 +38,8 @@ import torch.nn as nn
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    'CheckpointError', 'CheckpointMismatchError', 'ClassifierMismatchError', 'WeightsDownloadError', 'read_checkpoint',
+    'CheckpointError', 'CheckpointMismatchError', 'ClassifierMismatchError', 'DamagedCheckpointError',
+    'UnsafeCheckpointError', 'WeightsDownloadError', 'read_checkpoint',
     'read_state_dict', 'select_state_dict', 'load_state_dict_strict', 'check_classifier', 'load_checkpoint',
     'load_pretrained_into', 'family_filter_fn', 'build_model_with_package_loader',
 ]
@@ -55,6 +59,22 @@ class CheckpointMismatchError(CheckpointError):
 
 class ClassifierMismatchError(CheckpointMismatchError):
     """A checkpoint whose classifier is for another number of classes than the model's (all else matching)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A file that is not a complete checkpoint (empty, truncated, not a PyTorch or safetensors file)."""
+
+    def __init__(self, message: str, path: str, reason: str):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file whose pickle would import Python objects other than weights (``globals``, read without running it)."""
+
+    def __init__(self, message: str, path: str, globals_: Tuple[str, ...]):
+        super().__init__(message)
+        self.path, self.globals = path, globals_
 
 
 class WeightsDownloadError(CheckpointError):
@@ -92,31 +112,79 @@ def _in_download_cache(path: str) -> bool:
     return os.path.commonpath([cache, os.path.realpath(path)]) == cache
 
 
-def _damaged(path: str, what: str) -> CheckpointError:
+def _damaged(path: str, what: str) -> DamagedCheckpointError:
     if _in_download_cache(path):
-        return CheckpointError(f"This cached download is damaged ({what}): delete '{path}' and download again.")
-    return CheckpointError(f"'{path}' is damaged ({what}): it is not a complete PyTorch or safetensors checkpoint.")
+        return DamagedCheckpointError(
+            f"This cached download is damaged ({what}): delete '{path}' and download again.", path, what)
+    return DamagedCheckpointError(
+        f"'{path}' is damaged ({what}): it is not a complete PyTorch or safetensors checkpoint.", path, what)
 
 
-def _unpickling_reason(message: str) -> str:
-    """The reason in torch's weights-only error, without its advice to unpickle fully (``weights_only=False``)."""
-    advice = ('Weights only load failed', 'Check the documentation', 'Please file an issue')
-    lines = [line.rpartition('WeightsUnpickler error:')[2].strip() for line in message.splitlines()]
-    return ' '.join(line for line in lines if line and not line.startswith(advice))
+def _rebuilt_by_torch(name: str) -> bool:
+    """Whether ``module.name`` is one of the objects any plain checkpoint's pickle imports and torch's weights-only
+    loader rebuilds itself (tensor and parameter rebuilders, storages, dtypes, sizes, OrderedDict, byte strings).
+    Only used to name, after torch refused a file, the imports that made it refuse: the refusal itself is torch's."""
+    module, _, attr = name.rpartition('.')
+    if name in ('collections.OrderedDict', '_codecs.encode', 'builtins.set', 'builtins.frozenset',
+                'builtins.bytearray', 'builtins.slice', 'builtins.complex'):
+        return True
+    if module in ('torch._utils', 'torch._tensor'):
+        return attr.startswith('_rebuild')
+    if module in ('torch', 'torch.storage'):
+        return attr.endswith('Storage') or attr in ('Size', 'device') or isinstance(getattr(torch, attr, None),
+                                                                                     torch.dtype)
+    return name == 'torch.nn.parameter.Parameter'
 
 
-def read_checkpoint(path: str, map_location: str = 'cpu') -> Any:
+def _pickle_globals(path: str) -> Tuple[str, ...]:
+    """The Python objects (``module.name``) the file's pickle imports, read with ``pickletools`` without executing
+    anything; empty when the pickle cannot even be parsed (damaged rather than unsafe)."""
+    found, strings = [], []
+    try:
+        with _open_pickle(path) as f:
+            while f.peek(1)[:1]:  # a legacy torch file holds several pickles in a row
+                for opcode, arg, _ in pickletools.genops(f):
+                    if opcode.name == 'GLOBAL':
+                        found.append(arg.replace(' ', '.'))
+                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                        found.append('.'.join(strings[-2:]))
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+                if zipfile.is_zipfile(path):
+                    break
+    except Exception:  # not parseable as a pickle
+        return ()
+    return tuple(dict.fromkeys(found))
+
+
+def _open_pickle(path: str):
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        name = next(n for n in archive.namelist() if n.endswith('data.pkl'))
+        return io.BufferedReader(archive.open(name))
+    return open(path, 'rb')
+
+
+def _disallowed_globals(path: str) -> Tuple[str, ...]:
+    allowed = {f'{t.__module__}.{t.__qualname__}' for t in _safe_globals()}
+    return tuple(sorted(name for name in _pickle_globals(path) if name not in allowed and not _rebuilt_by_torch(name)))
+
+
+def read_checkpoint(path: str, map_location: str = 'cpu', mmap: bool = False) -> Any:
     """Read a checkpoint file without unpickling arbitrary objects; returns what the file holds.
 
-    A file that cannot be read is reported as damaged (empty, truncated, not a checkpoint; for a file in timm's
-    download cache: delete it and download again) or as unsafe (it names Python objects other than tensors), never
-    with advice to unpickle it fully.
+    The package's one reader: pretrained and overlay files, `load_checkpoint`, ``--resume``, ``--initial-checkpoint``,
+    convert, export, bench and analyze all read through it, each wording its errors for its own flag. One allow-list
+    (`_safe_globals`: argparse's Namespace, numpy scalars). A file that cannot be read raises
+    `DamagedCheckpointError` (empty, truncated, not a checkpoint; for a file in timm's download cache: delete it and
+    download again) or `UnsafeCheckpointError` (its pickle imports other Python objects, listed in ``globals``), never
+    with advice to unpickle it fully. ``mmap`` maps the tensors of a zip-format file instead of reading them.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at '{path}'.")
     if os.path.getsize(path) == 0:
-        raise _damaged(path, 'empty file')
+        raise _damaged(path, 'an empty file (0 bytes), e.g. an interrupted copy')
     if path.endswith('.safetensors') or _looks_like_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -126,19 +194,25 @@ def read_checkpoint(path: str, map_location: str = 'cpu') -> Any:
             raise _damaged(path, f'unreadable safetensors file: {e}') from None
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        reason = _unpickling_reason(str(e))
-        if 'GLOBAL' in reason or 'global' in reason:
-            raise CheckpointError(
-                f"'{path}' is unsafe to read: it holds Python objects other than weights ({reason}). timm-rspc never "
-                "unpickles arbitrary objects. If you trust the file, load it once in a trusted environment and "
-                "re-save only its tensors (torch.save(state_dict) or safetensors)."
-            ) from None
-        raise _damaged(path, f'not a checkpoint: {reason or type(e).__name__}') from None
-    except (RuntimeError, EOFError, ValueError) as e:  # a truncated or corrupt zip archive
-        raise _damaged(path, f'truncated or corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
-            from None
+        found = _disallowed_globals(path)
+        if found:
+            raise UnsafeCheckpointError(
+                f"'{path}' is unsafe to read: it would import {', '.join(found)} when loaded, Python objects other "
+                "than weights. timm-rspc never unpickles arbitrary objects. If you trust the file, load it once in a "
+                "trusted environment and re-save only its tensors (torch.save(state_dict) or safetensors).",
+                path, found) from None
+        raise _damaged(path, f'not a checkpoint: {_first_sentence(e)}') from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, OSError, IndexError ... for truncated files
+        raise _damaged(path, f'truncated or corrupt: {_first_sentence(e)}') from None
+
+
+def _first_sentence(error: BaseException) -> str:
+    """torch's messages run to several sentences (and may suggest unsafe loading): the first one."""
+    text = str(error).strip()
+    return text.split('. ')[0].splitlines()[0] if text else type(error).__name__
 
 
 def select_state_dict(checkpoint: Any, use_ema: bool = False, source: str = 'checkpoint',

@@ -6,18 +6,14 @@ when an RSPC checkpoint is resumed without ``--rspc``. Here each case is one :cl
 file is damaged, unsafe or of another model, and what to do. Used by ``timm-rspc train`` and by timm's own train.py
 under ``python -m timm_rspc.run_script``.
 """
-import argparse
-import io
-import os
-import pickle
-import pickletools
-import zipfile
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
+
+from timm_rspc.models.checkpoint_loading import DamagedCheckpointError, UnsafeCheckpointError, read_checkpoint
 
 from .args import METHOD_CHANGE_FLAG, ConfigError
 
@@ -33,64 +29,19 @@ def read_training_checkpoint(path: str, flag: str = '--resume') -> Dict[str, Any
 
 
 def _read_weights_only(path: str, flag: str) -> Any:
-    if os.path.getsize(path) == 0:
-        raise ConfigError(f"{flag} file '{path}' is damaged: it is empty (0 bytes), e.g. an interrupted copy. "
-                          "Resume from another checkpoint of the run (checkpoint-N.pth.tar) or start without it.")
+    """The file read by the package's one reader (`models.read_checkpoint`, weights-only, tensors memory-mapped),
+    its errors worded for ``flag``."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        found = _disallowed_globals(path)
-        if not found:
-            raise _damaged(path, flag, e) from None
-        what = ', '.join(found)
+        return read_checkpoint(path, mmap=True)
+    except UnsafeCheckpointError as e:
         raise ConfigError(
-            f"{flag} file '{path}' is unsafe: it would run code ({what}) when loaded, which no training checkpoint "
-            "does, so it was not loaded. Use a checkpoint written by timm's train.py or timm-rspc train.") from None
-    except Exception as e:  # torch raises OSError, EOFError, RuntimeError, IndexError ... for damaged files
-        raise _damaged(path, flag, e) from None
-    return checkpoint
-
-
-def _disallowed_globals(path: str) -> List[str]:
-    """The Python objects (``module.name``) the file's pickle would import and torch's weights-only loader does not
-    allow, read with ``pickletools`` without executing anything; empty when the pickle cannot even be parsed."""
-    from torch._weights_only_unpickler import _get_allowed_globals
-    allowed = set(_get_allowed_globals()) | {'argparse.Namespace'}
-    found, strings = [], []
-    try:
-        with _open_pickle(path) as f:
-            while True:  # a legacy torch file holds several pickles in a row
-                if not f.peek(1)[:1]:
-                    break
-                for opcode, arg, _ in pickletools.genops(f):
-                    if opcode.name == 'GLOBAL':
-                        found.append(arg.replace(' ', '.'))
-                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
-                        found.append('.'.join(strings[-2:]))
-                    elif isinstance(arg, str):
-                        strings.append(arg)
-                if zipfile.is_zipfile(path):
-                    break
-    except Exception:  # not parseable as a pickle: damaged, not unsafe
-        return []
-    return sorted(set(name for name in found if name not in allowed))
-
-
-def _open_pickle(path: str):
-    if zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
-        name = next(n for n in archive.namelist() if n.endswith('data.pkl'))
-        return io.BufferedReader(archive.open(name))
-    return open(path, 'rb')
-
-
-def _damaged(path: str, flag: str, error: BaseException) -> ConfigError:
-    # torch's messages run to several sentences (and may suggest unsafe loading): keep the first one.
-    reason = str(error).split('. ')[0].splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError(
-        f"{flag} file '{path}' is damaged (truncated or not a PyTorch file: {reason}). Resume from another "
-        "checkpoint of the run (checkpoint-N.pth.tar) or start without it.")
+            f"{flag} file '{path}' is unsafe: it would run code ({', '.join(e.globals)}) when loaded, which no "
+            "training checkpoint does, so it was not loaded. Use a checkpoint written by timm's train.py or timm-rspc "
+            "train.") from None
+    except DamagedCheckpointError as e:
+        raise ConfigError(
+            f"{flag} file '{path}' is damaged ({e.reason}). Resume from another checkpoint of the run "
+            "(checkpoint-N.pth.tar) or start without it.") from None
 
 
 def is_rspc_checkpoint(checkpoint: Dict[str, Any]) -> bool:
