@@ -16,15 +16,10 @@ only applies to ``url`` / ``file`` sources, so the same cfg reads the release fi
 """
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ['HF_HUB_IDS', 'hf_hub_id', 'with_hub_ids']
+__all__ = ['HF_HUB_IDS', 'with_hub_ids']
 
 # 'arch.tag' -> 'org/repo' (optionally 'org/repo@revision'). Empty until the weights are on the Hub.
 HF_HUB_IDS: Dict[str, str] = {}
-
-
-def hf_hub_id(name: str) -> Optional[str]:
-    """The Hub repository holding the weights of ``name`` (an ``arch.tag``), or None while there is none."""
-    return HF_HUB_IDS.get(name)
 
 
 def with_hub_ids(cfgs: Mapping[str, Any], hub_ids: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:

@@ -6,10 +6,9 @@ and metrics averaged over the epoch and over the processes. Scalars stay on the 
 read back only on log lines, so a training step never waits for the device.
 """
 import logging
-import time
 from collections import OrderedDict
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
@@ -47,7 +46,6 @@ class LoopSettings:
     world_size: int = 1
     is_primary: bool = True
     synchronize_step: bool = False
-    extra: Dict = field(default_factory=dict)
 
 
 class ScalarSums:
