@@ -15,7 +15,7 @@ import timm
 __all__ = [
     'TIMM_VERSION', 'MODELS_MIN_VERSION', 'TASK_MIN_VERSION', 'TRAINER_MIN_VERSION', 'TimmVersionError',
     'timm_version_at_least', 'require_timm', 'timm_task_classes', 'missing_from_timm', 'get_device_dtype',
-    'resolve_classification_loss',
+    'resolve_classification_loss', 'get_model_input_config',
 ]
 
 # The oldest timm each part runs on (README "Supported timm versions"; tests/test_timm_window.py runs the oldest).
@@ -138,3 +138,26 @@ def resolve_classification_loss(criterion, device, multi_label: bool = False, cr
     if isinstance(criterion, nn.Module):
         criterion = criterion.to(device=device)
     return criterion
+
+
+def get_model_input_config(model) -> dict:
+    """The model's current input ``(channels, height, width)`` (``input_size``), ``fixed_input_size``, ``first_conv``.
+
+    timm's ``timm.models._input.get_model_input_config`` where it exists (timm 1.0.31 brings it, reading the traits
+    timm 1.0.31's builder records). The local fallback reads the same from the model itself: its pretrained cfg, its
+    ``in_chans`` and its patch embedding's ``img_size`` (set by ``create_model(..., img_size=...)``).
+    """
+    try:
+        from timm.models._input import get_model_input_config as timm_input_config
+    except ImportError:
+        timm_input_config = None
+    if timm_input_config is not None:
+        return timm_input_config(model)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    source_size = cfg.get('input_size', (3, 224, 224))
+    size = getattr(getattr(model, 'patch_embed', None), 'img_size', None) or source_size[-2:]
+    return dict(
+        input_size=(getattr(model, 'in_chans', source_size[0]), *size),
+        fixed_input_size=cfg.get('fixed_input_size', False),
+        first_conv=cfg.get('first_conv'),
+    )

@@ -136,7 +136,7 @@ def _backbone(architecture: str) -> Optional[BackbonePaper]:
 @torch.no_grad()
 def model_stats(model: nn.Module) -> Dict[str, Any]:
     """Parameters (M), GMACs for one image at the model's input size, and that input size."""
-    from timm.models._input import get_model_input_config
+    from timm_rspc._timm_compat import get_model_input_config
     from torch.utils.flop_counter import FlopCounterMode
     input_size = tuple(get_model_input_config(model)['input_size'])
     param = next(model.parameters())
