@@ -23,9 +23,6 @@ calls receive the torch function's own draws and the outputs must agree within 1
 import ast
 import hashlib
 import io
-import os
-import subprocess
-import sys
 import tarfile
 import types
 from pathlib import Path
@@ -42,6 +39,7 @@ import skimage.filters
 import skimage.util
 import torch
 
+from sdists import SdistUnavailable, fetch_sdist
 from timm_rspc.corruptions import SEVERITIES, corrupt
 
 REFERENCE_PACKAGE, REFERENCE_VERSION = 'imagenet_c', '0.0.3'
@@ -59,26 +57,12 @@ EXACT = ('defocus_blur', 'zoom_blur', 'gaussian_blur', 'brightness', 'contrast',
 RANDOM = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise')
 
 
-def _cache_dir() -> Path:
-    default = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm-rspc' / 'tests'
-    return Path(os.environ.get('TIMM_RSPC_TEST_CACHE', default))
-
-
 def reference_sdist() -> Path:
     """``$IMAGENET_C_SDIST``, else the cached sdist, else fetched with pip; skips only if none can be had."""
-    if os.environ.get('IMAGENET_C_SDIST'):
-        return Path(os.environ['IMAGENET_C_SDIST'])
-    cache = _cache_dir()
-    sdist = cache / f'{REFERENCE_PACKAGE}-{REFERENCE_VERSION}.tar.gz'
-    if not sdist.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', '--quiet',
-               f'{REFERENCE_PACKAGE}=={REFERENCE_VERSION}', '-d', str(cache)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not sdist.is_file():
-            pytest.skip(f'the reference implementation is not cached at {sdist} and `{" ".join(cmd)}` failed '
-                        f'(package registry unreachable?): {done.stderr.strip()[-300:]}')
-    return sdist
+    try:
+        return fetch_sdist(REFERENCE_PACKAGE, REFERENCE_VERSION, 'IMAGENET_C_SDIST')
+    except SdistUnavailable as e:
+        pytest.skip(f'the reference implementation: {e}')
 
 
 def reference_source() -> str:

@@ -23,7 +23,6 @@ model at every block; 25 minutes here). ``TIMM_RSPC_MODEL_SUITE=full`` runs ever
 import ast
 import fnmatch
 import os
-import subprocess
 import sys
 import tarfile
 import warnings
@@ -34,6 +33,7 @@ import timm
 from timm.models import model_entrypoint
 
 import timm_rspc  # noqa: F401  (registers the models)
+from sdists import cache_dir, fetch_sdist
 
 # The package's families, as timm's filter lists name them: module name (FEAT_INTER_FILTERS) -> model-name
 # pattern (NON_STD_FILTERS).
@@ -50,36 +50,16 @@ PACKAGE_ARCHS = frozenset(
 )
 
 
-def _cache_dir() -> Path:
-    default = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'timm-rspc' / 'tests'
-    return Path(os.environ.get('TIMM_RSPC_TEST_CACHE', default))
 
-
-def _timm_sdist(version: str, cache: Path) -> Path:
-    """The timm sdist of ``version``: ``$TIMM_SDIST``, else the cached one, else downloaded with pip."""
-    if os.environ.get('TIMM_SDIST'):
-        return Path(os.environ['TIMM_SDIST'])
-    sdist = cache / f'timm-{version}.tar.gz'
-    if not sdist.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', '--quiet',
-               f'timm=={version}', '-d', str(cache)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not sdist.is_file():
-            raise RuntimeError(
-                f'Could not fetch the timm {version} sdist with `{" ".join(cmd)}`:\n{done.stderr.strip()}\n'
-                f'Offline: set TIMM_SDIST to a local timm-{version}.tar.gz.'
-            )
-    return sdist
 
 
 def timm_test_models_file() -> Path:
     """``tests/test_models.py`` of the installed timm version's sdist, extracted into the cache."""
     version = timm.__version__
-    target = _cache_dir() / f'timm-{version}' / 'test_models.py'
+    target = cache_dir() / f'timm-{version}' / 'test_models.py'
     if not target.is_file():
         member = f'timm-{version}/tests/test_models.py'
-        with tarfile.open(_timm_sdist(version, _cache_dir())) as tar:
+        with tarfile.open(fetch_sdist('timm', version, 'TIMM_SDIST')) as tar:
             source = tar.extractfile(member).read()
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f'{target.name}.partial-{os.getpid()}')
