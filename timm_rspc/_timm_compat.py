@@ -13,7 +13,8 @@ from typing import Optional
 import timm
 
 __all__ = [
-    'TIMM_VERSION', 'MODELS_MIN_VERSION', 'TASK_MIN_VERSION', 'TRAINER_MIN_VERSION', 'TimmVersionError',
+    'TIMM_VERSION', 'MODELS_MIN_VERSION', 'TASK_MIN_VERSION', 'TRAINER_MIN_VERSION', 'EXPORT_MIN_VERSION',
+    'TimmVersionError',
     'timm_version_at_least', 'require_timm', 'timm_task_classes', 'missing_from_timm', 'get_device_dtype',
     'resolve_classification_loss', 'get_model_input_config',
 ]
@@ -22,6 +23,7 @@ __all__ = [
 MODELS_MIN_VERSION = '1.0.21'   # timm's Mlp / XCiT / ConvNeXt building blocks take device= and dtype=
 TASK_MIN_VERSION = '1.0.23'     # timm.task: RSPCTask, create_rspc_task (run_script's train.py --rspc: 1.0.27)
 TRAINER_MIN_VERSION = '1.0.31'  # timm-rspc train: timm's loss factory, evaluation_sample_limit, trim_summary
+EXPORT_MIN_VERSION = '1.0.31'   # timm-rspc export: save_for_hf records model_args in config.json
 
 
 def _parse(version: str) -> tuple:

@@ -12,9 +12,10 @@ class CommandFailed(SystemExit):
 
 @contextlib.contextmanager
 def reported_errors(command: str):
+    from timm_rspc._timm_compat import TimmVersionError
     from timm_rspc.models.checkpoint_loading import CheckpointError
     try:
         yield
-    except USER_ERRORS + (CheckpointError,) as e:
+    except USER_ERRORS + (CheckpointError, TimmVersionError) as e:
         print(f'timm-rspc {command}: error: {e}', file=sys.stderr)
         raise CommandFailed(2) from None

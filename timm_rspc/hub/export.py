@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
+from timm_rspc._timm_compat import EXPORT_MIN_VERSION, require_timm
 from timm_rspc.models.release_info import RELEASE_SHA256
 
 from .convert import build_model, default_file_mode, model_from_checkpoint, refuse_existing, sha256_file
@@ -193,6 +194,9 @@ def export_model(
 
     Returns the manifest written to ``out_dir/timm_rspc_export.json``.
     """
+    # timm writes the model's construction arguments into config.json from 1.0.31 (save_for_hf); without them an
+    # export of a model built with other arguments reloads as another architecture
+    require_timm(EXPORT_MIN_VERSION, 'timm-rspc export')
     if not overwrite:  # fail before the (slow) model build
         refuse_existing([os.path.join(out_dir, f) for f in EXPORT_FILES], what='export file')
     checked_results = read_results(results) if results else None

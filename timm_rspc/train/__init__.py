@@ -20,13 +20,14 @@ def main(argv=None, prog: str = 'python -m timm_rspc.train') -> int:
     import os
     import sys
     from timm.utils import setup_default_logging
+    from timm_rspc._timm_compat import TimmVersionError
     from .output import DiskFullError
     argv = sys.argv[1:] if argv is None else list(argv)
     setup_default_logging()
     try:
         args, _ = parse_args(argv, prog=prog)
         train(args)
-    except (ConfigError, DiskFullError) as e:
+    except (ConfigError, DiskFullError, TimmVersionError) as e:
         if '--verbose' in argv:
             raise
         print(f'{prog}: error: {e.strerror if isinstance(e, OSError) else e}', file=sys.stderr)
