@@ -39,6 +39,10 @@ import torch.nn as nn  # noqa: E402
 
 import run as suite  # noqa: E402  (benchmarks/run.py: steps, timing, memory, kernel timings, report tables)
 from timm_rspc.kernels import KERNELS, KERNELS_ENV, kernel_status  # noqa: E402
+# The code that dispatches to the kernels registers their PyTorch references (self-checks, cases, fallbacks).
+import timm_rspc.analysis.attention  # noqa: E402,F401
+import timm_rspc.method.alignment  # noqa: E402,F401
+import timm_rspc.method.corruption  # noqa: E402,F401
 
 BEGIN, END = suite.GPU_CHECK_MARKERS
 SECTIONS = ('kernels', 'equivalence', 'amp', 'sync', 'compile', 'ddp', 'timing')

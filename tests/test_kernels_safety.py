@@ -19,6 +19,9 @@ import timm_rspc.kernels as kernels  # noqa: E402
 from timm_rspc.kernels import KERNELS, kernel_status, use_kernels  # noqa: E402
 from timm_rspc.kernels import paired_distance, patch_noise  # noqa: E402
 from timm_rspc.kernels.checks import cases, run_case  # noqa: E402
+# The dispatching modules register the kernels' PyTorch references at import (`kernels.register_reference`).
+import timm_rspc.analysis.attention  # noqa: E402,F401
+import timm_rspc.method.corruption  # noqa: E402,F401
 from timm_rspc.method.alignment import paired_mse  # noqa: E402
 
 CPU = torch.device('cpu')

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_rspc.kernels import use_kernels
+from timm_rspc.kernels import register_reference, use_kernels
 
 from .masks import FixedPatchMasks, num_occluded
 from .perturbations import NoiseOcclusion, batch_generator, occlude_with_noise, shared_patch_grid
@@ -64,7 +64,7 @@ def attention_change_sums(
     if clean.shape != corrupted.shape or clean.ndim != 4:
         raise ValueError(f'Expected two attention maps shaped (batch, heads, queries, keys), got '
                          f'{tuple(clean.shape)} and {tuple(corrupted.shape)}.')
-    if use_kernels(clean):  # CUDA + Triton: one pass per attention row, nothing map-sized materialised
+    if use_kernels(clean, 'attention_change'):  # CUDA + Triton: one pass per attention row, nothing map-sized
         from timm_rspc.kernels.attention_change import fused_attention_change_sums
         return fused_attention_change_sums(clean, corrupted, corrupted_keys, corrupted_queries)
     p, q = clean.float(), corrupted.float()
@@ -85,6 +85,10 @@ def attention_change_sums(
         'attention_to_corrupted_clean': as64((p * key_weight).sum(-1)).sum(),
         'attention_to_corrupted': as64((q * key_weight).sum(-1)).sum(),
     }
+
+
+# The kernel's self-check and fallback compare with / run this function (the kernels layer imports nothing above it).
+register_reference('attention_change', attention_change_sums=attention_change_sums)
 
 
 class AttentionStability:

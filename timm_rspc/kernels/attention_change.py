@@ -1,11 +1,11 @@
 """Fused attention-change statistics: one pass over the clean and corrupted attention maps of a layer.
 
-The PyTorch reference (`timm_rspc.analysis.attention.attention_change_sums`) builds the mixture ``m = (p + q) / 2``
-and four ``xlogy`` terms, the products for the cosine and the masked masses: about ten tensors the size of the
-attention maps (B x heads x Q x K, float32) per layer per batch. Here one program reduces one attention row of both
-maps in registers and writes four numbers per row (Jensen-Shannon divergence, cosine similarity, attention mass on
-the corrupted keys in the clean and in the corrupted map); the per-row values are then summed in float64 exactly as
-the reference sums them.
+The PyTorch reference (the analysis' ``attention_change_sums``, registered with `timm_rspc.kernels.register_reference`)
+builds the mixture ``m = (p + q) / 2`` and four ``xlogy`` terms, the products for the cosine and the masked masses:
+about ten tensors the size of the attention maps (B x heads x Q x K, float32) per layer per batch. Here one program
+reduces one attention row of both maps in registers and writes four numbers per row (Jensen-Shannon divergence, cosine
+similarity, attention mass on the corrupted keys in the clean and in the corrupted map); the per-row values are then
+summed in float64 exactly as the reference sums them.
 """
 from typing import Dict, Iterator, Tuple
 
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from timm_rspc.kernels import guarded
+from timm_rspc.kernels import guarded, references
 
 __all__ = ['fused_attention_change_sums', 'check_cases']
 
@@ -62,7 +62,7 @@ def _attention_row_stats(
 def fused_attention_change_sums(
         clean: torch.Tensor, corrupted: torch.Tensor, corrupted_keys: torch.Tensor, corrupted_queries: torch.Tensor,
 ) -> Dict[str, torch.Tensor]:
-    """Same arguments and result as `timm_rspc.analysis.attention.attention_change_sums`; equal to rounding."""
+    """Same arguments and result as the analysis' ``attention_change_sums``; equal to rounding."""
     if clean.shape != corrupted.shape or clean.ndim != 4:
         raise ValueError(f'Expected two attention maps shaped (batch, heads, queries, keys), got '
                          f'{tuple(clean.shape)} and {tuple(corrupted.shape)}.')
@@ -72,9 +72,9 @@ def fused_attention_change_sums(
 
 
 def _reference(*args) -> Dict[str, torch.Tensor]:
-    """The PyTorch path (`attention_change_sums` declines the kernel once `guarded` has switched it off)."""
-    from timm_rspc.analysis.attention import attention_change_sums
-    return attention_change_sums(*args)
+    """The PyTorch path: the registered ``attention_change_sums`` (it declines the kernel once `guarded` has switched
+    it off, and never dispatches for CPU tensors)."""
+    return references('attention_change').attention_change_sums(*args)
 
 
 def _fused_sums(clean, corrupted, corrupted_keys, corrupted_queries) -> Dict[str, torch.Tensor]:
@@ -102,7 +102,6 @@ def _fused_sums(clean, corrupted, corrupted_keys, corrupted_queries) -> Dict[str
 def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...]) -> Iterator:
     """Every launch configuration of `fused_attention_change_sums` (see `timm_rspc.kernels.checks`): attention dtype x
     key count within one block (a ViT's 197 keys) or looped over several (1,500), against the reference on CPU."""
-    from timm_rspc.analysis.attention import attention_change_sums  # PyTorch path for CPU tensors
     from timm_rspc.kernels.checks import CheckCase
     for dtype in dtypes:
         for keys in (197, 1500):
@@ -121,7 +120,7 @@ def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...]) -> Iterat
                 return [sums[name] for name in sorted(sums)]
 
             def reference(clean=clean, corrupted=corrupted, key_mask=key_mask, query_mask=query_mask):
-                sums = attention_change_sums(clean.float(), corrupted.float(), key_mask, query_mask)
+                sums = _reference(clean.float(), corrupted.float(), key_mask, query_mask)
                 return [sums[name] for name in sorted(sums)]
             yield CheckCase('attention_change', f'{str(dtype)[6:]} attention, {keys} keys', dtype, fused, reference,
                             (torch.float64,) * 8)

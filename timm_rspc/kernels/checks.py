@@ -11,8 +11,10 @@ share that one list, so that none of them can drift from the launcher:
   Triton's interpreter accepts code the real compiler rejects; this catches it in CI.
 * ``benchmarks/gpu_check.py``: every case on a real GPU in fp32 / fp16 / bf16.
 
-The references run on CPU in float32 (the package's own PyTorch functions, which never dispatch to a kernel there),
-so a half-precision kernel is compared with the exact result, within its dtype's rounding.
+The references run on CPU in float32 (the PyTorch functions the dispatching code registered with
+`timm_rspc.kernels.register_reference`, which never dispatch to a kernel there), so a half-precision kernel is compared
+with the exact result, within its dtype's rounding. Only ``reference()`` needs them: the compile matrix runs the
+kernels alone and works with nothing registered.
 """
 import argparse
 import dataclasses

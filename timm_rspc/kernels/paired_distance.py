@@ -1,10 +1,10 @@
 """Fused paired alignment: the MSE between the two halves of a paired batch's features, forward and backward.
 
-`timm_rspc.method.alignment.paired_mse` casts both halves to float32 (two copies for bf16 / fp16 features), forms
-their difference, squares it and averages: several tensors the size of a block's output, per block, per step. Here
-the forward reads each element of both halves once and accumulates the squared difference in float32 per program;
-the backward writes ``+-2 (a - b) / n`` into both halves' gradients in one pass. Nothing image- or feature-sized is
-materialised besides the gradient itself.
+The method's ``paired_mse`` (this kernel's registered reference, see `timm_rspc.kernels.register_reference`) casts both
+halves to float32 (two copies for bf16 / fp16 features), forms their difference, squares it and averages: several
+tensors the size of a block's output, per block, per step. Here the forward reads each element of both halves once and
+accumulates the squared difference in float32 per program; the backward writes ``+-2 (a - b) / n`` into both halves'
+gradients in one pass. Nothing image- or feature-sized is materialised besides the gradient itself.
 """
 from typing import Iterator, Tuple
 
@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from timm_rspc.kernels import guarded
+from timm_rspc.kernels import guarded, references
 
 __all__ = ['fused_paired_mse', 'check_cases']
 
@@ -78,16 +78,16 @@ class _FusedPairedMSE(torch.autograd.Function):
 
 
 def _reference(features: torch.Tensor) -> torch.Tensor:
-    """The PyTorch path (`paired_mse` declines the kernel once `guarded` has switched it off)."""
-    from timm_rspc.method.alignment import paired_mse
-    return paired_mse(features)
+    """The PyTorch path: the registered ``paired_mse`` (it declines the kernel once `guarded` has switched it off, and
+    never dispatches for CPU tensors)."""
+    return references('paired_distance').paired_mse(features)
 
 
 def fused_paired_mse(features: torch.Tensor) -> torch.Tensor:
     """MSE between ``features[:B]`` and ``features[B:]`` of a (2B, ...) tensor, accumulated in float32 (float64 for
     float64 features).
 
-    Equals `timm_rspc.method.alignment.paired_mse` up to the order of the float32 summation; differentiable.
+    Equals the method's ``paired_mse`` up to the order of the float32 summation; differentiable.
     """
     if features.shape[0] % 2:
         raise ValueError(
@@ -100,7 +100,6 @@ def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...]) -> Iterat
     """Every launch configuration of `fused_paired_mse` (see `timm_rspc.kernels.checks`): feature dtype x half size
     a multiple of 16 or not (Triton specialises on it), forward and backward, against ``paired_mse`` on CPU."""
     from timm_rspc.kernels.checks import CheckCase, leaf
-    from timm_rspc.method.alignment import paired_mse  # the PyTorch path: never dispatches for CPU tensors
     for dtype in dtypes:
         for shape in ((4, 197, 8), (6, 5, 7)):  # halves of 3,152 (a multiple of 16) and 105 elements
             features = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
@@ -113,7 +112,7 @@ def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...]) -> Iterat
 
             def reference(features=features):
                 inputs = leaf(features, 'cpu', dtype=torch.float32)
-                loss = paired_mse(inputs)
+                loss = _reference(inputs)
                 (loss * 3.).backward()
                 return [loss, inputs.grad]
             yield CheckCase('paired_distance', f'{str(dtype)[6:]} features {shape}', dtype, fused, reference,

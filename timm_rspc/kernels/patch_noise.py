@@ -1,11 +1,12 @@
 """Fused patch corruption: ``clamp(lerp(noise, x, upsample(mask)), lower, upper)`` in one pass, with its backward.
 
-The PyTorch composition (`timm_rspc.method.corruption`: `draw_noise`, `patch_mask_to_pixels`, `blend_noise`) writes
-the noise, the pixel mask and the blend before clamping: four passes over an image-sized tensor, plus as many in the
-backward. Here one program handles one patch of one image: it reads the patch's mask value once, reads or generates
-the noise (Philox, counter = the pixel's index in a contiguous (B, C, H, W) tensor, so the noise does not depend on
-the memory layout), blends, clamps and writes. The backward recomputes the noise from the same seed instead of keeping
-it, and reduces the mask gradient of the patch in the same program.
+The PyTorch composition (the method's ``draw_noise``, ``patch_mask_to_pixels`` and ``blend_noise``, this kernel's
+registered reference, see `timm_rspc.kernels.register_reference`) writes the noise, the pixel mask and the blend before
+clamping: four passes over an image-sized tensor, plus as many in the backward. Here one program handles one patch of
+one image: it reads the patch's mask value once, reads or generates the noise (Philox, counter = the pixel's index in a
+contiguous (B, C, H, W) tensor, so the noise does not depend on the memory layout), blends, clamps and writes. The
+backward recomputes the noise from the same seed instead of keeping it, and reduces the mask gradient of the patch in
+the same program.
 
 Given an explicit noise tensor, the forward equals the reference bit for bit in every dtype, and the input gradient
 too; the mask gradient is a sum accumulated in float32 (the reference sums in the input dtype).
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from timm_rspc.kernels import guarded
+from timm_rspc.kernels import guarded, references
 
 __all__ = ['fused_patch_noise', 'draw_seed', 'check_cases']
 
@@ -198,19 +199,21 @@ def _launch_forward(x, mask, lower, upper, noise_arg, seed_arg, has_noise, patch
 
 
 def _reference_blend(x, patch_mask, lower, upper, noise, patch_size):
-    """The PyTorch composition the kernel replaces (`timm_rspc.method.corruption`), for the fallback."""
-    from timm_rspc.method.corruption import blend_noise, patch_mask_to_pixels
+    """The PyTorch composition the kernel replaces, from the registered ``patch_mask_to_pixels`` and ``blend_noise``:
+    the fallback and the check cases' reference."""
+    functions = references('patch_noise')
     grid = (x.shape[2] // patch_size, x.shape[3] // patch_size)
     bounds = lower.reshape(1, -1, 1, 1), upper.reshape(1, -1, 1, 1)
-    return blend_noise(x, patch_mask_to_pixels(patch_mask, grid, patch_size), noise.to(x.dtype), *bounds)
+    pixel_mask = functions.patch_mask_to_pixels(patch_mask, grid, patch_size)
+    return functions.blend_noise(x, pixel_mask, noise.to(x.dtype), *bounds)
 
 
 def _reference(x, patch_mask, lower, upper, noise, patch_size, noise_mode):
     """The PyTorch path for a launch that failed. Without explicit noise it draws ``torch.rand`` noise (the in-kernel
     noise of that seed cannot be drawn without the kernel), so that one batch's noise is not reproducible."""
-    from timm_rspc.method.corruption import draw_noise
     if noise is None:
-        noise = draw_noise(x.detach(), noise_mode, lower.reshape(1, -1, 1, 1), upper.reshape(1, -1, 1, 1))
+        noise = references('patch_noise').draw_noise(x.detach(), noise_mode, lower.reshape(1, -1, 1, 1),
+                                                    upper.reshape(1, -1, 1, 1))
     return _reference_blend(x, patch_mask, lower, upper, noise, patch_size)
 
 
@@ -262,9 +265,10 @@ def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...], patch_siz
     The first case is the one the method's step launches (in-kernel noise, float32 images); it is the self-check.
     """
     from timm_rspc.kernels.checks import CheckCase, leaf
-    from timm_rspc.method.corruption import blend_noise, normalized_pixel_range, patch_mask_to_pixels
-    lower, upper = normalized_pixel_range((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    size, grid = 2 * patch_size, (2, 2)
+    # Where pixels 0 and 1 land after ImageNet normalisation, rounded (any per-channel bounds will do).
+    lower = torch.tensor([-2.118, -2.036, -1.804]).reshape(1, 3, 1, 1)
+    upper = torch.tensor([2.249, 2.429, 2.640]).reshape(1, 3, 1, 1)
+    size = 2 * patch_size  # a 2 x 2 patch grid
     configs = itertools.product(dtypes, (False, True), (True, False), ('contiguous', 'channels_last'),
                                 tuple(_NOISE_MODES))
     for dtype, explicit, needs_grad_x, layout, noise_mode in configs:
@@ -297,7 +301,7 @@ def check_cases(device: torch.device, dtypes: Tuple[torch.dtype, ...], patch_siz
                 noise = uniform if noise_mode == 'normalized' else low + uniform * (high - low)
             x_r = leaf(x, 'cpu', needs_grad_x, torch.float32)
             keep_r = leaf(keep, 'cpu')
-            out = blend_noise(x_r, patch_mask_to_pixels(keep_r, grid, patch_size), noise.float(), low, high)
+            out = _reference_blend(x_r, keep_r, low, high, noise.float(), patch_size)
             out.backward(grad_out.float())
             return [out] + ([x_r.grad] if needs_grad_x else []) + [keep_r.grad]
 

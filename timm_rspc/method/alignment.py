@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from timm_rspc.kernels import use_kernels
+from timm_rspc.kernels import register_reference, use_kernels
 
 __all__ = ['paired_mse', 'mean_over_blocks', 'AUTHORS_BLOCK_COUNT_EPS']
 
@@ -26,10 +26,14 @@ def paired_mse(features: torch.Tensor) -> torch.Tensor:
     if batch % 2:
         raise ValueError(
             f'Paired features need an even batch (corrupted half, clean half), got a batch of {batch}.')
-    if use_kernels(features):
+    if use_kernels(features, 'paired_distance'):
         from timm_rspc.kernels.paired_distance import fused_paired_mse
         return fused_paired_mse(features)
     return _PairedMSE.apply(features)
+
+
+# The kernel's self-check and fallback compare with / run this function (the kernels layer imports nothing above it).
+register_reference('paired_distance', paired_mse=paired_mse)
 
 
 class _PairedMSE(torch.autograd.Function):

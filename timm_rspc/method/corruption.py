@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from timm_rspc.kernels import use_kernels
+from timm_rspc.kernels import register_reference, use_kernels
 
 from .gradient_reversal import reverse_gradient
 from .settings import NOISE_MODES, RSPCSettings, check_setting
@@ -132,6 +132,11 @@ def blend_noise(
     # lerp(noise, x, 1) is exactly x and lerp(noise, x, 0) exactly noise; d/dmask = x - noise, as for the product form.
     blended = torch.lerp(noise, x, pixel_mask.to(x.dtype))
     return torch.clamp(blended, lower.to(x.dtype), upper.to(x.dtype))
+
+
+# The fused kernel's self-check and fallback compare with / run these (the kernels layer imports nothing above it).
+register_reference('patch_noise', draw_noise=draw_noise, patch_mask_to_pixels=patch_mask_to_pixels,
+                   blend_noise=blend_noise)
 
 
 class PatchCorruptionModel(nn.Module):
@@ -251,7 +256,7 @@ class AdversarialPatchCorruption(nn.Module):
         patch_mask = reverse_gradient(model(x))
         if noise is not None and noise.shape != x.shape:
             raise ValueError(f'noise must be shaped like the images {tuple(x.shape)}, got {tuple(noise.shape)}.')
-        if use_kernels(x):
+        if use_kernels(x, 'patch_noise'):
             # One fused pass on CUDA; without explicit noise, the kernel draws it (Philox) from a seed that the
             # generator supplies, so runs stay reproducible (the draws differ from the PyTorch path's torch.rand).
             from timm_rspc.kernels.patch_noise import draw_seed, fused_patch_noise
