@@ -153,8 +153,6 @@ def test_register_reference_takes_exactly_the_kernels_functions(monkeypatch):
         kernels.kernel_status('attention', torch.device('cpu'))
 
 
-@pytest.mark.xfail(strict=True, reason='pending outside this change: timm_rspc/cli/info.py must import the modules '
-                                       'that register the kernels\' references before it asks for their state')
 def test_info_alone_sees_every_kernels_reference():
     """``timm-rspc info`` runs in a process that imported nothing else: on a GPU (simulated; the self-check itself
     stubbed) every kernel must get to its self-check, not stop at "reference not registered"."""

@@ -28,6 +28,9 @@ def collect() -> Dict:
     import torch
 
     import timm_rspc
+    import timm_rspc.analysis.attention  # noqa: F401  (these three register the kernels' PyTorch references,
+    import timm_rspc.method.alignment  # noqa: F401  which the self-checks compare against)
+    import timm_rspc.method.corruption  # noqa: F401
     from timm_rspc.kernels import KERNELS, KERNELS_ENV, kernel_status, triton_available
     info = dict(versions=dict(python=platform.python_version(), torch=torch.__version__, timm=_version('timm'),
                               triton=_version('triton') if triton_available() else 'not installed',
