@@ -409,14 +409,21 @@ def _table(rows: List[Dict], columns: List[str]) -> List[str]:
     return lines
 
 
+def _provenance(run: Dict) -> str:
+    machine = run['machine']
+    return (f"`{' '.join(['python benchmarks/run.py', *run['argv']])}` on "
+            f"{machine['cpu']} ({machine['logical_cores']} logical cores, {machine['torch_threads']} torch threads"
+            f"{', ' + machine['gpu'] if 'gpu' in machine else ''}), torch {machine['torch']}, timm {machine['timm']}, "
+            f"image size {run['img_size']}, median of {run['repeats']} interleaved repeats")
+
+
 def write_report(results: Dict, path_md: str) -> None:
-    machine = results['machine']
-    lines = ['# Benchmark results', '',
-             f"Written by `{' '.join(['python benchmarks/run.py', *results['argv']])}` on "
-             f"{machine['cpu']} ({machine['logical_cores']} logical cores, {machine['torch_threads']} torch threads"
-             f"{', ' + machine['gpu'] if 'gpu' in machine else ''}), torch {machine['torch']}, timm {machine['timm']}, "
-             f"image size {results['img_size']}, median of {results['repeats']} interleaved repeats.", '']
+    lines = ['# Benchmark results', '', f"Written by {_provenance(results)}.", '']
     sections = results['sections']
+    measured_apart = [name for name, section in sections.items() if 'run' in section]
+    if measured_apart:
+        lines += [f"Measured by another run: `{name}` by {_provenance(sections[name]['run'])}."
+                  for name in measured_apart] + ['']
     if 'step' in sections:
         lines += ['## RSPC step vs plain steps (time)', '',
                   'Floor: `rspc_vs_floor` = RSPC step at B / plain step at 2B; target <= 1.02.', '']
@@ -490,13 +497,23 @@ def main(argv=None):
         args.img_size, args.batch_sizes, args.warmup, args.repeats = 32, [2], 0, 1
     if args.output is None:
         args.output = os.path.join(tempfile.gettempdir(), 'timm-rspc-benchmarks-quick') if args.quick else HERE
-    results = dict(argv=sys.argv[1:] if argv is None else list(argv), machine=describe_machine(device),
-                   img_size=args.img_size, repeats=args.repeats, sections={})
+    run = dict(argv=sys.argv[1:] if argv is None else list(argv), machine=describe_machine(device),
+               img_size=args.img_size, repeats=args.repeats)
     runners = dict(step=bench_step, memory=bench_memory, authors=bench_authors, inference=bench_inference,
                    kernels=bench_kernels, sync=bench_sync, families=bench_families)
+    measured = {}
     for name in args.only:
         print(f'[{name}]', flush=True)
-        results['sections'][name] = runners[name](args, device)
+        measured[name] = runners[name](args, device)
+    results = dict(run, sections=measured)
+    previous_path = os.path.join(args.output, 'results.json')
+    if set(args.only) != set(SECTIONS) and os.path.isfile(previous_path):
+        # A run of some sections updates those and keeps the others, each kept one with the run that measured it.
+        with open(previous_path) as f:
+            previous = json.load(f)
+        kept = {name: dict(section, run=section.get('run') or {k: previous[k] for k in run})
+                for name, section in previous['sections'].items() if name not in measured}
+        results = dict(run, sections={**kept, **measured})
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
