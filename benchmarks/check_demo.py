@@ -33,7 +33,7 @@ def table_rows(text: str) -> Dict[str, str]:
 
 def readme_rows(path: str = README) -> Dict[str, str]:
     text = open(path).read()
-    block = text[text.index('One run of `timm-rspc demo`'):]
+    block = text[text.index('## The demo'):]  # its first code block is the table
     return table_rows(block[block.index('```'):block.index('```', block.index('```') + 3)])
 
 
