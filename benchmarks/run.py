@@ -418,12 +418,13 @@ def _provenance(run: Dict) -> str:
 
 
 def write_report(results: Dict, path_md: str) -> None:
-    lines = ['# Benchmark results', '', f"Written by {_provenance(results)}.", '']
     sections = results['sections']
-    measured_apart = [name for name, section in sections.items() if 'run' in section]
-    if measured_apart:
-        lines += [f"Measured by another run: `{name}` by {_provenance(sections[name]['run'])}."
-                  for name in measured_apart] + ['']
+    by_run: Dict[str, List[str]] = {}  # provenance -> the sections it measured, in report order
+    for name, section in sections.items():
+        by_run.setdefault(_provenance(section.get('run', results)), []).append(name)
+    lines = ['# Benchmark results', '']
+    lines += [f"Sections {', '.join(f'`{n}`' for n in names)}: measured by {where}." for where, names in by_run.items()]
+    lines.append('')
     if 'step' in sections:
         lines += ['## RSPC step vs plain steps (time)', '',
                   'Floor: `rspc_vs_floor` = RSPC step at B / plain step at 2B; target <= 1.02.', '']
