@@ -50,9 +50,11 @@ def weights():
 
 
 def _train_args():
-    """What a timm-style training run records: the model, its build arguments, the recipe, and private paths."""
+    """What a timm-style training run records: the model, its build arguments, the recipe, and private paths. The
+    model's size is a build argument (``--model-kwargs img_size=32``); ``img_size`` is the data's (timm's train.py
+    never passes it to create_model)."""
     return argparse.Namespace(
-        model=MODEL, num_classes=NUM_CLASSES, img_size=32, model_kwargs=dict(depth=2, embed_dim=64, num_heads=2),
+        model=MODEL, num_classes=NUM_CLASSES, img_size=32, model_kwargs=dict(MODEL_KWARGS),
         epochs=300, lr=5e-4, opt='adamw', weight_decay=0.05, rspc=True, rspc_ratio=0.1,
         data_dir='/private/imagenet', output='/private/runs')
 
@@ -764,3 +766,18 @@ def test_ema_without_ema_weights_speaks_in_flags(tmp_path, weights, capsys):
     assert err.endswith('has no EMA weights (no state_dict_ema / model_ema / module_ema; it holds state_dict): '
                         'drop --ema to use its non-EMA weights.')
     assert 'use_ema' not in err
+
+
+def test_convert_reads_the_args_yaml_beside_a_checkpoint_as_bench_does(tmp_path, weights):
+    """One model build for every command (models.build): a checkpoint without stored arguments takes the model and
+    its build arguments from the args.yaml its run wrote beside it."""
+    import yaml
+    run = tmp_path / 'run'
+    run.mkdir()
+    torch.save({'state_dict': weights['plain']}, run / 'last.pth.tar')
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(model=MODEL, num_classes=NUM_CLASSES,
+                                                       model_kwargs=dict(MODEL_KWARGS))))
+    record = convert_checkpoint(run / 'last.pth.tar', tmp_path / 'out.safetensors')
+    assert record['model'] == MODEL and record['num_classes'] == NUM_CLASSES
+    converted = load_file(str(tmp_path / 'out.safetensors'))
+    assert all(torch.equal(converted[k], v) for k, v in weights['plain'].items())

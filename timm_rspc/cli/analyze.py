@@ -145,7 +145,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise ValueError(f'--workers must be 0 or more, got {args.workers}.')
     if args.data_dir:
         _check_image_folder(args.data_dir, args.split)
-    from timm_rspc.bench.model import check_model_name
+    from timm_rspc.models.build import check_model_name
     for name in args.model:
         check_model_name(name)
 

@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError('--use-ema picks the EMA weights of a checkpoint file; give --checkpoint.')
     if args.img_size is not None and args.input_size is not None:
         raise ValueError('give --img-size or --input-size, not both.')
-    from timm_rspc.bench.model import check_model_name
+    from timm_rspc.models.build import check_model_name
     for model in args.model:
         check_model_name(model)
     amp = args.amp if isinstance(args.amp, str) else (args.amp_dtype if args.amp else None)

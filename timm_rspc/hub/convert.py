@@ -9,21 +9,19 @@ that model's ``state_dict()``. So a converted file always loads strictly into ``
 Next to ``NAME.safetensors`` a ``NAME.json`` record names the model, the weights chosen and the SHA-256 of the source
 and of the output, so anyone can check that a file on the Hub is the conversion of a given release file.
 """
-import argparse
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
 from timm_rspc.files import atomic_write_json, sha256_file  # sha256_file also for export, push, export_released
-from timm_rspc.models.checkpoint_loading import (
-    check_classifier, load_state_dict_strict, read_checkpoint, select_state_dict,
+from timm_rspc.models.build import (
+    build_arguments, check_model_name, create_model, load_weights, recorded_training_args, same_architecture,
 )
-# The family's checkpoint_filter_fn lookup is shared with `load_checkpoint`, so both paths map keys identically.
-from timm_rspc.models.checkpoint_loading import family_filter_fn
+from timm_rspc.models.checkpoint_loading import read_checkpoint
 
 __all__ = [
-    'sha256_file', 'training_args', 'build_model', 'model_from_checkpoint', 'save_state_dict', 'convert_checkpoint',
+    'sha256_file', 'build_model', 'model_from_checkpoint', 'save_state_dict', 'convert_checkpoint',
     'refuse_existing', 'default_file_mode',
 ]
 
@@ -52,50 +50,17 @@ def refuse_existing(paths, what: str = 'file', flag: str = '--overwrite') -> Non
         )
 
 
-def training_args(checkpoint: Any) -> Dict[str, Any]:
-    """The training arguments stored in a checkpoint (``args``: a Namespace or dict), as a plain dict; {} if none."""
-    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    if isinstance(args, argparse.Namespace):
-        return dict(vars(args))
-    return dict(args) if isinstance(args, dict) else {}
-
-
 def build_model(
         model_name: str,
         num_classes: Optional[int] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
         pretrained: bool = False,
 ) -> nn.Module:
-    """``timm.create_model`` with the package's models registered; ``num_classes=None`` keeps the cfg's default."""
-    import timm
-    import timm_rspc  # noqa: F401  (registers RVT / FAN)
+    """The model to export: `models.build.create_model`; ``num_classes=None`` keeps the cfg's default."""
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    try:
-        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise ValueError(f"Unknown model '{model_name}'. List the package's models with `timm-rspc models`.") from e
-        raise
-
-
-def _model_settings_from_args(args: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, Any]]:
-    """Model name and build kwargs recorded by a timm-style training run (``--model``, ``--num-classes``, ...)."""
-    kwargs = dict(args.get('model_kwargs') or {})
-    if args.get('num_classes') is not None:
-        kwargs['num_classes'] = int(args['num_classes'])
-    if args.get('img_size') is not None:
-        kwargs['img_size'] = args['img_size']
-    if args.get('in_chans') is not None:
-        kwargs['in_chans'] = int(args['in_chans'])
-    name = args.get('model')
-    return (name if isinstance(name, str) else None), kwargs
-
-
-def _same_architecture(name: str, other: str) -> bool:
-    from timm.models import get_arch_name
-    return get_arch_name(name) == get_arch_name(other)
+    return create_model(model_name, pretrained=pretrained, **kwargs)
 
 
 def model_from_checkpoint(
@@ -107,33 +72,27 @@ def model_from_checkpoint(
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model a checkpoint belongs to and load its (EMA or non-EMA) weights strictly.
 
-    ``model_name`` defaults to the ``--model`` of the training run recorded in the checkpoint. When that run's model
-    has the same architecture, its ``num_classes``, ``img_size``, ``in_chans`` and ``model_kwargs`` are used too
-    (explicit arguments win).
+    ``model_name`` defaults to the ``--model`` of the training run recorded in the checkpoint (or the ``args.yaml``
+    beside it). When that run's model has the same architecture, its build arguments are used too (explicit
+    arguments win), as `bench` builds the model (`models.build`).
 
-    Returns ``(model in eval mode, training arguments of the checkpoint)``.
+    Returns ``(model in eval mode, training arguments of the run)``.
     """
     checkpoint = read_checkpoint(path)
-    args = training_args(checkpoint)
-    recorded_name, recorded_kwargs = _model_settings_from_args(args)
+    args, recorded_from = recorded_training_args(os.fspath(path), checkpoint)
+    recorded_name = args.get('model') if isinstance(args.get('model'), str) else None
     if model_name is None and recorded_name is None:
         raise ValueError(f"'{os.fspath(path)}' does not record which model it belongs to; pass the model name "
                          "(--model NAME, e.g. rvt_small_plus.rspc_in1k).")
     model_name = model_name or recorded_name
-    # The run's build arguments (num_classes, img_size, ...) describe these weights if the architecture is the same.
-    kwargs = recorded_kwargs if recorded_name and _same_architecture(model_name, recorded_name) else {}
+    check_model_name(model_name)
+    kwargs = build_arguments(args)[0] if recorded_name and same_architecture(model_name, recorded_name) else {}
     kwargs.update(model_kwargs or {})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    state_dict = select_state_dict(checkpoint, use_ema=use_ema, source=f"'{os.fspath(path)}'", ema_flag='--ema')
-    del checkpoint  # optimiser state and the other weights set are not needed any more
-    model = build_model(model_name, model_kwargs=kwargs)
-    filter_fn = family_filter_fn(model)
-    if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
-    source = f"'{os.fspath(path)}' ({'EMA' if use_ema else 'non-EMA'})"
-    check_classifier(model, state_dict, source)  # a head of another size: the file and both shapes, not a key list
-    load_state_dict_strict(model, state_dict, source=source)
+    model = create_model(model_name, recorded_from=recorded_from, **kwargs)
+    load_weights(model, checkpoint, f"'{os.fspath(path)}' ({'EMA' if use_ema else 'non-EMA'})", use_ema=use_ema,
+                 ema_flag='--ema')
     return model.eval(), args
 
 

@@ -3,7 +3,6 @@
 Each check raises :class:`ConfigError` with what was wrong and what to do instead.
 """
 import argparse
-import difflib
 import importlib
 import logging
 import os
@@ -14,7 +13,6 @@ _logger = logging.getLogger(__name__)
 
 # Dataset types whose data timm reads from ``--data-dir`` (and which cannot find it anywhere else).
 _LOCAL_DATASET_TYPES = ('', 'folder', 'tar', 'tfds', 'wds')
-_HUB_MODEL_PREFIXES = ('hf-hub:', 'hf_hub:', 'timm/', 'local-dir:')
 
 
 def import_device_modules(args: argparse.Namespace) -> None:
@@ -27,13 +25,11 @@ def import_device_modules(args: argparse.Namespace) -> None:
 
 def check_model_name(name: str) -> None:
     """The model must be registered with timm (after ``timm_rspc`` and ``--device-modules`` are imported)."""
-    import timm
-    from timm.models import is_model
-    if name.startswith(_HUB_MODEL_PREFIXES) or is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else " List the names with timm.list_models('*pattern*')."
-    raise ConfigError(f"unknown model '{name}'.{hint}")
+    from timm_rspc.models.build import check_model_name as check
+    try:
+        check(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _dataset_type(dataset: str) -> str:
