@@ -24,6 +24,7 @@ grow with the number of images.
 """
 import contextlib
 import io
+import warnings
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -136,7 +137,10 @@ def attention_extractor(model: PixelModel, names: Optional[Sequence[str]] = None
     from timm.utils import AttentionExtract
     with unfused_attention(model.model):
         try:
-            extract = AttentionExtract(model.model, names=list(names) if names else None, method=method)
+            with warnings.catch_warnings():
+                # torchvision's advice that eval-mode graphs may lack train-mode nodes: the maps are read in eval mode
+                warnings.filterwarnings('ignore', message='NOTE: The nodes obtained by tracing the model in eval mode')
+                extract = AttentionExtract(model.model, names=list(names) if names else None, method=method)
         except RuntimeError as e:
             raise ValueError(f'{type(model.model).__name__}: {e} List the attention nodes / modules with '
                              f'--attention-layers, or try --attention-method hook.') from None
@@ -325,8 +329,8 @@ def query_attention_maps(
 ) -> Dict:
     """For the image grid: the attention of one query patch over the patch grid, head-averaged, for a few images.
 
-    ``layer`` defaults to each model's last token-attention layer; ``query_patch`` (row-major index) to the centre
-    patch. Returns ``{'clean': pixels, 'corrupted': pixels, 'keep': keep, 'query_patch': int, 'grid': (gh, gw),
+    ``layer`` defaults to each model's last token-attention layer with more than one patch token; ``query_patch``
+    (row-major index) to the centre patch. Returns ``{'clean': pixels, 'corrupted': pixels, 'keep': keep, 'query_patch': int, 'grid': (gh, gw),
     'models': {name: {'layer': str, 'clean': (B, gh', gw'), 'corrupted': (B, gh', gw')}}}`` (CPU tensors).
     """
     grid = shared_patch_grid(models)
@@ -349,7 +353,9 @@ def query_attention_maps(
                 usable[name_] = found[1]
         if not usable:
             raise ValueError(f'{name}: no token self-attention layer found among {list(clean_maps)}.')
-        chosen = layer if layer is not None else list(usable)[-1]
+        # default: the last layer with more than one patch token (a fully pooled stage shows one cell)
+        spread = [n for n, prefix in usable.items() if clean_maps[n].shape[-1] - prefix > 1]
+        chosen = layer if layer is not None else (spread or list(usable))[-1]
         if chosen not in usable:
             raise ValueError(f'{name}: unknown attention layer {chosen!r}; choose one of {", ".join(usable)}.')
         prefix = usable[chosen]
