@@ -47,14 +47,9 @@ for name in T.EXACT:
 mp = MonkeyPatch()
 from timm_rspc.corruptions.imagenet_c import _frost_draws
 from timm_rspc.corruptions.reference_data import frost_images
-import tarfile, tempfile as tf
+import tempfile as _tempfile
 from pathlib import Path
-frost_dir = Path(tf.mkdtemp()); (frost_dir / 'frost').mkdir()
-with tarfile.open(T.reference_sdist()) as tar:
-    for m in tar.getmembers():
-        if '/imagenet_c/frost/' in m.name and m.isfile():
-            (frost_dir / 'frost' / Path(m.name).name).write_bytes(tar.extractfile(m).read())
-ref.namespace['resource_filename'] = lambda module, name: str(frost_dir / name)
+ref.namespace['resource_filename'] = T.frost_photos_loader(Path(_tempfile.mkdtemp()))
 _, sizes = frost_images()
 
 def same_draws(name, severity):

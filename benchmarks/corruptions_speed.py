@@ -16,14 +16,9 @@ torch.set_num_threads(1)
 ref = T.reference.__wrapped__(); views, batch = T.photos.__wrapped__()
 batch16 = batch.repeat(6, 1, 1, 1)[:16]
 ref.namespace['np'] = T.NumpyWith(np.random.RandomState(0))
-import tarfile, tempfile
+import tempfile as _tempfile
 from pathlib import Path
-frost_dir = Path(tempfile.mkdtemp()); (frost_dir / 'frost').mkdir()
-with tarfile.open(T.reference_sdist()) as tar:
-    for m in tar.getmembers():
-        if '/imagenet_c/frost/' in m.name and m.isfile():
-            (frost_dir / 'frost' / Path(m.name).name).write_bytes(tar.extractfile(m).read())
-ref.namespace['resource_filename'] = lambda module, name: str(frost_dir / name)
+ref.namespace['resource_filename'] = T.frost_photos_loader(Path(_tempfile.mkdtemp()))
 import io as _io; ref.namespace['BytesIO'] = _io.BytesIO
 ref.namespace['sk'] = types.SimpleNamespace(color=T.skimage.color, util=types.SimpleNamespace(
     random_noise=lambda *a, **k: T.skimage.util.random_noise(*a, rng=np.random.default_rng(0), **k)))

@@ -244,6 +244,17 @@ def test_random_corruptions_have_the_references_distribution(reference, photos, 
     assert not failures, f'{name}: ' + '; '.join(failures)
 
 
+def frost_photos_loader(folder: Path):
+    """The reference's ``resource_filename`` for its frost photographs: they are extracted from the sdist into
+    ``folder`` (the reference reads them from its installed package data)."""
+    (folder / 'frost').mkdir(exist_ok=True)
+    with tarfile.open(reference_sdist()) as tar:
+        for member in tar.getmembers():
+            if '/imagenet_c/frost/' in member.name and member.isfile():
+                (folder / 'frost' / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+    return lambda module, name: str(folder / name)
+
+
 def test_frost_matches_the_reference_given_the_same_photograph_and_crop(reference, photos, monkeypatch, tmp_path):
     """The reference reads its frost photographs with ``cv2.imread`` from its package data (here extracted from the
     sdist); ours come from the same sdist (`timm_rspc.corruptions.reference_data`). The reference's three
@@ -252,12 +263,7 @@ def test_frost_matches_the_reference_given_the_same_photograph_and_crop(referenc
     from timm_rspc.corruptions.reference_data import frost_images
     sdist = reference_sdist()
     monkeypatch.setenv('TIMM_RSPC_IMAGENET_C_SDIST', str(sdist))
-    (tmp_path / 'frost').mkdir()
-    with tarfile.open(sdist) as tar:
-        for member in tar.getmembers():
-            if '/imagenet_c/frost/' in member.name and member.isfile():
-                (tmp_path / 'frost' / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-    monkeypatch.setitem(reference.namespace, 'resource_filename', lambda module, name: str(tmp_path / name))
+    monkeypatch.setitem(reference.namespace, 'resource_filename', frost_photos_loader(tmp_path))
     views, batch = photos
     _, sizes = frost_images()
     rows = {}
