@@ -25,3 +25,22 @@ def test_csv_rows_and_digest(tmp_path):
     path = write_csv(str(tmp_path / 'rows.csv'), [dict(model='a', top1=1.0), dict(model='b', top1=2.5)])
     assert list(csv.DictReader(open(path))) == [{'model': 'a', 'top1': '1.0'}, {'model': 'b', 'top1': '2.5'}]
     assert sha256_file(path) == hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+def test_one_run_at_a_time_per_folder_for_training_and_benchmarks(tmp_path):
+    """The one folder claim (files.FolderLock) behind training runs and benchmark runs."""
+    from timm_rspc.bench.run_folder import BenchmarkFolder
+    from timm_rspc.files import FolderBusy, FolderLock
+    first = BenchmarkFolder(str(tmp_path / 'bench'), {'model': 'm'})
+    with pytest.raises(FileExistsError, match=r"is in use by another benchmark run \(PID \d+ on "):
+        BenchmarkFolder(str(tmp_path / 'bench'), {'model': 'm'}, resume=True)
+    with pytest.raises(FolderBusy):
+        FolderLock(str(tmp_path / 'bench')).acquire()
+    first.close()
+    BenchmarkFolder(str(tmp_path / 'bench'), {'model': 'm'}, resume=True).close()  # free again
+    foreign = tmp_path / 'photos'
+    foreign.mkdir()
+    (foreign / 'me.jpg').write_bytes(b'')
+    with pytest.raises(FileExistsError, match='is not a benchmark run folder'):
+        BenchmarkFolder(str(foreign), {'model': 'm'})
+    assert os.listdir(foreign) == ['me.jpg']  # refused without writing into the user's folder

@@ -17,14 +17,78 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 from typing import Any, Callable, Dict, Iterable, Optional
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: no advisory locks; the folder checks alone remain)
+    fcntl = None
+
 __all__ = [
-    'DiskFullError', 'PARTIAL_PATTERN', 'partial_path', 'fsync_dir', 'atomic_write', 'atomic_write_text',
+    'LOCK_NAME', 'FolderBusy', 'FolderLock', 'DiskFullError', 'PARTIAL_PATTERN', 'partial_path', 'fsync_dir', 'atomic_write', 'atomic_write_text',
     'atomic_write_json', 'write_csv', 'sha256_file',
 ]
 
 PARTIAL_PATTERN = re.compile(r'\.partial-\d+$')
+LOCK_NAME = '.timm-rspc.lock'
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's lock; ``owner`` is what it wrote into the lock file (its PID)."""
+
+    def __init__(self, folder: str, owner: str):
+        super().__init__(f"'{folder}' is in use by another process ({owner})")
+        self.folder, self.owner = folder, owner
+
+
+class FolderLock:
+    """An output folder held by one process at a time: an exclusive ``flock`` on ``FOLDER/.timm-rspc.lock``.
+
+    The one claim every command that writes a run folder takes (training runs, benchmark runs) before writing into
+    it. The kernel drops the lock when the process dies, however it dies, so a crashed run never leaves a stale lock;
+    the file keeps the holder's PID and host for the message a second process gets.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> 'FolderLock':
+        """Take the lock (the folder must exist); `FolderBusy` if a live process holds it."""
+        fd = os.open(os.path.join(self.folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = _lock_owner(fd)
+                os.close(fd)
+                raise FolderBusy(self.folder, owner) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f'PID {os.getpid()} on {socket.gethostname()}'.encode())
+        self._fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lock_owner(fd: int) -> str:
+    """What the process holding the lock wrote into the lock file (its PID), waiting up to 0.2 s for it: the holder
+    takes the lock first and writes its PID just after, so a second process can look in between."""
+    for _ in range(20):
+        owner = os.pread(fd, 200, 0).decode(errors='replace').strip()
+        if owner:
+            return owner
+        time.sleep(0.01)
+    return 'unknown process'
 
 
 class DiskFullError(OSError):

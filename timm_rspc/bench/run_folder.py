@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any, Dict
 
-from timm_rspc.files import atomic_write_json
+from timm_rspc.files import LOCK_NAME, FolderBusy, FolderLock, atomic_write_json
 
 __all__ = ['BenchmarkFolder']
 
@@ -20,12 +20,34 @@ class BenchmarkFolder:
     """``path/settings.json``, ``path/splits/<dataset>__<split>.json``, ``path/results.json`` (+ csv, plot)."""
 
     def __init__(self, path: str, settings: Dict[str, Any], resume: bool = False):
-        """Open (``resume``) or create the run folder (by one process: the others get its records from it)."""
+        """Open (``resume``) or create the run folder (by one process: the others get its records from it) and hold
+        its lock (`files.FolderLock`) until `close`: a second benchmark into the same folder is refused."""
         self.path = path
         self.splits_dir = os.path.join(path, SPLITS_DIR)
-        results = os.path.join(path, RESULTS_FILE)
+        self._lock = FolderLock(path)
+        self.finished = os.path.exists(os.path.join(path, RESULTS_FILE))
+        foreign = (os.path.isdir(path) and not os.path.exists(os.path.join(path, SETTINGS_FILE))
+                   and set(os.listdir(path)) - {LOCK_NAME})
+        if not self.finished and not foreign:  # a folder this run may write: claimed first (nothing else is)
+            os.makedirs(path, exist_ok=True)
+            try:
+                self._lock.acquire()
+            except FolderBusy as e:
+                raise FileExistsError(f"'{path}' is in use by another benchmark run ({e.owner}); wait for it to "
+                                      "finish, or choose another output folder (--output DIR).") from None
+        try:
+            self._open(settings, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Drop the folder's lock (the kernel drops it too when the process ends)."""
+        self._lock.release()
+
+    def _open(self, settings: Dict[str, Any], resume: bool) -> None:
+        path = self.path
         settings_path = os.path.join(path, SETTINGS_FILE)
-        self.finished = os.path.exists(results)
         if self.finished and not resume:
             raise FileExistsError(f"'{path}' holds a finished benchmark ({RESULTS_FILE}); choose another output "
                                   "folder (--output DIR).")
@@ -44,7 +66,7 @@ class BenchmarkFolder:
             os.makedirs(self.splits_dir, exist_ok=True)
             atomic_write_json(settings_path, settings)
         else:
-            if os.path.isdir(path) and os.listdir(path):
+            if set(os.listdir(path)) - {LOCK_NAME}:
                 raise FileExistsError(f"'{path}' exists and is not a benchmark run folder; choose another output "
                                       "folder (--output DIR).")
             os.makedirs(self.splits_dir, exist_ok=True)

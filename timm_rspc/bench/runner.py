@@ -272,6 +272,17 @@ def run_benchmark(
         folder = BenchmarkFolder(output, settings, resume=resume)
         return folder.finished_splits()
     records = _on_first_process(open_folder)
+    try:
+        return _run_splits(folder, records, splits, settings, model, model_name, config, output, device, batch_size,
+                           workers, amp, progress, plot, imagenet_c_transform, p_reference, missing, say)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _run_splits(folder, records, splits, settings, model, model_name, config, output, device, batch_size, workers,
+                amp, progress, plot, imagenet_c_transform, p_reference, missing, say) -> Dict[str, Any]:
+    """The evaluation of a claimed run folder: every split not yet recorded, then the summary and the outputs."""
     if folder is not None and folder.finished:  # --resume of a finished run: its results, nothing written
         with open(folder.file(RESULTS_FILE)) as f:
             results = json.load(f)

@@ -14,14 +14,8 @@ import io
 import logging
 import os
 import shutil
-import socket
 import time
 from typing import Callable, Dict, Optional, Tuple
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover  (Windows: no advisory locks; the folder check alone remains)
-    fcntl = None
 
 import torch
 from timm.models import safe_model_name
@@ -29,7 +23,7 @@ from timm.utils import CheckpointSaver
 
 from timm_rspc import files
 from timm_rspc.files import DiskFullError  # noqa: F401  (re-exported for train.main)
-from timm_rspc.files import PARTIAL_PATTERN, fsync_dir, partial_path
+from timm_rspc.files import LOCK_NAME, PARTIAL_PATTERN, FolderBusy, FolderLock, fsync_dir, partial_path
 
 from .args import ConfigError
 
@@ -48,7 +42,6 @@ def default_experiment_name(model_name: str, img_size: int) -> str:
     return '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(model_name), str(img_size)])
 
 
-LOCK_NAME = '.timm-rspc.lock'
 # What a run writes; --output-exists overwrite removes these (and nothing else) from the folder it reuses.
 RUN_FILE_PATTERNS = ('args.yaml', 'args-resume-*.yaml', 'summary.csv', 'last' + CHECKPOINT_EXTENSION,
                      'model_best' + CHECKPOINT_EXTENSION, 'checkpoint-*' + CHECKPOINT_EXTENSION,
@@ -65,10 +58,11 @@ class RunFolder:
     def __init__(self, path: str):
         self.path = path
         self.created = False
-        self._lock_fd: Optional[int] = None
+        self._lock = FolderLock(path)
 
     def claim(self) -> 'RunFolder':
-        """Create the folder if needed and take its lock; :class:`RunFolderBusy` if a live process holds it."""
+        """Create the folder if needed and take its lock (`files.FolderLock`); :class:`RunFolderBusy` if a live
+        process holds it."""
         try:
             os.makedirs(self.path)
             self.created = True
@@ -79,34 +73,25 @@ class RunFolder:
             raise ConfigError(f"cannot create the output folder '{self.path}': permission denied; choose another "
                               "--output.") from None
         try:
-            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock.acquire()
         except PermissionError:
             raise ConfigError(f"cannot write into the output folder '{self.path}': permission denied; choose "
                               "another --output.") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                owner = _lock_owner(fd)
-                os.close(fd)
-                raise RunFolderBusy(
-                    f"output folder '{self.path}' is in use by another training run ({owner}); wait for it to "
-                    "finish, or choose another --output / --experiment.") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f'PID {os.getpid()} on {socket.gethostname()}'.encode())
-        self._lock_fd = fd
+        except FolderBusy as e:
+            raise RunFolderBusy(
+                f"output folder '{self.path}' is in use by another training run ({e.owner}); wait for it to "
+                "finish, or choose another --output / --experiment.") from None
         return self
 
     def release(self, remove_if_unused: bool = False) -> None:
         """Drop the lock; with ``remove_if_unused``, also remove a folder this run created but wrote nothing into."""
-        if self._lock_fd is None:
+        if not self._lock.held:
             return
         lock_path = os.path.join(self.path, LOCK_NAME)
         if remove_if_unused and self.created and os.listdir(self.path) == [LOCK_NAME]:
             os.remove(lock_path)
             os.rmdir(self.path)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        self._lock.release()
 
     def remove_stale_partials(self) -> None:
         """Temp files (``*.partial-PID``) of earlier processes, killed mid-write: with the lock held, none is live."""
@@ -282,14 +267,3 @@ def append_summary_row(path: str, epoch: int, train_metrics, eval_metrics, lr: O
         writer.writeheader()
     writer.writerow(row)
     atomic_write_text(path, existing + buffer.getvalue())
-
-
-def _lock_owner(fd: int) -> str:
-    """What the run holding the lock wrote into the lock file (its PID), waiting up to 0.2 s for it: the holder takes
-    the lock first and writes its PID just after, so a second run can look in between."""
-    for _ in range(20):
-        owner = os.pread(fd, 200, 0).decode(errors='replace').strip()
-        if owner:
-            return owner
-        time.sleep(0.01)
-    return 'unknown process'
