@@ -113,16 +113,21 @@ def test_bf16_autocast_step_is_the_fp32_step_to_bf16_precision():
         assert torch.isfinite(grads_bf16[name]).all() and cosine > 0.98, name
 
 
-@pytest.mark.slow  # inductor's C++ compilation: 30-60 s on a 2-core CPU
-def test_torch_compile_inductor_gives_the_eager_step():
-    """The whole paired forward compiled by inductor (the hooks' registration is the one graph break)."""
+def _eager_and_inductor_tasks():
+    """Two RSPC tasks on the same small ViT and C, the second compiled by inductor, and a batch for them."""
     import torch._dynamo
     torch._dynamo.reset()
     small = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-    x, target, noise = fixed_batch(img_size=32)
     eager = task_for(make_model('vit_tiny_patch16_224', **small))
     compiled = task_for(make_model('vit_tiny_patch16_224', **small), like=eager)
     compiled.compile(backend='inductor')
+    return eager, compiled, fixed_batch(img_size=32)
+
+
+@pytest.mark.slow  # inductor's C++ compilation: 30-60 s on a 2-core CPU
+def test_torch_compile_inductor_gives_the_eager_step():
+    """The whole paired forward compiled by inductor (the hooks' registration is the one graph break)."""
+    eager, compiled, (x, target, noise) = _eager_and_inductor_tasks()
     expected = step(eager, x, target, noise)
     assert_same_step(step(compiled, x, target, noise), expected, rtol=1e-4, atol=1e-6)
     assert no_hooks(unwrap_model(compiled.get_eval_model()))
@@ -138,13 +143,7 @@ def test_torch_compile_inductor_gives_the_eager_step():
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
 def test_torch_compile_under_autocast_gives_the_eager_step(dtype):
     """The compiled paired forward under float16 / bfloat16 autocast (the input-gradient split included)."""
-    import torch._dynamo
-    torch._dynamo.reset()
-    small = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-    x, target, noise = fixed_batch(img_size=32)
-    eager = task_for(make_model('vit_tiny_patch16_224', **small))
-    compiled = task_for(make_model('vit_tiny_patch16_224', **small), like=eager)
-    compiled.compile(backend='inductor')
+    eager, compiled, (x, target, noise) = _eager_and_inductor_tasks()
     assert_same_step(step(compiled, x, target, noise, dtype), step(eager, x, target, noise, dtype),
                      rtol=1e-2, atol=1e-3)
 

@@ -274,3 +274,15 @@ def test_ctrl_c_is_one_line_naming_what_was_saved(data_dir, tmp_path, capsys, mo
     assert _train(data_dir, tmp_path, '--epochs', '1') == 2
     assert 'holds a training run that stopped before its first checkpoint' in _one_error_line(capsys)
     assert _train(data_dir, tmp_path, '--epochs', '1', '--output-exists', 'overwrite', '--val-split', '') == 0
+
+
+def test_resume_with_no_epoch_left_is_one_line(data_dir, tmp_path, capsys):
+    """Before: the loop ended at once, printed an empty result and exited 0, as if it had trained."""
+    assert _train(data_dir, tmp_path, '--epochs', '2') == 0
+    last = tmp_path / 'out' / 'run' / 'last.pth.tar'
+    capsys.readouterr()
+    assert _train(data_dir, tmp_path, '--epochs', '2', '--resume', str(last)) == 2
+    assert _one_error_line(capsys) == (
+        f"timm-rspc train: error: --resume file '{last}' has finished epoch 1 of its run, and this run trains 2 "
+        "epochs in all: nothing is left to train. Pass --epochs 3 or more to train on.")
+    assert _train(data_dir, tmp_path, '--epochs', '3', '--resume', str(last)) == 0  # extending it works

@@ -111,6 +111,16 @@ def check_same_optimizer(checkpoint: Dict[str, Any], opt: str, path: str) -> Non
         f"continue it, or --no-resume-opt to continue its weights with a new {opt} optimiser.")
 
 
+def check_epochs_left(checkpoint: Dict[str, Any], epochs: int, path: str) -> None:
+    """A resume must have an epoch left to train: timm's loop would otherwise end at once, with an empty result and
+    exit status 0, as if it had trained. The checkpoint's ``epoch`` is its last completed one (timm's version 2)."""
+    done = checkpoint.get('epoch')
+    if isinstance(done, int) and done + 1 >= epochs:
+        raise ConfigError(
+            f"--resume file '{path}' has finished epoch {done} of its run, and this run trains {epochs} epochs in "
+            f"all: nothing is left to train. Pass --epochs {done + 2} or more to train on.")
+
+
 def check_initial_checkpoint(path: str, model: nn.Module) -> None:
     """``--initial-checkpoint`` is loaded by timm's ``load_checkpoint`` (EMA weights first, as timm's train.py does);
     before that, the file is read weights-only and the weights timm would pick are checked against ``model``, so a

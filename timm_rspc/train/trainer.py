@@ -45,7 +45,7 @@ from .output import (
     resumes_in_place,
 )
 from .preflight import run_preflight
-from .resume_check import check_initial_checkpoint, check_resume_file, check_same_optimizer
+from .resume_check import check_epochs_left, check_initial_checkpoint, check_resume_file, check_same_optimizer
 from .rng import gather_rng_states, restore_rank_rng_state
 
 _logger = logging.getLogger('timm_rspc.train')
@@ -166,6 +166,8 @@ def _train(args: argparse.Namespace, device: torch.device, args_text: str) -> Tr
         resume_state = check_resume_file(args.resume, task.get_eval_model(), args.rspc, args.allow_method_change)
         if not args.no_resume_opt:
             check_same_optimizer(resume_state, args.opt, args.resume)
+        if args.start_epoch is None:
+            check_epochs_left(resume_state, args.epochs + (getattr(args, 'cooldown_epochs', 0) or 0), args.resume)
 
     run_folder = None
 
