@@ -12,7 +12,7 @@ import skimage.filters
 import torch
 
 from timm_rspc.corruptions import (
-    CATEGORIES, CORRUPTIONS, FIDELITY, SEVERITIES, box_resize, corrupt, gaussian_filter, plasma_fractal,
+    CATEGORIES, CORRUPTIONS, FIDELITY, SEVERITIES, box_resize, corrupt, gaussian_filter, per_image_generators, plasma_fractal,
 )
 
 
@@ -84,6 +84,28 @@ def test_batch_is_corrupted_image_by_image_and_draws_follow_the_generator(name):
     else:                           # random: fresh draws per image, so no two images get the same noise
         residual = (first - pixels).flatten(1)
         assert not torch.equal(residual[0], residual[1])
+
+
+@pytest.mark.parametrize('name', sorted(CORRUPTIONS))
+def test_per_image_generators_corrupt_an_image_the_same_in_any_batch(name):
+    """One generator per image: image i draws only from generator i, so its corruption does not depend on its batch,
+    its position in it or the batch size (what a resumable, distributed corrupted evaluation relies on)."""
+    needs_reference_data(name)
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seeds = [11, 12, 13]
+    batched = corrupt(name, pixels, 4, per_image_generators(seeds))
+    alone = torch.cat([corrupt(name, pixels[i:i + 1], 4, per_image_generators(seeds[i:i + 1])) for i in range(3)])
+    reordered = corrupt(name, pixels.flip(0), 4, per_image_generators(seeds[::-1])).flip(0)
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batched, reordered, rtol=0, atol=1e-6)
+    if FIDELITY[name] != 'exact':   # and the draws are the generators': other seeds, other corruption
+        assert not torch.equal(batched, corrupt(name, pixels, 4, per_image_generators([21, 22, 23])))
+
+
+def test_one_generator_per_image_is_checked():
+    pixels = torch.rand(3, 3, 8, 8)
+    with pytest.raises(ValueError, match='Got 2 generators for a batch of 3 images'):
+        corrupt('gaussian_noise', pixels, 1, per_image_generators([1, 2]))
 
 
 @pytest.mark.parametrize('name', [

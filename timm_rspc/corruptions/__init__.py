@@ -3,7 +3,8 @@
 ``corrupt(name, pixels, severity, generator)`` on (B, 3, H, W) pixels in [0, 1]; ``CORRUPTIONS`` (name -> function
 ``f(pixels, severity=1, generator=None)``), ``CATEGORIES`` (noise / blur / weather / digital), ``EXTRA`` (ImageNet-C's
 held-out corruptions), ``FIDELITY`` (*exact* or *in distribution*, see `imagenet_c`), ``SEVERITIES`` (the reference's
-constants). So far, each with a test against the reference code (``tests/test_corruptions_reference.py``):
+constants); ``generator`` is one ``torch.Generator`` for the batch or one per image (`per_image_generators`: an
+image's corruption is then the same in any batch). So far, each with a test against the reference code (``tests/test_corruptions_reference.py``):
 
 | corruption | category | fidelity |
 |---|---|---|
@@ -35,6 +36,7 @@ from .imagenet_c import (
     elastic_transform, fog, frost, gaussian_blur, gaussian_noise, impulse_noise, jpeg_compression, pixelate, saturate,
     shot_noise, speckle_noise, zoom_blur,
 )
+from .draws import Generators, per_image_generators
 from .jpeg import jpeg_round_trip
 from .primitives import (
     border_index, box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, plasma_fractal, sample_bilinear,
@@ -43,6 +45,7 @@ from .primitives import (
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
-    'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'jpeg_round_trip', 'border_index',
+    'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'Generators', 'per_image_generators',
+    'jpeg_round_trip', 'border_index',
     'box_resize', 'clipped_zoom', 'disk_kernel', 'filter2d', 'gaussian_filter', 'plasma_fractal', 'sample_bilinear',
 ]

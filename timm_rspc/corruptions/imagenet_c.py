@@ -17,10 +17,12 @@ Sizes: the constants are ImageNet-C's (224 px images) at every size, in pixels; 
 of each side and ``fog`` the plasma map of the next power of two, as the reference's own 32 / 64 px variants do
 (``make_cifar_c.py``, ``make_tinyimagenet_c.py``), whose severity constants differ and are not offered here.
 """
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 
+from . import draws
+from .draws import Generators
 from .primitives import (
     box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
 )
@@ -76,36 +78,36 @@ def _constant(name: str, severity: int):
     return SEVERITIES[name][severity - 1]
 
 
-def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Independent N(0, c) added to every value (pixel and channel), c = 0.08 .. 0.38. In distribution."""
     c = _constant('gaussian_noise', severity)
-    return (x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
+    return (x + c * draws.randn(x.shape, generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
 
 
-def shot_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def shot_noise(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Poisson photon noise: every value independently ``Poisson(c * x) / c``, c = 60, 25, 12, 5, 3 photons at full
     intensity. In distribution (not differentiable: a Poisson draw)."""
     c = _constant('shot_noise', severity)
     rates = (x.clamp(0, 1) * c).float()
-    return (torch.poisson(rates, generator=generator).to(x.dtype) / c).clamp(0, 1)
+    return (draws.poisson(rates, generator).to(x.dtype) / c).clamp(0, 1)
 
 
-def impulse_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def impulse_noise(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Salt and pepper (scikit-image's ``random_noise(mode='s&p')``): every value independently becomes 0 or 1, with
     probability c / 2 each, c = 0.03 .. 0.27. In distribution."""
     c = _constant('impulse_noise', severity)
-    draw = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    draw = draws.rand(x.shape, generator, dtype=x.dtype, device=x.device)
     return torch.where(draw < c / 2, 0., torch.where(draw < c, 1., x.clamp(0, 1))).to(x.dtype)
 
 
-def speckle_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def speckle_noise(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Multiplicative noise ``x + x * N(0, c)``, independent per value, c = 0.15 .. 0.6 (ImageNet-C's extra
     corruption). In distribution."""
     c = _constant('speckle_noise', severity)
-    return (x + x * c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
+    return (x + x * c * draws.randn(x.shape, generator, dtype=x.dtype, device=x.device)).clamp(0, 1)
 
 
-def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Each channel correlated with ImageNet-C's anti-aliased disk (`disk_kernel`: radius 3, 4, 6, 8, 10 px, OpenCV
     Gaussian anti-aliasing with sigma 0.1, 0.5, ...) as OpenCV's ``filter2D`` does (``BORDER_REFLECT_101``).
     Exact."""
@@ -113,7 +115,7 @@ def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.G
     return filter2d(x, disk_kernel(radius, alias_blur)).clamp(0, 1)
 
 
-def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """The image averaged with its centre zoomed by each factor of ``numpy.arange(1, 1 + z, step)`` (12, 16, 11, 13
     and 11 factors up to 1.11, 1.15, 1.2, 1.24, 1.3), each zoom the reference's ``clipped_zoom`` (`clipped_zoom`:
     scipy.ndimage's linear zoom of the centre crop). Exact."""
@@ -124,7 +126,7 @@ def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gene
     return ((x + total) / (len(factors) + 1)).clamp(0, 1)
 
 
-def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """scikit-image's ``gaussian`` with sigma c = 1, 2, 3, 4, 6 per channel: kernel cut at 4 sigmas, borders repeating
     the edge pixel (``mode='nearest'``). Exact."""
     return gaussian_filter(x, _constant('gaussian_blur', severity)).clamp(0, 1)
@@ -138,14 +140,14 @@ def _frost_draws(batch: int, height: int, width: int, sizes: torch.Tensor, gener
     if height >= int(usable[:, 0].min()) or width >= int(usable[:, 1].min()):
         raise ValueError(f'frost crops the image size out of the frost photographs (at least '
                          f'{int(usable[:, 0].min())} x {int(usable[:, 1].min())} px): {height} x {width} is too large.')
-    index = torch.randint(5, (batch,), generator=generator, device=device)
+    index = draws.randint(5, (batch,), generator, device=device)
     room = sizes[index].to(device) - torch.tensor([height, width], device=device)   # (B, 2) exclusive bounds
-    unit = torch.rand(batch, 2, generator=generator, device=device)
+    unit = draws.rand((batch, 2), generator, device=device)
     offsets = torch.minimum((unit * room).floor().long(), room - 1)
     return index, offsets[:, 0], offsets[:, 1]
 
 
-def frost(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def frost(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """``a * x + b * frost`` with a random crop, the image's size, of one of ImageNet-C's frost photographs per image
     (fetched once from the reference's sdist: `reference_data`); (a, b) = (1, 0.4), (0.8, 0.6), (0.7, 0.7),
     (0.65, 0.7), (0.6, 0.75). Images up to 314 x 526 px (the crop must fit every photograph). In distribution
@@ -160,7 +162,7 @@ def frost(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generato
     return (scale * x + weight * crops.to(x.dtype) / 255).clamp(0, 1)
 
 
-def brightness(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def brightness(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """c = 0.1 .. 0.5 added to the HSV value, clipped to 1, hue and saturation kept (the reference's round trip
     through scikit-image's ``rgb2hsv`` / ``hsv2rgb``). Exact."""
     c = _constant('brightness', severity)
@@ -170,7 +172,7 @@ def brightness(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gen
     return torch.where(value > 0, x * brighter / value.clamp(min=1e-12), brighter.expand_as(x)).clamp(0, 1)
 
 
-def fog(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def fog(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """``x + s * plasma``, rescaled by ``max / (max + s)`` with ``max`` the image's largest value; the plasma map is
     the reference's diamond-square fractal (`plasma_fractal`, decay d) of the next power of two of the larger side
     (256 for 224 px), one per image, the same in the three channels, cropped to the image; (s, d) = (1.5, 2) ..
@@ -183,7 +185,7 @@ def fog(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator]
     return ((x + strength * plasma) * max_value / (max_value + strength)).clamp(0, 1)
 
 
-def contrast(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def contrast(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Pulled towards each channel's mean over the image: ``(x - mean) * c + mean``, c = 0.4 .. 0.05. Exact."""
     c = _constant('contrast', severity)
     means = x.mean(dim=(2, 3), keepdim=True)
@@ -193,7 +195,7 @@ def contrast(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
 def _uniform(low: float, high: float, shape, generator, device) -> torch.Tensor:
     """numpy's ``uniform(low, high, shape)`` from float32 ``torch.rand`` draws, in float64: ``low + (high - low) * u``
     (float64 where the device has it)."""
-    unit = torch.rand(shape, generator=generator, device=device)
+    unit = draws.rand(shape, generator, device=device)
     return low + (high - low) * unit.to(torch.float64 if unit.device.type != 'mps' else torch.float32)
 
 
@@ -214,7 +216,7 @@ def _warp_affine_positions(inverse: torch.Tensor, height: int, width: int, devic
     return coords[1].to(device, wide), coords[0].to(device, wide)
 
 
-def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """A random affine warp, then a smooth random displacement (alpha, sigma, a) = (488, 170.8, 24.4), (488, 19.52,
     48.8), (12.2, 2.44, 4.88), (17.08, 2.44, 4.88), (29.28, 2.44, 4.88) (the reference's 244-based constants):
 
@@ -256,7 +258,7 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[to
     return out.clamp(0, 1)
 
 
-def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def pixelate(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Pillow's BOX resize to ``int(side * c)`` (c = 0.6 .. 0.25) and BOX resize back, on 8 bits as Pillow computes
     it (`box_resize`; the output is a multiple of 1/255). Exact (bit-identical at 224 px)."""
     c = _constant('pixelate', severity)
@@ -265,14 +267,14 @@ def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
     return box_resize(small, (height, width))
 
 
-def jpeg_compression(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def jpeg_compression(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Saved by Pillow as a baseline JPEG of quality 25, 18, 15, 10, 7 and read back (`jpeg_round_trip`:
     libjpeg-turbo's 4:2:0 encoder and decoder with the accurate integer DCT, in torch integers). Exact (bit-identical,
     at any size); not differentiable."""
     return jpeg_round_trip(x, _constant('jpeg_compression', severity))
 
 
-def saturate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def saturate(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """HSV saturation scaled and shifted, ``clip(s * a + b, 0, 1)``, hue and value kept, with (a, b) = (0.3, 0),
     (0.1, 0), (2, 0), (5, 0.1), (20, 0.2) (ImageNet-C's extra corruption; the reference's round trip through
     scikit-image's ``rgb2hsv`` / ``hsv2rgb``, where grey pixels have hue 0, red, so a shift b > 0 tints them red).
@@ -299,7 +301,7 @@ CORRUPTIONS: Dict[str, Callable] = {
 }
 
 
-def corrupt(name: str, pixels: torch.Tensor, severity: int = 3, generator: Optional[torch.Generator] = None):
+def corrupt(name: str, pixels: torch.Tensor, severity: int = 3, generator: Generators = None):
     """``pixels`` (B, C, H, W) in [0, 1] corrupted by ``name`` at ``severity`` (1..5), clipped to [0, 1]."""
     if name not in CORRUPTIONS:
         raise ValueError(f'Unknown corruption {name!r}; choose from {", ".join(CORRUPTIONS)}.')

@@ -22,6 +22,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import draws
+from .draws import Generators
+
 __all__ = [
     'gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange', 'disk_kernel', 'filter2d',
     'border_index', 'sample_bilinear',
@@ -144,7 +147,7 @@ def box_resize(x: torch.Tensor, size) -> torch.Tensor:
     return grey / 255
 
 
-def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, generator: Optional[torch.Generator] = None,
+def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, generator: Generators = None,
                    device=None) -> torch.Tensor:
     """ImageNet-C's ``plasma_fractal``, one independent map per image: (batch, mapsize, mapsize) float32 in [0, 1].
 
@@ -159,7 +162,7 @@ def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, gener
     step, wibble = mapsize, 100.0
 
     def wibbled_mean(total):
-        draw = torch.rand(total.shape, generator=generator, dtype=torch.float32, device=device)
+        draw = draws.rand(total.shape, generator, dtype=torch.float32, device=device)
         return total / 4 + wibble * (-wibble + (2 * wibble) * draw)
 
     while step >= 2:
