@@ -28,6 +28,7 @@ from .primitives import (
 )
 from .jpeg import jpeg_round_trip
 from .reference_data import frost_images
+from .severity import constant as severity_constant
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
@@ -73,9 +74,7 @@ FIDELITY = {
 
 
 def _constant(name: str, severity: int):
-    if severity not in range(1, 6):
-        raise ValueError(f'The corruption severity must be 1..5 (ImageNet-C levels), got {severity}.')
-    return SEVERITIES[name][severity - 1]
+    return severity_constant(SEVERITIES, name, severity)
 
 
 def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
