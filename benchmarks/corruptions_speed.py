@@ -1,34 +1,292 @@
-"""Images/s of each `timm_rspc.corruptions` corruption (a batch of 16 at 224 px) against the reference
-implementation (imagenet_c 0.0.3, one image at a time), on the CPU with one thread, severity 3.
+"""Speed of `timm_rspc.corruptions` on the CPU, against the reference implementation and against a model's forward pass.
 
-    OMP_NUM_THREADS=1 python benchmarks/corruptions_speed.py
+    python benchmarks/corruptions_speed.py                  # both tables, printed (a few minutes on one thread)
+    python benchmarks/corruptions_speed.py --write          # ... and written into benchmarks/RESULTS.md
+    python benchmarks/corruptions_speed.py --quick          # a smoke run of a few seconds (CI): figures meaningless
+
+Table 1, per corruption of the registry (``timm_rspc.corruptions.CORRUPTIONS``, so corruptions added later appear by
+themselves): images/s of the torch code on a batch (16 images of 224 px, float32) against the reference
+implementation (hendrycks/robustness's ``corruptions.py``, PyPI ``imagenet_c`` 0.0.3, fetched with pip and cached as
+the reference test does) on one image at a time, as ImageNet-C was made. Both run in this process, on the same CPU
+and with the same thread count (``--threads``, default 1: torch, OpenCV, and ``OMP_NUM_THREADS`` /
+``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` for numpy's libraries, set before numpy is loaded), in interleaved
+rounds: each round times every corruption's torch batch and then its reference images, and the figures are medians
+over the rounds, so a change of load on a shared machine affects both sides alike. The reference's input is what its
+functions take, a PIL image (scikit-image's astronaut, chelsea, coffee through ImageNet-C's Resize(256) +
+CenterCrop(224), cycled); the torch input is the same photographs as one batch. Reference functions that cannot run
+here (``motion_blur`` and ``snow`` call ImageMagick through Wand) are skipped with the reason.
+
+Table 2: the time of each corruption on the batch relative to one forward pass of a ViT-S-sized model on the same
+batch (timm ``vit_small_patch16_224``, random initialisation, eval mode, ``torch.no_grad``), timed in the same rounds:
+what corrupting on the fly adds to an evaluation. Its median over the corruptions is printed under it.
+
+``--write [PATH]`` replaces the block between ``<!-- corruptions_speed: begin -->`` and ``<!-- corruptions_speed:
+end -->`` of PATH (default ``benchmarks/RESULTS.md``), or appends it; the rest of the file is kept.
 """
+import argparse
+import datetime
+import io
 import os
+import platform
+import statistics
 import sys
+import tempfile
 import time
-import types
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
-import numpy as np, torch
-import test_corruptions_reference as T
-from timm_rspc.corruptions import CORRUPTIONS, corrupt
-torch.set_num_threads(1)
-ref = T.reference.__wrapped__(); views, batch = T.photos.__wrapped__()
-batch16 = batch.repeat(6, 1, 1, 1)[:16]
-ref.namespace['np'] = T.NumpyWith(np.random.RandomState(0))
-import tempfile as _tempfile
 from pathlib import Path
-ref.namespace['resource_filename'] = T.frost_photos_loader(Path(_tempfile.mkdtemp()))
-import io as _io; ref.namespace['BytesIO'] = _io.BytesIO
-ref.namespace['sk'] = types.SimpleNamespace(color=T.skimage.color, util=types.SimpleNamespace(
-    random_noise=lambda *a, **k: T.skimage.util.random_noise(*a, rng=np.random.default_rng(0), **k)))
-def rate(fn, n, reps):
-    fn(); start = time.perf_counter()
-    for _ in range(reps): fn()
-    return n * reps / (time.perf_counter() - start)
-print('| corruption | torch img/s (B=16) | reference img/s | speed-up |\n|---|---|---|---|')
-for name in CORRUPTIONS:
-    g = torch.Generator().manual_seed(0)
-    ours = rate(lambda: corrupt(name, batch16, 3, g), 16, 3)
-    reference = rate(lambda: getattr(ref, name)(views[0], 3), 1, 5)
-    print(f'| {name} | {ours:.0f} | {reference:.0f} | {ours / reference:.1f}x |')
+
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
+
+
+def _threads_before_imports() -> None:
+    """numpy's BLAS and OpenMP read their thread counts when loaded: set them from ``--threads`` before importing
+    numpy, torch or OpenCV (torch and OpenCV are also set explicitly later)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument('--threads', type=int, default=1)
+    threads, _ = early.parse_known_args()
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads.threads)
+
+
+if __name__ == '__main__':
+    _threads_before_imports()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / 'tests'))   # the reference test's helpers: the sdist, its adaptations, the photos
+import test_corruptions_reference as reference_test  # noqa: E402
+from sdists import SdistUnavailable, fetch_sdist  # noqa: E402
+
+from timm_rspc.corruptions import CORRUPTIONS, corrupt  # noqa: E402
+
+MARKERS = ('<!-- corruptions_speed: begin -->', '<!-- corruptions_speed: end -->')
+MODEL = 'vit_small_patch16_224'
+
+
+# --- the reference -----------------------------------------------------------------------------------------------
+
+def load_reference(folder: Path):
+    """Every function of the reference's ``corruptions.py`` (fetched like the reference test fetches it, with the same
+    textual adaptations), defined in a namespace holding the libraries it imports: {name: function}. Its module-level
+    imports (Wand, pkg_resources) are not run; the functions that need them fail when called."""
+    import ast
+    import hashlib
+    import tarfile
+
+    import cv2
+    import PIL.Image
+    import scipy.ndimage
+    import skimage
+    import skimage.filters
+
+    sdist = fetch_sdist(reference_test.REFERENCE_PACKAGE, reference_test.REFERENCE_VERSION, 'IMAGENET_C_SDIST')
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    if digest != reference_test.REFERENCE_SHA256:
+        raise SdistUnavailable(f'{sdist} is not the reference sdist (sha256 {digest})')
+    with tarfile.open(sdist) as tar:
+        source = tar.extractfile(reference_test.REFERENCE_MODULE).read().decode()
+    for old, new, _ in reference_test.ADAPTATIONS:
+        source = source.replace(old, new)
+    namespace = {
+        'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL.Image, 'Image': PIL.Image,
+        'scizoom': scipy.ndimage.zoom, 'map_coordinates': scipy.ndimage.map_coordinates, 'cv2': cv2,
+        'BytesIO': io.BytesIO, 'resource_filename': reference_test.frost_photos_loader(folder),
+        '__name__': 'imagenet_c.corruptions',
+    }
+    functions = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+    exec(compile(ast.Module(body=functions, type_ignores=[]), reference_test.REFERENCE_MODULE, 'exec'), namespace)
+    return {node.name: namespace[node.name] for node in functions}
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+def seconds(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+class Contender:
+    """One corruption: its torch call on the batch and its reference calls on single images, timed round by round."""
+
+    def __init__(self, name, batch, views, reference, severity, reference_budget):
+        self.name, self.batch, self.views, self.severity = name, batch, views, severity
+        self.reference = reference
+        self.generator = torch.Generator().manual_seed(0)
+        self.torch_times, self.reference_times, self.forward_ratios = [], [], []
+        self.reference_images = 0
+        self.note = None
+        self.reference_budget = reference_budget
+
+    def run_torch(self) -> None:
+        corrupt(self.name, self.batch, self.severity, self.generator)
+
+    def run_reference(self, count: int) -> None:
+        for index in range(count):
+            self.reference(self.views[index % len(self.views)], self.severity)
+
+    def warm_up(self, max_images: int) -> None:
+        """One untimed call of each side; decides how many reference images a round times (about
+        ``reference_budget`` seconds, 1 .. ``max_images``); a reference that fails here is noted and left out."""
+        self.run_torch()
+        if self.reference is None:
+            return
+        try:
+            single = min(seconds(lambda: self.run_reference(1)) for _ in range(2))
+        except Exception as error:   # noqa: BLE001 - any failure of the reference code means it cannot run here
+            self.note = f'the reference fails here: {type(error).__name__}: {str(error).splitlines()[0][:120]}'
+            self.reference = None
+            return
+        self.reference_images = max(1, min(max_images, int(self.reference_budget / max(single, 1e-6))))
+
+    def time_round(self, forward_seconds: float) -> None:
+        torch_seconds = seconds(self.run_torch)
+        self.torch_times.append(torch_seconds / len(self.batch))
+        self.forward_ratios.append(torch_seconds / forward_seconds)
+        if self.reference is not None:
+            count = self.reference_images
+            self.reference_times.append(seconds(lambda: self.run_reference(count)) / count)
+
+
+def photographs(batch_size: int):
+    """The reference test's photographs through ImageNet-C's preprocessing, cycled to ``batch_size``: the PIL views
+    (the reference's input) and one (B, 3, 224, 224) float32 batch of the same pixels."""
+    import skimage.data
+    views = [reference_test.imagenet_c_view(getattr(skimage.data, name)()) for name in reference_test.IMAGES]
+    cycled = [views[index % len(views)] for index in range(batch_size)]
+    pixels = np.stack([np.asarray(view) for view in cycled])
+    return views, torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).contiguous()
+
+
+def vit_forward(batch: torch.Tensor):
+    import timm
+    model = timm.create_model(MODEL, pretrained=False).eval()
+
+    def forward():
+        with torch.no_grad():
+            model(batch)
+    return forward
+
+
+# --- report ------------------------------------------------------------------------------------------------------
+
+def machine_line(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            cpu = next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
+    now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')
+    return (f'{cpu}, {os.cpu_count()} logical cores, {threads} thread(s) for torch, numpy and OpenCV; load average '
+            f'{load} (1, 5, 15 min) at the end; torch {torch.__version__}; {now} UTC')
+
+
+def format_report(contenders, args, forward_times, machine: str) -> str:
+    lines = [f'## ImageNet-C corruptions on the CPU: torch vs the reference, and vs a ViT-S forward pass', '',
+             f'Measured by `python benchmarks/corruptions_speed.py{" --quick" if args.quick else ""}` on {machine}. '
+             f'Severity {args.severity}; torch on a batch of {args.batch_size} images of 224 px (float32), the '
+             f'reference (`imagenet_c` 0.0.3) on one image at a time; medians of {args.repeats} interleaved rounds.',
+             '', '| corruption | torch img/s (batch) | reference img/s (one image) | speed-up vs reference |',
+             '|---|---|---|---|']
+    notes = []
+    for contender in contenders:
+        torch_rate = 1 / statistics.median(contender.torch_times)
+        if contender.reference_times:
+            reference_rate = 1 / statistics.median(contender.reference_times)
+            lines.append(f'| {contender.name} | {torch_rate:.0f} | {reference_rate:.0f} | '
+                         f'{torch_rate / reference_rate:.1f}x |')
+        else:
+            lines.append(f'| {contender.name} | {torch_rate:.0f} | - | - |')
+            notes.append(f'- {contender.name}: {contender.note}')
+    lines += [''] + notes + ([''] if notes else [])
+    forward = statistics.median(forward_times)
+    ratios = [statistics.median(contender.forward_ratios) for contender in contenders]
+    lines += [f'Cost on the batch relative to one forward pass of `{MODEL}` (random initialisation, eval, no_grad) on '
+              f'the same batch: {forward * 1000:.0f} ms per forward, {args.batch_size / forward:.1f} img/s.', '',
+              '| corruption | ms per batch | ratio to the forward pass |', '|---|---|---|']
+    for contender, ratio in zip(contenders, ratios):
+        lines.append(f'| {contender.name} | {statistics.median(contender.torch_times) * args.batch_size * 1000:.1f} | '
+                     f'{ratio:.3f} |')
+    lines += ['', f'Median ratio over the {len(ratios)} corruptions: {statistics.median(ratios):.3f}.']
+    return '\n'.join(lines) + '\n'
+
+
+def write_section(path: Path, report: str) -> None:
+    """Replaces this benchmark's block of ``path`` (between `MARKERS`), or appends it; the rest stays."""
+    begin, end = MARKERS
+    block = f'{begin}\n{report}{end}'
+    previous = path.read_text() if path.exists() else ''
+    if begin in previous and end in previous:
+        text = previous[:previous.index(begin)] + block + previous[previous.index(end) + len(end):]
+    else:
+        text = previous.rstrip('\n') + ('\n\n' if previous.strip() else '') + block + '\n'
+    path.write_text(text)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--threads', type=int, default=1, help='threads of torch, numpy and OpenCV (default 1)')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--severity', type=int, default=3, choices=range(1, 6))
+    parser.add_argument('--repeats', type=int, default=5, help='interleaved rounds (medians over them)')
+    parser.add_argument('--reference-seconds', type=float, default=0.3,
+                        help='about how long a round times each reference corruption (one image at least)')
+    parser.add_argument('--corruptions', nargs='+', default=None, help='a subset of the registry (default: all)')
+    parser.add_argument('--quick', action='store_true',
+                        help='a smoke run of a few seconds: batch of 2, one round, one reference image')
+    parser.add_argument('--write', nargs='?', const=str(REPO_ROOT / 'benchmarks' / 'RESULTS.md'), default=None,
+                        metavar='PATH', help='also write the tables into PATH (default benchmarks/RESULTS.md)')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_size, args.repeats, args.reference_seconds = 2, 1, 0.0
+    unknown = set(args.corruptions or ()) - set(CORRUPTIONS)
+    if unknown:
+        parser.error(f'unknown corruptions {sorted(unknown)}; the registry has {", ".join(CORRUPTIONS)}')
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    import cv2
+    cv2.setNumThreads(args.threads)
+    np.random.seed(0)   # the reference draws from numpy's global generator
+    names = args.corruptions or list(CORRUPTIONS)
+    views, batch = photographs(args.batch_size)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            reference = load_reference(Path(folder))
+            missing_reason = 'the reference has no function of this name'
+        except SdistUnavailable as error:
+            reference, missing_reason = {}, f'the reference is unavailable: {error}'
+        contenders = []
+        for name in names:
+            contender = Contender(name, batch, views, reference.get(name), args.severity, args.reference_seconds)
+            if contender.reference is None:
+                contender.note = missing_reason
+            contender.warm_up(max_images=args.batch_size)
+            contenders.append(contender)
+        forward = vit_forward(batch)
+        forward()
+        forward_times = []
+        for _ in range(args.repeats):
+            forward_seconds = seconds(forward)
+            forward_times.append(forward_seconds)
+            for contender in contenders:
+                contender.time_round(forward_seconds)
+    report = format_report(contenders, args, forward_times, machine_line(args.threads))
+    print(report)
+    if args.write:
+        write_section(Path(args.write), report)
+        print(f'wrote {args.write}')
+    return report
+
+
+if __name__ == '__main__':
+    main()
