@@ -1,0 +1,166 @@
+"""motion_blur and snow against the reference itself, which runs ImageMagick through Wand.
+
+The reference's ``motion_blur`` and ``snow`` (``imagenet_c`` 0.0.3, fetched with pip as in
+``test_corruptions_reference.py``) call ``MagickMotionBlurImage`` of ImageMagick's MagickWand library through Wand.
+Wand is pure Python (pip); the library is a system package: Debian / Ubuntu ``apt-get install libmagickwand-6.q16-6``
+(or ``libmagickwand-dev``), ImageMagick 6.9.11-60 Q16 here. Without it these tests skip, naming the package.
+
+Only the needed parts of the reference are executed: the ``MagickMotionBlurImage.argtypes`` declaration, its
+``MotionImage`` class, ``clipped_zoom``, ``motion_blur`` and ``snow``, with one more adaptation to today's numpy
+(numpy 2 removed the binary mode of ``np.fromstring``; ``np.frombuffer`` reads the same bytes).
+
+Both are random (an angle per image; snow also its noise), so the reference's ``np.random`` calls receive the draws
+ours makes from the same seed and the outputs must agree within 1 grey level (they are bit-identical where
+ImageMagick's arithmetic is followed exactly); then their distributions are compared without shared draws.
+"""
+import ast
+import ctypes
+import io
+import types
+
+import cv2
+import numpy as np
+import PIL.Image as PIL_Image
+import pytest
+import scipy.ndimage
+import torch
+
+from test_corruptions_reference import (  # noqa: F401  (photos: a fixture)
+    REFERENCE_MODULE, NumpyWith, correlations, ks_critical, ks_distance, photos, reference_source, replayed_uniform,
+    to_uint8,
+)
+from timm_rspc.corruptions.motion import (
+    SEVERITIES, _motion_kernel, _motion_offsets, magick_motion_blur, motion_blur, snow,
+)
+
+MAGICK_PACKAGE = 'libmagickwand-6.q16-6'
+MAGICK_ADAPTATIONS = (('np.fromstring(', 'np.frombuffer(', 2),)   # numpy 2 removed fromstring's binary mode
+
+
+def wand():
+    """Wand's ``Image`` and MagickWand library, or a skip naming the missing package."""
+    try:
+        import wand.api
+        import wand.image
+        import wand.version
+    except ImportError as error:   # Wand missing, or its ImportError: 'MagickWand shared library not found'
+        pytest.skip(f'the reference needs ImageMagick through Wand: pip install Wand and apt-get install '
+                    f'{MAGICK_PACKAGE} (or libmagickwand-dev): {str(error).splitlines()[0]}')
+    return wand.image.Image, wand.api.library, wand.version.MAGICK_VERSION
+
+
+@pytest.fixture(scope='module')
+def reference():
+    """The reference's ``motion_blur`` and ``snow`` (with ``clipped_zoom`` and ``MotionImage``), from its source."""
+    wand_image, library, version = wand()
+    source = reference_source()
+    for old, new, count in MAGICK_ADAPTATIONS:
+        assert source.count(old) == count, f'the reference file changed: {old!r} occurs {source.count(old)} times'
+        source = source.replace(old, new)
+    namespace = {'np': np, 'cv2': cv2, 'PILImage': PIL_Image, 'BytesIO': io.BytesIO, 'ctypes': ctypes,
+                 'scizoom': scipy.ndimage.zoom, 'WandImage': wand_image, 'wandlibrary': library,
+                 '__name__': 'imagenet_c.corruptions'}
+    wanted = {'clipped_zoom', 'motion_blur', 'snow', 'MotionImage'}
+    tree = ast.parse(source)
+    nodes = [node for node in tree.body
+             if (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in wanted)
+             or (isinstance(node, ast.Assign) and 'MagickMotionBlurImage.argtypes' in ast.unparse(node.targets[0]))]
+    assert len(nodes) == len(wanted) + 1
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), REFERENCE_MODULE, 'exec'), namespace)
+    return types.SimpleNamespace(**{name: namespace[name] for name in wanted}, namespace=namespace, version=version)
+
+
+def differences(expected: np.ndarray, ours: np.ndarray):
+    diff = np.abs(expected.astype(np.int16) - ours.astype(np.int16))
+    return int(diff.max()), float(diff.mean())
+
+
+def magick_blur(reference, image: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
+    """ImageMagick's motion blur of an 8-bit (H, W) or (H, W, 3) image through a PNG, as the reference does it."""
+    buffer = io.BytesIO()
+    PIL_Image.fromarray(image).save(buffer, format='PNG')
+    blurred = reference.MotionImage(blob=buffer.getvalue())
+    blurred.motion_blur(radius=radius, sigma=sigma, angle=angle)
+    out = cv2.imdecode(np.frombuffer(blurred.make_blob(), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint8   # ImageMagick writes the 8-bit PNG's depth back
+    if out.ndim == image.ndim:
+        return out if out.ndim == 2 else out[..., ::-1]   # BGR to RGB
+    return np.repeat(out[..., None], 3, axis=-1)           # a grey result is written as a grey PNG
+
+
+def test_imagemagick_is_the_one_the_kernel_follows(reference):
+    assert reference.version.startswith('ImageMagick 6.') and ' Q16 ' in reference.version, reference.version
+
+
+@pytest.mark.parametrize('radius, sigma', sorted(set(SEVERITIES['motion_blur']) | {c[4:6] for c in SEVERITIES['snow']}))
+def test_magick_motion_blur_is_imagemagicks_bit_for_bit(reference, radius, sigma):
+    """On random images of odd sizes (edge pixels taken from all sides), at angles over the whole circle and those
+    where the offsets' rounding is closest to a tie: bit-identical."""
+    rng = np.random.default_rng(radius * 100 + sigma)
+    images = rng.integers(0, 256, size=(6, 23, 37, 3), dtype=np.uint8)
+    images[1] = np.linspace(0, 255, 37, dtype=np.uint8)[None, :, None]   # a ramp: smooth sums, no luck needed
+    angles = np.array([0., 90., -135., 30., 45., float(rng.uniform(-180, 180))])
+    ours = magick_motion_blur(torch.from_numpy(images).permute(0, 3, 1, 2).double(), radius, sigma,
+                              torch.from_numpy(angles))
+    ours = ours.permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    expected = np.stack([magick_blur(reference, image, radius, sigma, angle) for image, angle in zip(images, angles)])
+    assert np.array_equal(ours, expected), differences(expected, ours)
+
+
+def test_motion_kernel_and_offsets():
+    kernel = _motion_kernel(10, 3)
+    assert len(kernel) == 21 and abs(sum(kernel) - 1) < 1e-15 and kernel[0] > kernel[1] > kernel[20] > 0
+    cols, rows = _motion_offsets(5, torch.tensor([0., 90., -45.], dtype=torch.float64))
+    assert cols.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 0, 0], [0, 1, 1, 2, 3]]
+    assert rows.tolist() == [[0, 0, 0, 0, 0], [0, 1, 2, 3, 4], [0, -1, -1, -2, -3]]   # 0.5 rounds down: ceil(v - .5)
+    with pytest.raises(ValueError, match='radius must be positive'):
+        _motion_kernel(0, 3)
+
+
+def angle_draws(batch: int, seed: int, before=()):
+    """The uniform draw per image ours makes from ``torch.Generator().manual_seed(seed)`` after draws of the shapes
+    ``before``, as float64 numpy: one value per image."""
+    generator = torch.Generator().manual_seed(seed)
+    for shape in before:
+        torch.randn(shape, generator=generator)
+    return torch.rand((batch,), generator=generator).double().numpy()
+
+
+def test_motion_blur_is_the_references_given_the_same_angle(reference, photos, monkeypatch):
+    views, batch = photos
+    rows = {}
+    for severity in range(1, 6):
+        ours = to_uint8(motion_blur(batch, severity, torch.Generator().manual_seed(severity)))
+        units = angle_draws(len(views), severity)
+        expected = []
+        for image, view in enumerate(views):
+            uniform = replayed_uniform([units[image].reshape(())])
+            monkeypatch.setitem(reference.namespace, 'np', NumpyWith(types.SimpleNamespace(
+                uniform=lambda low, high, size=(): uniform(low, high, size))))
+            expected.append(np.uint8(reference.motion_blur(view, severity)))
+        rows[severity] = differences(np.stack(expected), ours)
+    assert all(worst <= 1 for worst, _ in rows.values()), f'motion_blur: (max, mean) grey levels per severity: {rows}'
+
+
+def test_snow_is_the_references_given_the_same_draws(reference, photos, monkeypatch):
+    """The reference's ``np.random.normal(loc, scale)`` gets ``loc + scale * n`` of our standard normals n, its
+    ``np.random.uniform(-135, -45)`` our angle's draw."""
+    views, batch = photos
+    rows = {}
+    for severity in range(1, 6):
+        ours = to_uint8(snow(batch, severity, torch.Generator().manual_seed(severity)))
+        generator = torch.Generator().manual_seed(severity)
+        normals = torch.randn((len(views), 1, 224, 224), generator=generator).double().numpy()
+        units = torch.rand((len(views),), generator=generator).double().numpy()
+        expected = []
+        for image, view in enumerate(views):
+            uniform = replayed_uniform([units[image].reshape(())])
+
+            def normal(size, loc, scale, n=normals[image, 0]):
+                assert tuple(size) == n.shape
+                return loc + scale * n
+            monkeypatch.setitem(reference.namespace, 'np', NumpyWith(types.SimpleNamespace(
+                normal=normal, uniform=lambda low, high, size=(): uniform(low, high, size))))
+            expected.append(np.uint8(reference.snow(view, severity)))
+        rows[severity] = differences(np.stack(expected), ours)
+    assert all(worst <= 1 for worst, _ in rows.values()), f'snow: (max, mean) grey levels per severity: {rows}'
