@@ -12,7 +12,7 @@ from .reference import (
     ALEXNET_CLEAN_ERROR, ALEXNET_IMAGENET_C_ERROR, IMAGENET_C_CORRUPTIONS, IMAGENET_C_NOISE,
 )
 
-__all__ = ['imagenet_c_summary', 'cifar_c_summary']
+__all__ = ['imagenet_c_summary', 'cifar_c_summary', 'relative_corruption_errors']
 
 
 def _as_table(values: Dict[str, Sequence[float]], names: Sequence[str]) -> torch.Tensor:
@@ -75,3 +75,31 @@ def cifar_c_summary(accuracies: Dict[str, Sequence[float]]) -> Dict[str, object]
         'top1_per_corruption': dict(zip(names, (100 * table.mean(dim=1)).tolist())),
         'top1_per_corruption_severity': {n: (100 * row).tolist() for n, row in zip(names, table)},
     }
+
+
+def relative_corruption_errors(
+        errors: Dict[str, Sequence[float]],
+        reference_errors: Dict[str, Sequence[float]],
+        noise: Sequence[str] = IMAGENET_C_NOISE,
+) -> Dict[str, object]:
+    """CE per corruption and mCE against a reference model instead of AlexNet (any corruption set, any severities).
+
+    CE_c = 100 * sum_s E_{s,c} / sum_s E^ref_{s,c} over the severities given (the same for both), mCE the mean over
+    the corruptions, mCE w/o noise the mean over those not in ``noise``. A corruption the reference never gets
+    wrong has no CE (None), and then there is no mCE. Inputs are fractions per severity, outputs percent.
+    """
+    names = list(errors)
+    missing = [n for n in names if n not in reference_errors or len(reference_errors[n]) != len(errors[n])]
+    if missing:
+        raise ValueError(f'the reference has no errors for {", ".join(missing)} at the same severities.')
+    table, reference = _as_table(errors, names), _as_table(reference_errors, names)
+    sums, reference_sums = table.sum(dim=1), reference.sum(dim=1)
+    ce = {n: (100 * s / r).item() if r > 0 else None for n, s, r in zip(names, sums, reference_sums)}
+    undefined = [n for n, v in ce.items() if v is None]
+    no_noise = [ce[n] for n in names if n not in noise]
+    summary: Dict[str, object] = {'ce': ce, 'undefined_ce': undefined}
+    if not undefined:
+        summary['mce'] = sum(ce.values()) / len(ce)
+        if no_noise:
+            summary['mce_no_noise'] = sum(no_noise) / len(no_noise)
+    return summary

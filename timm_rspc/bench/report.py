@@ -20,6 +20,8 @@ COLUMNS: Tuple[Tuple[str, str, str, bool], ...] = (
     ('IN-V2 top-1', 'imagenet_v2', 'top1', True),
     ('C10-C top-1', 'cifar10_c', 'top1', True),
     ('C100-C top-1', 'cifar100_c', 'top1', True),
+    ('corrupted mCE vs ref.', 'corrupt', 'mce', False),
+    ('corrupted mean error', 'corrupt', 'mean_error', False),
 )
 
 
@@ -55,9 +57,44 @@ def table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> str:
             notes.append(f'{name}: ImageNet-C preprocessing: {c["transform"]}.')
         if p and not p.get('normalised'):
             notes.append(f'{name}: ImageNet-P not normalised by AlexNet (give --imagenet-p-reference for mFR).')
+        corrupted = summary.get('corrupt')
+        if corrupted:
+            notes.append(f"{name}: '{corrupted['folder']}' corrupted on the fly ({corrupted['images']} images, "
+                         f"severities {','.join(str(v) for v in corrupted['severities'])}, seed "
+                         f"{corrupted['seed']}): {corrupted['note']}.")
+            if corrupted.get('not_available'):
+                notes.append(f"{name}: not evaluated (not yet in timm_rspc.corruptions): "
+                             f"{', '.join(corrupted['not_available'])}.")
     if not columns:  # e.g. only a partial ImageNet-C: its own table below
         lines = []
-    return '\n'.join(lines + notes + _partial_imagenet_c_table(runs))
+    return '\n'.join(lines + notes + _partial_imagenet_c_table(runs) + _corrupt_table(runs))
+
+
+def _grid(header: List[str], rows: List[List[str]]) -> List[str]:
+    widths = [max(len(r[j]) for r in [header] + rows) for j in range(len(header))]
+    lines = ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return lines
+
+
+def _corrupt_table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> List[str]:
+    """Runs of an on-the-fly corrupted folder: top-1 error (%) per corruption (mean over the severities evaluated),
+    the reference's, and the CE relative to it."""
+    lines: List[str] = []
+    for name, summary in runs:
+        c = summary.get('corrupt')
+        if not c:
+            continue
+        names = c['corruptions']
+        rows = [[name] + [f"{c['error'][n]:.2f}" for n in names]]
+        reference = c.get('reference')
+        if reference:
+            rows.append([f"{reference['model']} (reference)"] + [f"{reference['error'][n]:.2f}" for n in names])
+            rows.append(['CE vs reference'] + ['-' if c['ce'][n] is None else f"{c['ce'][n]:.2f}" for n in names])
+        lines += ['', f"corrupted '{c['folder']}': top-1 error (%) per corruption, mean over severities "
+                      f"{','.join(str(v) for v in c['severities'])}"]
+        lines += _grid(['model'] + names, rows)
+    return lines
 
 
 def missing_imagenet_c(summary: Dict[str, Any]) -> str:
@@ -119,6 +156,7 @@ def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
     import matplotlib.pyplot as plt
     from .reference import IMAGENET_C_CORRUPTIONS
     panels = []
+    corrupted = summary.get('corrupt')
     for dataset, key, label in (('imagenet_c', 'error_per_severity', 'ImageNet-C top-1 error (%)'),
                                 ('cifar10_c', 'top1_per_corruption_severity', 'CIFAR-10-C top-1 error (%)'),
                                 ('cifar100_c', 'top1_per_corruption_severity', 'CIFAR-100-C top-1 error (%)')):
@@ -131,12 +169,17 @@ def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
                 errors = {n: errors.get(n, [None] * 5) for n in IMAGENET_C_CORRUPTIONS}
                 label = 'ImageNet-C top-1 error (%)\nPARTIAL, no mCE'
                 title = f'{title}: ImageNet-C PARTIAL (no mCE), missing {missing_imagenet_c(summary[dataset])}'
-            panels.append((label, errors))
+            panels.append((label, errors, list(range(1, 6))))
+    if corrupted:  # only the severities evaluated
+        severities = corrupted['severities']
+        panels.append(('top-1 error (%), corrupted on the fly',
+                       {n: [row[s - 1] for s in severities] for n, row in corrupted['error_per_severity'].items()},
+                       severities))
     if not panels:
         return False
     fig, axes = plt.subplots(len(panels), 2, figsize=(14, 4.5 * len(panels)), squeeze=False,
                              gridspec_kw={'width_ratios': [3, 1]})
-    for (label, errors), (bar_ax, line_ax) in zip(panels, axes):
+    for (label, errors, severities), (bar_ax, line_ax) in zip(panels, axes):
         names = list(errors)
         means = [_mean([v for v in row if v is not None]) for row in errors.values()]
         incomplete = [None in row and any(v is not None for v in row) for row in errors.values()]
@@ -157,8 +200,8 @@ def write_plot(path: str, summary: Dict[str, Any], title: str) -> bool:
         if any(incomplete) or any(m is None for m in means):
             bar_ax.set_title('orange / * = some severities missing (mean of those evaluated); red = not evaluated',
                              fontsize=9)
-        severities = range(1, 6)
-        per_severity = [_mean([row[s - 1] for row in errors.values() if row[s - 1] is not None]) for s in severities]
+        per_severity = [_mean([row[i] for row in errors.values() if row[i] is not None])
+                        for i in range(len(severities))]
         line_ax.plot([s for s, v in zip(severities, per_severity) if v is not None],
                      [v for v in per_severity if v is not None], 'o-')
         line_ax.set_xlabel('severity')

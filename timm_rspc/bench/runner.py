@@ -13,6 +13,7 @@ from timm_rspc.files import atomic_write_json
 
 from .evaluate import AMP_DTYPES, Evaluator, amp_dtype_name
 from .model import EvalModel, build_eval_model, check_input_size, eval_data_config
+from .on_the_fly import CorruptOptions, corruption_plan, read_image_folder, read_reference_results
 from .reference import IMAGENET_P_PERTURBATIONS
 from .report import table, write_plot, write_summary_csv
 from .run_folder import RESULTS_FILE, BenchmarkFolder
@@ -109,6 +110,12 @@ def _on_first_process(fn):
 def _evaluate(evaluator: Evaluator, split: Split) -> Dict[str, Any]:
     what = DATASET_ROOTS[split.dataset] + ('' if split.name == 'all' else f' {split.name}')
     dataset = split.build()
+    if split.corruption is not None:
+        correct, references, total = evaluator.top1_correct_corrupted(dataset, what, split.corruption)
+        record = {'correct': correct, 'total': total}
+        if references:
+            record['reference_correct'] = references[0]
+        return record
     if split.video_noise is None:
         correct, total = evaluator.top1_correct(dataset, what, split.logit_indices)
         return {'correct': correct, 'total': total}
@@ -120,6 +127,9 @@ def _evaluate(evaluator: Evaluator, split: Split) -> Dict[str, Any]:
 
 
 def _one_line(split: Split, record: Dict[str, Any]) -> str:
+    if 'reference_correct' in record:
+        return (f"{split.key:<40} top-1 {100 * record['correct'] / record['total']:6.2f}%  reference "
+                f"{100 * record['reference_correct'] / record['total']:6.2f}%  ({record['total']} images)")
     if 'correct' in record:
         return f"{split.key:<40} top-1 {100 * record['correct'] / record['total']:6.2f}%  ({record['total']} images)"
     return (f"{split.key:<40} FP {100 * record['flip_probability']:6.2f}%  T5D {record['top5_distance']:.4f}  "
@@ -164,6 +174,36 @@ def _check_run_values(batch_size: int, workers: int, device: Optional[str], amp:
     return device
 
 
+def _corrupt_options(corrupt: Optional[str], options) -> Optional[CorruptOptions]:
+    """The checked options of ``corrupt`` (a `CorruptOptions`, a dict of its fields, or None: the defaults)."""
+    if isinstance(options, dict):
+        options = CorruptOptions(**options)
+    if not corrupt:
+        if options is not None and options != CorruptOptions():
+            raise ValueError('--corruptions, --extra, --severities, --corruption-seed and --reference-* choose how '
+                             '--corrupt DIR is corrupted and compared; give --corrupt DIR.')
+        return None
+    return (options or CorruptOptions()).resolved()
+
+
+def _corrupt_reference(options: CorruptOptions, plan: Dict[str, Any], built: EvalModel, input_size, device):
+    """The reference of CE / mCE: (record for settings.json, [(model, mean, std)] evaluated in this run)."""
+    if options.reference_results:
+        return read_reference_results(options.reference_results, plan), []
+    if not options.reference_model:
+        return None, []
+    reference = build_eval_model(options.reference_model, pretrained=not options.reference_checkpoint,
+                                 checkpoint=options.reference_checkpoint)
+    if reference.model.num_classes != built.model.num_classes:
+        raise ValueError(f"--reference-model {options.reference_model} has {reference.model.num_classes} classes, "
+                         f"the model {built.model.num_classes}: the reference must classify the same classes.")
+    check_input_size(reference.model, input_size, options.reference_model)
+    config = eval_data_config(reference)
+    record = {'kind': 'model', 'model': options.reference_model, 'weights': reference.source,
+              'mean': list(config['mean']), 'std': list(config['std'])}
+    return record, [(reference.model, config['mean'], config['std'])]
+
+
 def _check_paths(roots: Dict[str, Optional[str]], imagenet_c_labels: Optional[str]) -> None:
     for key, root in roots.items():
         if root and not os.path.isdir(root):
@@ -199,6 +239,8 @@ def run_benchmark(
         imagenet_v2: Optional[str] = None,
         cifar10_c: Optional[str] = None,
         cifar100_c: Optional[str] = None,
+        corrupt: Optional[str] = None,
+        corrupt_options: Optional[CorruptOptions] = None,
         imagenet_c_labels: Optional[str] = None,
         imagenet_c_transform: str = 'authors',
         imagenet_p_reference: Optional[str] = None,
@@ -231,13 +273,20 @@ def run_benchmark(
     drawn only when stderr is a terminal; in a log file each finished split is one line. Every mistake that can
     be seen before evaluating (values, device, paths, model, input size, empty data sets) raises before the run
     folder is created. Ctrl-C raises `BenchmarkInterrupted`, which says what is saved.
+
+    ``corrupt``: any image folder (``DIR/<class>/<image>``) evaluated under ImageNet-C's corruptions generated on
+    the device from its clean images (`on_the_fly`), one split per corruption x severity; ``corrupt_options`` (an
+    `on_the_fly.CorruptOptions` or a dict of its fields) picks corruptions, severities, the seed and the reference
+    model or results that CE / mCE are relative to.
     """
     roots = dict(imagenet=imagenet, imagenet_c=imagenet_c, imagenet_a=imagenet_a, imagenet_r=imagenet_r,
                  imagenet_p=imagenet_p, imagenet_sketch=imagenet_sketch, imagenet_v2=imagenet_v2,
-                 cifar10_c=cifar10_c, cifar100_c=cifar100_c)
+                 cifar10_c=cifar10_c, cifar100_c=cifar100_c, corrupt=corrupt)
     device = _check_run_values(batch_size, workers, device, amp)
     amp = amp_dtype_name(amp)
+    options = _corrupt_options(corrupt, corrupt_options)
     _check_paths(roots, imagenet_c_labels)
+    image_folder = read_image_folder(corrupt) if corrupt else None
     p_reference = _read_imagenet_p_reference(imagenet_p_reference)
     built = build_eval_model(model_name, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs,
                              num_classes=num_classes, img_size=img_size, input_size=input_size, use_ema=use_ema,
@@ -248,8 +297,14 @@ def run_benchmark(
     if imagenet_c and imagenet_c_transform == 'authors' and max(crop) > 224:
         raise ValueError(f"the authors' ImageNet-C preprocessing center-crops the 224 x 224 images, but this model "
                          f"takes {crop[0]} x {crop[1]}; pass --imagenet-c-transform model (its own resize and crop).")
+    plan, references = None, []
+    if image_folder is not None:
+        labels, labels_kind = image_folder.labels(model.num_classes)
+        plan = corruption_plan(image_folder, labels_kind, options, config['input_size'])
+        plan['reference'], references = _corrupt_reference(options, plan, built, config['input_size'], device)
     splits, missing = plan_splits(roots, model.num_classes, eval_transform, c_transform, crop,
-                                  imagenet_c_labels=imagenet_c_labels, allow_partial=allow_partial)
+                                  imagenet_c_labels=imagenet_c_labels, allow_partial=allow_partial,
+                                  corrupt=(image_folder, labels, options) if image_folder else None)
     _check_every_dataset_has_splits(roots, splits)
     rank = dist.get_rank() if dist.is_initialized() else 0
     settings = {
@@ -264,6 +319,8 @@ def run_benchmark(
         'imagenet_c_labels': os.path.abspath(imagenet_c_labels) if imagenet_c_labels else None,
         'imagenet_p_reference': p_reference, 'allow_partial': allow_partial,
     }
+    if plan is not None:
+        settings['corrupt'] = plan
     folder = None
     say = print if verbose and rank == 0 else (lambda *a, **k: None)
 
@@ -274,14 +331,15 @@ def run_benchmark(
     records = _on_first_process(open_folder)
     try:
         return _run_splits(folder, records, splits, settings, model, model_name, config, output, device, batch_size,
-                           workers, amp, progress, plot, imagenet_c_transform, p_reference, missing, say)
+                           workers, amp, progress, plot, imagenet_c_transform, p_reference, missing, say,
+                           references)
     finally:
         if folder is not None:
             folder.close()
 
 
 def _run_splits(folder, records, splits, settings, model, model_name, config, output, device, batch_size, workers,
-                amp, progress, plot, imagenet_c_transform, p_reference, missing, say) -> Dict[str, Any]:
+                amp, progress, plot, imagenet_c_transform, p_reference, missing, say, references=()) -> Dict[str, Any]:
     """The evaluation of a claimed run folder: every split not yet recorded, then the summary and the outputs."""
     if folder is not None and folder.finished:  # --resume of a finished run: its results, nothing written
         with open(folder.file(RESULTS_FILE)) as f:
@@ -293,7 +351,7 @@ def _run_splits(folder, records, splits, settings, model, model_name, config, ou
     say(f"timm-rspc bench: {model_name} at {size} ({len(splits)} splits, {len(records)} already done) -> {output}")
     evaluator = Evaluator(model, config['mean'], config['std'], device=device, batch_size=batch_size,
                           workers=workers, amp=amp, channels_last=settings['channels_last'],
-                          progress=progress and _on_a_terminal(sys.stderr))
+                          progress=progress and _on_a_terminal(sys.stderr), references=references)
     started = time.time()
     try:
         for split in splits:
@@ -306,7 +364,7 @@ def _run_splits(folder, records, splits, settings, model, model_name, config, ou
             say(_one_line(split, record))
     except KeyboardInterrupt:
         raise BenchmarkInterrupted(output, sum(s.key in records for s in splits), len(splits)) from None
-    summary = summarise(records, imagenet_c_transform, p_reference)
+    summary = summarise(records, imagenet_c_transform, p_reference, corrupt=settings.get('corrupt'))
     results = {
         'results': paper_results(summary),
         'source': f"timm-rspc bench ({', '.join(DATASET_ROOTS[k] for k in settings['datasets'])})",

@@ -1,8 +1,9 @@
 """Which splits a benchmark run evaluates: every data set the user gave, cut into its published units.
 
 A split is the unit that is evaluated, written to the run folder and resumed: one ImageNet-C corruption at one
-severity, one ImageNet-P perturbation, one CIFAR-C corruption at one severity, one whole data set otherwise. All
-layouts are checked and all files listed before the first image is evaluated.
+severity, one ImageNet-P perturbation, one CIFAR-C corruption at one severity, one corruption at one severity of an
+image folder corrupted on the fly (``corrupt``), one whole data set otherwise. All layouts are checked and all files
+listed before the first image is evaluated.
 """
 import os
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ __all__ = ['Split', 'DATASET_ROOTS', 'plan_splits']
 DATASET_ROOTS: Dict[str, str] = {
     'imagenet': 'ImageNet val', 'imagenet_c': 'ImageNet-C', 'imagenet_a': 'ImageNet-A', 'imagenet_r': 'ImageNet-R',
     'imagenet_p': 'ImageNet-P', 'imagenet_sketch': 'ImageNet-Sketch', 'imagenet_v2': 'ImageNet-V2',
-    'cifar10_c': 'CIFAR-10-C', 'cifar100_c': 'CIFAR-100-C',
+    'cifar10_c': 'CIFAR-10-C', 'cifar100_c': 'CIFAR-100-C', 'corrupt': 'corrupted on the fly',
 }
 _NUM_CLASSES = {'cifar10_c': 10, 'cifar100_c': 100}
 
@@ -36,6 +37,7 @@ class Split:
     size: int
     logit_indices: Optional[torch.Tensor] = None  # ImageNet-A / -R: the 200 classes
     video_noise: Optional[bool] = None  # ImageNet-P: None for image splits
+    corruption: Optional[Callable] = None  # corrupt: `on_the_fly.OnTheFlyCorruption`, applied on the device
 
     @property
     def key(self) -> str:
@@ -126,6 +128,15 @@ def _cifar_c_splits(key, root, transform, allow_partial, missing) -> List[Split]
     return splits
 
 
+def _corrupt_splits(folder, labels, options, transform) -> List[Split]:
+    """One split per corruption x severity of ``options`` (resolved `on_the_fly.CorruptOptions`), all over the same
+    clean images of ``folder`` through the model's eval transform, corrupted on the device."""
+    from .on_the_fly import OnTheFlyCorruption
+    return [Split('corrupt', f'{name}/{severity}', lambda: ds.ImageFiles(labels, transform), len(labels),
+                  corruption=OnTheFlyCorruption(name, severity, options.seed))
+            for name in options.names for severity in options.severities]
+
+
 def plan_splits(
         roots: Dict[str, Optional[str]],
         num_classes: int,
@@ -134,8 +145,12 @@ def plan_splits(
         crop: tuple,
         imagenet_c_labels: Optional[str] = None,
         allow_partial: bool = False,
+        corrupt: Optional[tuple] = None,
 ) -> tuple:
-    """All splits of the data sets in ``roots`` (key -> folder or None), in evaluation order; and missing paths."""
+    """All splits of the data sets in ``roots`` (key -> folder or None), in evaluation order; and missing paths.
+
+    ``corrupt``: (`on_the_fly.ImageFolder`, its (path, label) pairs, resolved `on_the_fly.CorruptOptions`) when
+    ``roots['corrupt']`` is given."""
     unknown = sorted(set(roots) - set(DATASET_ROOTS))
     if unknown:
         raise ValueError(f'unknown data sets {unknown}; known: {", ".join(DATASET_ROOTS)}.')
@@ -143,6 +158,8 @@ def plan_splits(
     if not given:
         raise ValueError(f'give at least one data set folder ({", ".join(DATASET_ROOTS)}).')
     for key in given:
+        if key == 'corrupt':  # any image folder: its labels are checked against the model by `ImageFolder.labels`
+            continue
         expected = _NUM_CLASSES.get(key, 1000)
         if num_classes != expected:
             raise ValueError(f'{DATASET_ROOTS[key]} needs a {expected}-class model; this model has {num_classes} '
@@ -164,6 +181,9 @@ def plan_splits(
             splits += _imagenet_c_splits(root, imagenet_c_transform, imagenet_c_labels, allow_partial, missing)
         elif key == 'imagenet_p':
             splits += _imagenet_p_splits(root, crop, allow_partial, missing)
+        elif key == 'corrupt':
+            _, labels, options = corrupt
+            splits += _corrupt_splits(root, labels, options, eval_transform)
         else:
             splits += _cifar_c_splits(key, root, eval_transform, allow_partial, missing)
     return splits, missing

@@ -6,7 +6,7 @@ so a resumed run and an uninterrupted one give the same numbers.
 """
 from typing import Any, Dict, List, Optional
 
-from .corruption_metrics import cifar_c_summary, imagenet_c_summary
+from .corruption_metrics import cifar_c_summary, imagenet_c_summary, relative_corruption_errors
 from .reference import (
     ALEXNET_IMAGENET_C_ERROR, CIFAR_C_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES,
     IMAGENET_P_PERTURBATIONS,
@@ -90,9 +90,67 @@ def _imagenet_p(records: Records, reference: Optional[Dict[str, Dict[str, float]
     return summary
 
 
+NO_REFERENCE_NOTE = ("no CE / mCE: AlexNet's normalisers exist only for ImageNet-C's own images; name a reference "
+                     "model (--reference-model NAME, evaluated on the same corrupted images) or an earlier run's "
+                     "results (--reference-results PATH) for CE relative to it")
+
+
+def _corrupt(records: Records, plan: Dict[str, Any]) -> Dict[str, Any]:
+    """An image folder corrupted on the fly (``plan``: settings.json's ``corrupt``): top-1 error per corruption and
+    severity, the reference's, and CE / mCE relative to the reference (mean over the corruptions outside the
+    registry's extra ones, as ImageNet-C's mCE; over all when only extra ones were chosen)."""
+    names, severities = plan['corruptions'], plan['severities']
+    reference = plan.get('reference')
+
+    def errors(correct_of) -> Dict[str, List[float]]:
+        return {n: [1 - correct_of(n, s) / records[f'corrupt/{n}/{s}']['total'] for s in severities] for n in names}
+    own = errors(lambda n, s: records[f'corrupt/{n}/{s}']['correct'])
+
+    def percent(table) -> Dict[str, Any]:
+        return {'error': {n: 100 * sum(v) / len(v) for n, v in table.items()},
+                'error_per_severity': {n: [100 * v[severities.index(s)] if s in severities else None
+                                           for s in IMAGENET_C_SEVERITIES] for n, v in table.items()}}
+    mean_over = [n for n in names if n not in plan['extra']] or list(names)
+    summary: Dict[str, Any] = {
+        'folder': plan['folder'], 'images': plan['images'], 'labels': plan['labels'], 'seed': plan['seed'],
+        'corruptions': list(names), 'severities': list(severities), 'mean_over': mean_over,
+        'transform': plan['transform'], 'not_available': plan['not_available'], **percent(own),
+    }
+    summary['mean_error'] = sum(summary['error'][n] for n in mean_over) / len(mean_over)
+    if reference is None:
+        summary['note'] = NO_REFERENCE_NOTE
+        return summary
+    if reference['kind'] == 'model':
+        theirs = errors(lambda n, s: records[f'corrupt/{n}/{s}']['reference_correct'])
+    else:
+        splits = reference['splits']
+        theirs = {n: [1 - splits[f'{n}/{s}']['correct'] / splits[f'{n}/{s}']['total'] for s in severities]
+                  for n in names}
+    relative = relative_corruption_errors({n: own[n] for n in mean_over}, {n: theirs[n] for n in mean_over},
+                                          noise=plan['noise'])
+    ce = dict(relative['ce'])
+    others = [n for n in names if n not in mean_over]
+    if others:
+        ce.update(relative_corruption_errors({n: own[n] for n in others}, {n: theirs[n] for n in others})['ce'])
+    summary['reference'] = {'model': reference['model'], 'from': reference['kind'], **percent(theirs)}
+    summary['ce'] = {n: ce[n] for n in names}
+    for key in ('mce', 'mce_no_noise'):
+        if key in relative:
+            summary[key] = relative[key]
+    where = 'evaluated in this run on the same corrupted images' if reference['kind'] == 'model' else \
+        f"from the results file {reference['path']}"
+    summary['note'] = f"CE relative to {reference['model']} ({where}), not to AlexNet"
+    if relative['undefined_ce']:
+        summary['note'] += (f"; no mCE: {reference['model']} has no error on "
+                            f"{', '.join(relative['undefined_ce'])}, so their CE is undefined")
+    return summary
+
+
 def summarise(records: Records, imagenet_c_transform: str = 'authors',
-              imagenet_p_reference: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Any]:
-    """Every data set with records -> its summary (percent)."""
+              imagenet_p_reference: Optional[Dict[str, Dict[str, float]]] = None,
+              corrupt: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Every data set with records -> its summary (percent); ``corrupt``: settings.json's ``corrupt`` (the
+    corruption plan and the reference) for an on-the-fly corrupted folder."""
     datasets = sorted({key.split('/', 1)[0] for key in records})
     summary: Dict[str, Any] = {}
     clean_error = 1 - _accuracy(records['imagenet/all']) if 'imagenet/all' in records else None
@@ -101,6 +159,8 @@ def summarise(records: Records, imagenet_c_transform: str = 'authors',
             summary[dataset] = _imagenet_c(records, clean_error, imagenet_c_transform)
         elif dataset == 'imagenet_p':
             summary[dataset] = _imagenet_p(records, imagenet_p_reference)
+        elif dataset == 'corrupt':
+            summary[dataset] = _corrupt(records, corrupt)
         elif dataset in ('cifar10_c', 'cifar100_c'):
             accuracies = _per_severity(records, dataset, CIFAR_C_CORRUPTIONS, accuracy=True)
             summary[dataset] = cifar_c_summary(accuracies)

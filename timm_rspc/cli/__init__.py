@@ -18,6 +18,7 @@ COMMANDS = {
     'export': ('timm_rspc.cli.export', "Export a model to a folder in timm's Hub format, with a model card."),
     'push': ('timm_rspc.cli.push', 'Upload an export (or a model) to the Hugging Face Hub.'),
     'bench': ('timm_rspc.cli.bench', 'Robustness benchmarks: ImageNet-C/-A/-R/-P/-Sketch/-V2, CIFAR-C; --compare.'),
+    'corrupt': ('timm_rspc.cli.corrupt', "Write a corrupted copy of an image folder in ImageNet-C's layout."),
     'analyze': ('timm_rspc.cli.analyze', 'Patch sensitivity and attention stability of up to two models.'),
     'info': ('timm_rspc.cli.info', 'Versions, devices, and whether the Triton kernels are active (self-checks).'),
 }

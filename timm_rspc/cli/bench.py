@@ -24,6 +24,9 @@ DATASETS = {
     'imagenet_v2': 'ImageNet-V2: <class index>/<image>',
     'cifar10_c': 'CIFAR-10-C: <corruption>.npy and labels.npy',
     'cifar100_c': 'CIFAR-100-C: <corruption>.npy and labels.npy',
+    'corrupt': "any image folder <class>/<image> (ImageNet val, your own), evaluated under ImageNet-C's corruptions "
+               "generated on the device (after the model's resize / crop, before normalisation); one split per "
+               'corruption x severity',
 }
 DATASET_FLAGS = tuple(DATASETS)
 
@@ -64,6 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="AlexNet's flip probabilities and top-5 distances per perturbation, to report mFR / mT5D")
     d.add_argument('--allow-partial', action='store_true',
                    help='evaluate what is there when corruptions / perturbations are missing (result marked partial)')
+    c = parser.add_argument_group('Corruptions on the fly (--corrupt DIR)')
+    from .corrupt import add_corruption_choice
+    add_corruption_choice(c)
+    reference = c.add_mutually_exclusive_group()
+    reference.add_argument('--reference-model', metavar='NAME',
+                           help='CE / mCE relative to this model, evaluated in the same run on the same corrupted '
+                                'images (its pretrained weights, or --reference-checkpoint)')
+    reference.add_argument('--reference-results', metavar='PATH',
+                           help="CE / mCE relative to an earlier 'bench --corrupt' run's results.json on the same "
+                                'folder, seed, corruptions and severities')
+    c.add_argument('--reference-checkpoint', metavar='PATH', help='checkpoint of --reference-model')
     r = parser.add_argument_group('Run')
     r.add_argument('--output', metavar='DIR', help='run folder (default: output/bench/<model>); one per model')
     r.add_argument('--resume', action='store_true', help='continue an interrupted run in its folder')
@@ -131,6 +145,8 @@ def _command_line(args: argparse.Namespace, resume: bool = False) -> str:
             words.append(flag)
         elif isinstance(value, dict):
             words += [flag] + [f'{k}={v}' for k, v in value.items()]
+        elif getattr(action.type, 'comma_list', False):
+            words += [flag, ','.join(str(v) for v in value)]
         elif isinstance(value, (list, tuple)):
             words += [flag] + [str(v) for v in value]
         else:
@@ -179,6 +195,11 @@ def _run(args: argparse.Namespace) -> int:
     device = args.device
     if is_distributed_env():
         device = str(init_distributed_device_so(device or ('cuda' if _cuda() else 'cpu'))['device'])
+    from timm_rspc.bench.on_the_fly import CorruptOptions
+    corrupt_options = CorruptOptions(
+        corruptions=args.corruptions, extra=args.extra, severities=tuple(args.severities), seed=args.corruption_seed,
+        reference_model=args.reference_model, reference_checkpoint=args.reference_checkpoint,
+        reference_results=args.reference_results)
     results = []
     for i, model in enumerate(args.model):
         results.append(run_benchmark(
@@ -189,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
             imagenet_p_reference=args.imagenet_p_reference, allow_partial=args.allow_partial,
             batch_size=args.batch_size, workers=args.workers, device=device, amp=amp,
             channels_last=False if args.no_channels_last else None, resume=args.resume,
-            progress=not args.no_progress, plot=not args.no_plot,
+            progress=not args.no_progress, plot=not args.no_plot, corrupt_options=corrupt_options,
             **{flag: getattr(args, flag) for flag in DATASET_FLAGS}))
         args._finished_models.append(model)
     if len(results) > 1 and _is_first_process():

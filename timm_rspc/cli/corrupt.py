@@ -1,0 +1,85 @@
+"""``timm-rspc corrupt SRC DST``: write a corrupted copy of an image folder in ImageNet-C's layout.
+
+    timm-rspc corrupt /data/imagenet/val /data/my-imagenet-c                  # 15 corruptions (those available) x 5
+    timm-rspc corrupt photos/ photos-c/ --corruptions fog,contrast --severities 3 --device cuda
+    timm-rspc bench --model NAME --imagenet-c /data/my-imagenet-c --allow-partial
+
+Also the corruption choice flags ``bench --corrupt`` shares (`add_corruption_choice`).
+"""
+import argparse
+import sys
+
+from ._errors import CommandFailed, reported_errors
+
+
+def _list(flag: str, kind=str):
+    def parse(text: str):
+        from timm_rspc.bench.on_the_fly import parse_list
+        try:
+            return parse_list(text, flag, kind)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.comma_list = True  # `bench`'s resume hint writes the value back as 'a,b'
+    return parse
+
+
+def add_corruption_choice(group) -> None:
+    """--corruptions, --extra, --severities, --corruption-seed (defaults: `bench.on_the_fly.CorruptOptions`)."""
+    from timm_rspc.bench.on_the_fly import CorruptOptions
+    defaults = CorruptOptions()
+    group.add_argument('--corruptions', type=_list('--corruptions'), metavar='NAME,...',
+                       help="exactly these corruptions (default: ImageNet-C's corruptions available in "
+                            'timm_rspc.corruptions, i.e. its registry minus the extra ones)')
+    group.add_argument('--extra', action='store_true',
+                       help='the default corruptions plus the extra ones (speckle_noise, gaussian_blur, saturate, ...)')
+    group.add_argument('--severities', type=_list('--severities', int), default=defaults.severities,
+                       metavar='N,...', help=f"severity levels (default: {','.join(map(str, defaults.severities))})")
+    group.add_argument('--corruption-seed', type=int, default=defaults.seed, metavar='N',
+                       help=f'seed of the random corruptions; each image draws from its own generator seeded by '
+                            f'(seed, corruption, severity, its index in the folder) (default: {defaults.seed})')
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from timm_rspc.bench.corrupt_tree import CROP, JPEG_QUALITY, RESIZE
+    parser.add_argument('src', metavar='SRC', help='image folder: SRC/<class>/<image> (e.g. ImageNet val)')
+    parser.add_argument('dst', metavar='DST', help='output: DST/<corruption>/<severity>/<class>/<file>.JPEG; a new '
+                                                   'folder, or one this command wrote (it continues it)')
+    g = parser.add_argument_group('Corruptions')
+    add_corruption_choice(g)
+    f = parser.add_argument_group('Images')
+    f.add_argument('--resize', type=int, default=RESIZE, metavar='N',
+                   help=f'shorter side resized to N (bilinear) before the crop (default: {RESIZE}, as ImageNet-C)')
+    f.add_argument('--crop', type=int, default=CROP, metavar='N',
+                   help=f'center crop N x N, the image that is corrupted and saved (default: {CROP}, as ImageNet-C)')
+    f.add_argument('--quality', type=int, default=JPEG_QUALITY, metavar='Q',
+                   help=f'JPEG quality (default: {JPEG_QUALITY}, as ImageNet-C; Pillow, optimize=True)')
+    r = parser.add_argument_group('Run')
+    r.add_argument('--device', help='where the corruptions run (default: cuda if available, else cpu)')
+    r.add_argument('-b', '--batch-size', type=int, default=32, metavar='N', help='images per batch (default 32)')
+    r.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                   help='image decoding processes and JPEG writing threads (default 4)')
+    r.add_argument('--no-progress', action='store_true', help='no progress bars')
+
+
+def run(args: argparse.Namespace) -> int:
+    from timm_rspc.bench.corrupt_tree import CorruptInterrupted, write_corrupted_tree
+    try:
+        with reported_errors('corrupt'):
+            out = write_corrupted_tree(
+                args.src, args.dst, corruptions=args.corruptions, extra=args.extra, severities=args.severities,
+                seed=args.corruption_seed, resize=args.resize, crop=args.crop, quality=args.quality,
+                device=args.device, batch_size=args.batch_size, workers=args.workers,
+                progress=not args.no_progress and sys.stderr.isatty())
+    except CorruptInterrupted as e:
+        print(f"\ntimm-rspc corrupt: interrupted: {e.written} of {e.total} files written in '{e.output}' (every "
+              f"file there is complete); run the same command again to write the rest.", file=sys.stderr)
+        raise CommandFailed(130) from None
+    done = (f"timm-rspc corrupt: {out['written']} files written, {out['skipped']} already there: '{args.dst}' "
+            f"({len(out['splits'])} corruption x severity splits).")
+    if out['imagenet_classes']:
+        print(f"{done} Evaluate it with: timm-rspc bench --model NAME --imagenet-c {args.dst}"
+              + (' --allow-partial' if len(out['splits']) < 75 else ''))
+    else:
+        print(f"{done} Its class folders are not ImageNet WordNet ids, which bench --imagenet-c needs; evaluate the "
+              f"source with: timm-rspc bench --model NAME --corrupt {args.src}")
+    return 0
