@@ -23,19 +23,25 @@ image's corruption is then the same in any batch). So far, each with a test agai
 | pixelate | digital | exact (bit-identical) |
 | jpeg_compression | digital | exact (bit-identical) |
 | saturate | digital (extra) | exact |
+| glass_blur | blur | in distribution (exact given the same draws) |
+| spatter | weather (extra) | in distribution (exact given the same draws) |
 
-Not yet: glass and motion blur, snow, spatter. frost's photographs come from the
+Not yet: motion blur, snow. frost's photographs come from the
 reference's PyPI sdist, fetched once (`reference_data`).
 
 `primitives` holds the library operations the reference relies on (scikit-image's ``gaussian``, Pillow's BOX resize,
 scipy.ndimage's linear zoom and ``map_coordinates``, OpenCV's ``filter2D`` and ``warpAffine`` sampling, ImageNet-C's
-anti-aliased disk, the diamond-square plasma fractal); `jpeg` is Pillow's (libjpeg-turbo's) JPEG round trip.
+anti-aliased disk, the diamond-square plasma fractal); `jpeg` is Pillow's (libjpeg-turbo's) JPEG round trip;
+`glass` is glass_blur's sequential pixel copies (pointer jumping); `spatter` holds OpenCV's Canny, chamfer
+``distanceTransform``, ``equalizeHist`` and 3 x 3 ``blur`` with their exact semantics.
 """
 from .imagenet_c import (
     CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur,
     elastic_transform, fog, frost, gaussian_blur, gaussian_noise, impulse_noise, jpeg_compression, pixelate, saturate,
     shot_noise, speckle_noise, zoom_blur,
 )
+from .glass import glass_blur, glass_shuffle
+from .spatter import box_blur3, canny, distance_transform, equalize_hist, spatter
 from .draws import Generators, per_image_generators
 from .jpeg import jpeg_round_trip
 from .primitives import (
@@ -46,6 +52,7 @@ __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
     'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'Generators', 'per_image_generators',
-    'jpeg_round_trip', 'border_index',
+    'jpeg_round_trip', 'border_index', 'glass_blur', 'glass_shuffle', 'spatter', 'canny', 'distance_transform',
+    'equalize_hist', 'box_blur3',
     'box_resize', 'clipped_zoom', 'disk_kernel', 'filter2d', 'gaussian_filter', 'plasma_fractal', 'sample_bilinear',
 ]

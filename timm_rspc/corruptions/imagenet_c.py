@@ -27,6 +27,8 @@ from .primitives import (
     box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
 )
 from .jpeg import jpeg_round_trip
+from .glass import SEVERITIES as _GLASS_SEVERITIES, glass_blur
+from .spatter import SEVERITIES as _SPATTER_SEVERITIES, spatter
 from .reference_data import frost_images
 from .severity import constant as severity_constant
 
@@ -34,6 +36,7 @@ __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
     'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate',
+    'glass_blur', 'spatter',
 ]
 
 SEVERITIES = {
@@ -55,6 +58,8 @@ SEVERITIES = {
     'pixelate': (.6, .5, .4, .3, .25),
     'jpeg_compression': (25, 18, 15, 10, 7),
     'saturate': ((.3, 0), (.1, 0), (2, 0), (5, .1), (20, .2)),
+    **_GLASS_SEVERITIES,      # glass.py: (sigma, max_delta, passes)
+    **_SPATTER_SEVERITIES,    # spatter.py: (loc, scale, sigma, threshold, intensity, mode)
 }
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
@@ -62,14 +67,16 @@ CATEGORIES = {
     'frost': 'weather', 'brightness': 'weather', 'fog': 'weather',
     'contrast': 'digital', 'elastic_transform': 'digital', 'pixelate': 'digital', 'jpeg_compression': 'digital',
     'saturate': 'digital',
+    'glass_blur': 'blur', 'spatter': 'weather',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
-EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate')
+EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate', 'spatter')
 FIDELITY = {
     'gaussian_noise': 'in distribution', 'shot_noise': 'in distribution', 'impulse_noise': 'in distribution',
     'speckle_noise': 'in distribution', 'defocus_blur': 'exact', 'zoom_blur': 'exact', 'gaussian_blur': 'exact',
     'frost': 'in distribution', 'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact',
     'elastic_transform': 'in distribution', 'pixelate': 'exact', 'jpeg_compression': 'exact', 'saturate': 'exact',
+    'glass_blur': 'in distribution', 'spatter': 'in distribution',   # exact given the same draws
 }
 
 
@@ -297,6 +304,7 @@ CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_blur': gaussian_blur, 'frost': frost, 'brightness': brightness, 'fog': fog, 'contrast': contrast,
     'elastic_transform': elastic_transform, 'pixelate': pixelate, 'jpeg_compression': jpeg_compression,
     'saturate': saturate,
+    'glass_blur': glass_blur, 'spatter': spatter,
 }
 
 
