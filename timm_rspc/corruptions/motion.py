@@ -89,20 +89,30 @@ def magick_motion_blur(levels: torch.Tensor, radius: float, sigma: float, angles
     device, wide = levels.device, _wide(levels.device)
     kernel = _motion_kernel(radius, sigma)
     cols, rows = _motion_offsets(len(kernel), angles.to(device=device, dtype=wide))
-    quanta = levels.to(wide) * 257                                      # ScaleCharToQuantum: 8-bit PNG -> Q16
-    flat = quanta.reshape(batch, channels, height * width)
     row = torch.arange(height, device=device).view(1, -1, 1)
     col = torch.arange(width, device=device).view(1, 1, -1)
-    total = torch.zeros_like(flat)
-    for tap, weight in enumerate(kernel):   # in ImageMagick's order: the double sum rounds the same way
-        source = ((row + rows[:, tap, None, None]).clamp(0, height - 1) * width
-                  + (col + cols[:, tap, None, None]).clamp(0, width - 1))   # (B, H, W): edge pixels repeat
-        total = total + weight * flat.gather(2, source.view(batch, 1, -1).expand(-1, channels, -1))
+
+    def weighted_sum(values: torch.Tensor, in_place: bool) -> torch.Tensor:
+        """sum_i kernel[i] * values at tap i, in ImageMagick's order (so a double sum rounds the same way)."""
+        flat = values.reshape(batch, channels, height * width)
+        total, product = torch.zeros_like(flat), torch.empty_like(flat)
+        for tap, weight in enumerate(kernel):
+            source = ((row + rows[:, tap, None, None]).clamp(0, height - 1) * width
+                      + (col + cols[:, tap, None, None]).clamp(0, width - 1))   # (B, H, W): edge pixels repeat
+            tapped = flat.gather(2, source.view(batch, 1, -1).expand(-1, channels, -1))
+            if in_place:
+                total.add_(torch.mul(tapped, weight, out=product))
+            else:
+                total = total + weight * tapped
+        return total.view(batch, channels, height, width)
+
     with torch.no_grad():
+        total = weighted_sum(levels.to(wide) * 257, in_place=True)      # ScaleCharToQuantum: 8-bit PNG -> Q16
         quantum = torch.floor(total + 0.5).clamp(0, 65535).long()      # ClampToQuantum (non-HDRI)
-        char = torch.div(quantum, 257, rounding_mode='floor')          # SetImageDepth(8) of the PNG writer
-    smooth = total / 257
-    return _straight_through(smooth, char.to(wide)).view_as(levels).to(levels.dtype)
+        char = torch.div(quantum, 257, rounding_mode='floor').to(levels.dtype)   # the PNG writer's SetImageDepth(8)
+    if not (torch.is_grad_enabled() and levels.requires_grad):
+        return char
+    return _straight_through(weighted_sum(levels, in_place=False), char)
 
 
 def _uniform(low: float, high: float, batch: int, generator: Generators, device) -> torch.Tensor:
@@ -146,8 +156,8 @@ def _snow_layer(batch: int, height: int, width: int, severity: int, generator: G
 
 
 def snow(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
-    """Falling snow: the image whitened, ``w x + (1 - w) max(x, 1.5 grey + 0.5)`` (grey: OpenCV's ``RGB2GRAY``,
-    ``0.299 R + 0.587 G + 0.114 B``; w = 0.8, 0.7, 0.7, 0.65, 0.55), plus a snow layer (`_snow_layer`: thresholded,
+    """Falling snow: the image whitened, ``w x + (1 - w) max(x, 1.5 grey + 0.5)`` in float32 (grey: OpenCV's
+    ``RGB2GRAY``, ``0.299 R + 0.587 G + 0.114 B``, `_opencv_grey`; w = 0.8, 0.7, 0.7, 0.65, 0.55), plus a snow layer (`_snow_layer`: thresholded,
     zoomed Gaussian noise streaked by ImageMagick's motion blur, one per image, the same in the three channels) and the
     same layer rotated by 180 degrees. (mean, std, zoom, threshold, radius, sigma, w) are the reference's, e.g.
     (0.1, 0.3, 3, 0.5, 10, 4, 0.8) at severity 1. In distribution (exact given the same draws: the normals, then the
@@ -155,8 +165,21 @@ def snow(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> to
     weight = severity_constant(SEVERITIES, 'snow', severity)[6]
     batch, _, height, width = x.shape
     layer = _snow_layer(batch, height, width, severity, generator, x.device) / 255
-    red, green, blue = x.unbind(1)
-    grey = (0.299 * red + 0.587 * green + 0.114 * blue)[:, None]
-    whitened = weight * x + (1 - weight) * torch.maximum(x, grey * 1.5 + 0.5)
+    image = x.float()   # the reference's float32 image
+    whitened = weight * image + (1 - weight) * torch.maximum(image, _opencv_grey(image) * 1.5 + 0.5)
     out = whitened.to(layer.dtype) + layer + layer.flip(-2, -1)
     return out.clamp(0, 1).to(x.dtype)
+
+
+def _opencv_grey(image: torch.Tensor) -> torch.Tensor:
+    """OpenCV's ``cvtColor(image, COLOR_RGB2GRAY)`` of a float32 image, (B, 1, H, W): ``0.299 R + 0.587 G +
+    0.114 B`` with float32 weights, rounded as its SIMD loop (every x86-64 and ARM build) rounds:
+    ``fma(B, 0.114, fma(R, 0.299, G * 0.587))``; the two fused steps are computed in float64 (the products of two
+    float32 are exact there) and rounded to float32. (OpenCV's scalar loop, ``(R 0.299 + G 0.587) + B 0.114``, can
+    differ in the last bit.)"""
+    wide = _wide(image.device)
+    red, green, blue = image.to(wide).unbind(1)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).tolist()   # the float32 constants, exactly
+    partial = (green * weights[1]).float().to(wide)
+    partial = (red * weights[0] + partial).float().to(wide)
+    return (blue * weights[2] + partial).float()[:, None]
