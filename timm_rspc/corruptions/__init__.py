@@ -25,15 +25,19 @@ image's corruption is then the same in any batch). So far, each with a test agai
 | saturate | digital (extra) | exact |
 | glass_blur | blur | in distribution (exact given the same draws) |
 | spatter | weather (extra) | in distribution (exact given the same draws) |
+| motion_blur | blur | in distribution (bit-identical given the same angle; ImageMagick 6.9.11 Q16) |
+| snow | weather | in distribution (exact given the same draws) |
 
-Not yet: motion blur, snow. frost's photographs come from the
-reference's PyPI sdist, fetched once (`reference_data`).
+motion_blur and snow are tested against the reference with ImageMagick through Wand
+(``tests/test_corruptions_magick.py``). frost's photographs come from the reference's PyPI sdist, fetched once
+(`reference_data`).
 
 `primitives` holds the library operations the reference relies on (scikit-image's ``gaussian``, Pillow's BOX resize,
 scipy.ndimage's linear zoom and ``map_coordinates``, OpenCV's ``filter2D`` and ``warpAffine`` sampling, ImageNet-C's
 anti-aliased disk, the diamond-square plasma fractal); `jpeg` is Pillow's (libjpeg-turbo's) JPEG round trip;
 `glass` is glass_blur's sequential pixel copies (pointer jumping); `spatter` holds OpenCV's Canny, chamfer
-``distanceTransform``, ``equalizeHist`` and 3 x 3 ``blur`` with their exact semantics.
+``distanceTransform``, ``equalizeHist`` and 3 x 3 ``blur`` with their exact semantics; `motion` is ImageMagick 6's
+motion blur (``magick_motion_blur``) and the two corruptions made with it.
 """
 from .imagenet_c import (
     CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur,
@@ -42,6 +46,7 @@ from .imagenet_c import (
 )
 from .glass import glass_blur, glass_shuffle
 from .spatter import box_blur3, canny, distance_transform, equalize_hist, spatter
+from .motion import magick_motion_blur, motion_blur, snow
 from .draws import Generators, per_image_generators
 from .jpeg import jpeg_round_trip
 from .primitives import (
@@ -53,6 +58,6 @@ __all__ = [
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
     'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'Generators', 'per_image_generators',
     'jpeg_round_trip', 'border_index', 'glass_blur', 'glass_shuffle', 'spatter', 'canny', 'distance_transform',
-    'equalize_hist', 'box_blur3',
+    'equalize_hist', 'box_blur3', 'motion_blur', 'snow', 'magick_motion_blur',
     'box_resize', 'clipped_zoom', 'disk_kernel', 'filter2d', 'gaussian_filter', 'plasma_fractal', 'sample_bilinear',
 ]

@@ -29,6 +29,7 @@ from .primitives import (
 from .jpeg import jpeg_round_trip
 from .glass import SEVERITIES as _GLASS_SEVERITIES, glass_blur
 from .spatter import SEVERITIES as _SPATTER_SEVERITIES, spatter
+from .motion import SEVERITIES as _MOTION_SEVERITIES, motion_blur, snow
 from .reference_data import frost_images
 from .severity import constant as severity_constant
 
@@ -36,7 +37,7 @@ __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
     'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate',
-    'glass_blur', 'spatter',
+    'glass_blur', 'spatter', 'motion_blur', 'snow',
 ]
 
 SEVERITIES = {
@@ -60,6 +61,8 @@ SEVERITIES = {
     'saturate': ((.3, 0), (.1, 0), (2, 0), (5, .1), (20, .2)),
     **_GLASS_SEVERITIES,      # glass.py: (sigma, max_delta, passes)
     **_SPATTER_SEVERITIES,    # spatter.py: (loc, scale, sigma, threshold, intensity, mode)
+    **_MOTION_SEVERITIES,     # motion.py: motion_blur (radius, sigma); snow (mean, std, zoom, threshold, radius,
+                              # sigma, image weight)
 }
 CATEGORIES = {
     'gaussian_noise': 'noise', 'shot_noise': 'noise', 'impulse_noise': 'noise', 'speckle_noise': 'noise',
@@ -67,7 +70,7 @@ CATEGORIES = {
     'frost': 'weather', 'brightness': 'weather', 'fog': 'weather',
     'contrast': 'digital', 'elastic_transform': 'digital', 'pixelate': 'digital', 'jpeg_compression': 'digital',
     'saturate': 'digital',
-    'glass_blur': 'blur', 'spatter': 'weather',
+    'glass_blur': 'blur', 'spatter': 'weather', 'motion_blur': 'blur', 'snow': 'weather',
 }
 # ImageNet-C's held-out corruptions (its "extra" release: speckle noise, Gaussian blur, spatter, saturate).
 EXTRA = ('speckle_noise', 'gaussian_blur', 'saturate', 'spatter')
@@ -77,6 +80,7 @@ FIDELITY = {
     'frost': 'in distribution', 'brightness': 'exact', 'fog': 'in distribution', 'contrast': 'exact',
     'elastic_transform': 'in distribution', 'pixelate': 'exact', 'jpeg_compression': 'exact', 'saturate': 'exact',
     'glass_blur': 'in distribution', 'spatter': 'in distribution',   # exact given the same draws
+    'motion_blur': 'in distribution', 'snow': 'in distribution',     # bit-identical given the same draws
 }
 
 
@@ -304,7 +308,7 @@ CORRUPTIONS: Dict[str, Callable] = {
     'gaussian_blur': gaussian_blur, 'frost': frost, 'brightness': brightness, 'fog': fog, 'contrast': contrast,
     'elastic_transform': elastic_transform, 'pixelate': pixelate, 'jpeg_compression': jpeg_compression,
     'saturate': saturate,
-    'glass_blur': glass_blur, 'spatter': spatter,
+    'glass_blur': glass_blur, 'spatter': spatter, 'motion_blur': motion_blur, 'snow': snow,
 }
 
 
