@@ -145,8 +145,6 @@ def _command_line(args: argparse.Namespace, resume: bool = False) -> str:
             words.append(flag)
         elif isinstance(value, dict):
             words += [flag] + [f'{k}={v}' for k, v in value.items()]
-        elif getattr(action.type, 'comma_list', False):
-            words += [flag, ','.join(str(v) for v in value)]
         elif isinstance(value, (list, tuple)):
             words += [flag] + [str(v) for v in value]
         else:
@@ -195,11 +193,10 @@ def _run(args: argparse.Namespace) -> int:
     device = args.device
     if is_distributed_env():
         device = str(init_distributed_device_so(device or ('cuda' if _cuda() else 'cpu'))['device'])
-    from timm_rspc.bench.on_the_fly import CorruptOptions
-    corrupt_options = CorruptOptions(
-        corruptions=args.corruptions, extra=args.extra, severities=tuple(args.severities), seed=args.corruption_seed,
-        reference_model=args.reference_model, reference_checkpoint=args.reference_checkpoint,
-        reference_results=args.reference_results)
+    from .corrupt import corruption_choice
+    corrupt_options = corruption_choice(args, reference_model=args.reference_model,
+                                        reference_checkpoint=args.reference_checkpoint,
+                                        reference_results=args.reference_results)
     results = []
     for i, model in enumerate(args.model):
         results.append(run_benchmark(

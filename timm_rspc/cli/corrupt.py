@@ -12,31 +12,29 @@ import sys
 from ._errors import CommandFailed, reported_errors
 
 
-def _list(flag: str, kind=str):
-    def parse(text: str):
-        from timm_rspc.bench.on_the_fly import parse_list
-        try:
-            return parse_list(text, flag, kind)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.comma_list = True  # `bench`'s resume hint writes the value back as 'a,b'
-    return parse
-
-
 def add_corruption_choice(group) -> None:
     """--corruptions, --extra, --severities, --corruption-seed (defaults: `bench.on_the_fly.CorruptOptions`)."""
     from timm_rspc.bench.on_the_fly import CorruptOptions
     defaults = CorruptOptions()
-    group.add_argument('--corruptions', type=_list('--corruptions'), metavar='NAME,...',
+    group.add_argument('--corruptions', metavar='NAME,...',
                        help="exactly these corruptions (default: ImageNet-C's corruptions available in "
                             'timm_rspc.corruptions, i.e. its registry minus the extra ones)')
     group.add_argument('--extra', action='store_true',
                        help='the default corruptions plus the extra ones (speckle_noise, gaussian_blur, saturate, ...)')
-    group.add_argument('--severities', type=_list('--severities', int), default=defaults.severities,
-                       metavar='N,...', help=f"severity levels (default: {','.join(map(str, defaults.severities))})")
+    severities = ','.join(map(str, defaults.severities))
+    group.add_argument('--severities', default=severities, metavar='N,...',
+                       help=f'severity levels (default: {severities})')
     group.add_argument('--corruption-seed', type=int, default=defaults.seed, metavar='N',
                        help=f'seed of the random corruptions; each image draws from its own generator seeded by '
                             f'(seed, corruption, severity, its index in the folder) (default: {defaults.seed})')
+
+
+def corruption_choice(args: argparse.Namespace, **references):
+    """The `bench.on_the_fly.CorruptOptions` of the flags `add_corruption_choice` added (one-line ValueErrors)."""
+    from timm_rspc.bench.on_the_fly import CorruptOptions, parse_list
+    return CorruptOptions(
+        corruptions=parse_list(args.corruptions, '--corruptions') if args.corruptions else None, extra=args.extra,
+        severities=parse_list(args.severities, '--severities', int), seed=args.corruption_seed, **references)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from timm_rspc.bench.corrupt_tree import CorruptInterrupted, write_corrupted_tree
     try:
         with reported_errors('corrupt'):
+            choice = corruption_choice(args)
             out = write_corrupted_tree(
-                args.src, args.dst, corruptions=args.corruptions, extra=args.extra, severities=args.severities,
-                seed=args.corruption_seed, resize=args.resize, crop=args.crop, quality=args.quality,
+                args.src, args.dst, corruptions=choice.corruptions, extra=choice.extra, severities=choice.severities,
+                seed=choice.seed, resize=args.resize, crop=args.crop, quality=args.quality,
                 device=args.device, batch_size=args.batch_size, workers=args.workers,
                 progress=not args.no_progress and sys.stderr.isatty())
     except CorruptInterrupted as e:
