@@ -39,7 +39,10 @@ The draws: per pass and per image, (dx, dy) for every visited pixel in the loop'
 batch or one per image). At any size H x W the loop runs over ``H - d .. d + 1`` (the reference's 224 generalised).
 
 The 8-bit quantisation after the first blur (``np.uint8``, truncation) is kept; its gradient passes straight
-through, so glass_blur stays differentiable in the image.
+through, so glass_blur stays differentiable in the image. Truncation makes the result sensitive to the last bit
+where the blurred value is a whole grey level (flat regions): an 8-bit image given as float32 ``k / 255`` would be
+blurred from values off by up to 1.5e-5 levels and truncated a level lower at a few pixels, so input values within
+1e-4 levels of a grey level are read as that level exactly (in float64), as the reference reads its uint8 image.
 """
 import torch
 
@@ -100,7 +103,12 @@ def glass_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None)
     sigma, max_delta, passes = severity_constant(SEVERITIES, 'glass_blur', severity)
     batch, _, height, width = x.shape
     wide = _wide(x.device)
-    blurred = gaussian_filter(x.to(wide), sigma) * 255
+    levels = x.to(wide) * 255
+    # The reference reads an 8-bit image: values within float32 rounding of a grey level k (1e-4 levels; float32's
+    # k / 255 is off by up to 1.5e-5) are taken as exactly k, so the truncation below sees the reference's values.
+    nearest = levels.round()
+    levels = levels + (torch.where((levels - nearest).abs() < 1e-4, nearest, levels) - levels).detach()
+    blurred = gaussian_filter(levels / 255, sigma) * 255
     grey = blurred + (blurred.floor().clamp(0, 255) - blurred).detach()   # np.uint8: truncation, gradient through
     span = (max(height - 2 * max_delta, 0), max(width - 2 * max_delta, 0))
     for _ in range(passes):
