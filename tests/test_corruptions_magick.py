@@ -24,11 +24,11 @@ import numpy as np
 import PIL.Image as PIL_Image
 import pytest
 import scipy.ndimage
+import skimage.data
 import torch
 
-from test_corruptions_reference import (  # noqa: F401  (photos: a fixture)
-    REFERENCE_MODULE, NumpyWith, correlations, ks_critical, ks_distance, photos, reference_source, replayed_uniform,
-    to_uint8,
+from test_corruptions_reference import (
+    IMAGES, REFERENCE_MODULE, NumpyWith, imagenet_c_view, ks_critical, reference_source, replayed_uniform, to_uint8,
 )
 from timm_rspc.corruptions.motion import (
     SEVERITIES, _motion_kernel, _motion_offsets, magick_motion_blur, motion_blur, snow,
@@ -80,6 +80,14 @@ def reference():
     assert len(nodes) == len(wanted) + 1
     exec(compile(ast.Module(body=nodes, type_ignores=[]), REFERENCE_MODULE, 'exec'), namespace)
     return types.SimpleNamespace(**{name: namespace[name] for name in wanted}, namespace=namespace, version=version)
+
+
+@pytest.fixture(scope='module')
+def photos():
+    """The reference test's photographs as ImageNet-C's corruptions see them (PIL images) and as one torch batch."""
+    views = [imagenet_c_view(getattr(skimage.data, name)()) for name in IMAGES]
+    batch = torch.from_numpy(np.stack([np.asarray(view) for view in views])).permute(0, 3, 1, 2).float() / 255
+    return views, batch
 
 
 def differences(expected: np.ndarray, ours: np.ndarray):

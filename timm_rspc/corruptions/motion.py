@@ -15,9 +15,9 @@ with OpenCV. `magick_motion_blur` is that round trip, as ImageMagick 6 (6.9.11, 
   ``ScaleQuantumToAny`` truncates, ``(size_t) (255.0 * q / 65535)``), so the grey level is ``q // 257``: the result
   is a multiple of 1/255, bit-identical to ImageMagick's given the same angle.
 
-Versions: ImageMagick 6.9.10-69 and later (Debian 11 and 12, Ubuntu 22.04 and 24.04: 6.9.11-60) truncate so;
-earlier ones (6.9.10-68 and before, e.g. Ubuntu 20.04's 6.9.10-23 and the 2018 versions ImageNet-C was made with)
-round to the nearest grey level instead (``ScaleQuantumToAny`` added 0.5), on average half a grey level brighter, at
+Versions: ImageMagick 6.9.10-69 and later (Debian 11 and 12 and Ubuntu 22.04: 6.9.11-60) truncate so; earlier ones
+(6.9.10-68 and before, e.g. Ubuntu 20.04's 6.9.10-23 and the versions of 2018, when ImageNet-C was made) round to
+the nearest grey level instead (``ScaleQuantumToAny`` added 0.5), on average half a grey level brighter, at
 most 1; ImageMagick 7 and HDRI builds skip the 16-bit rounding. The OpenCL path (unused by Wand here) computes in
 float. Gradients pass straight through the roundings to the kernel's weighted sum.
 """
@@ -131,10 +131,11 @@ def _to_8bit(x: torch.Tensor) -> torch.Tensor:
 def motion_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """ImageMagick's motion blur (`magick_motion_blur`) with (radius, sigma) = (10, 3), (15, 5), (15, 8), (15, 12),
     (20, 15) along an angle ``U(-45, 45)`` degrees per image (the reference's ``np.random.uniform(-45, 45)``, in
-    float64 from one ``torch.rand`` draw): each pixel becomes a one-sided Gaussian average of the 21 to 41 pixels
-    trailing it along the angle, edge pixels repeating. The image is taken as 8 bits (rounded, as the reference's
-    input is an 8-bit image) and the result is 8-bit, as the reference's PNG round trip. In distribution (exact,
-    bit-identical, given the same angle); differentiable (straight through the roundings)."""
+    float64 from one ``torch.rand`` draw): each pixel becomes a one-sided Gaussian average of itself and the 20 to 40
+    pixels after it along the angle (per step ``cos a`` columns right and ``sin a`` rows down), edge pixels repeating.
+    The image is taken as 8 bits (rounded: the reference's input is an 8-bit image) and the result is 8-bit, as the
+    reference's PNG round trip. In distribution (exact, bit-identical, given the same angle); differentiable
+    (straight through the roundings)."""
     radius, sigma = severity_constant(SEVERITIES, 'motion_blur', severity)
     angles = _uniform(-45, 45, x.shape[0], generator, x.device)
     return (magick_motion_blur(_to_8bit(x), radius, sigma, angles) / 255).clamp(0, 1)
@@ -157,11 +158,12 @@ def _snow_layer(batch: int, height: int, width: int, severity: int, generator: G
 
 def snow(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Falling snow: the image whitened, ``w x + (1 - w) max(x, 1.5 grey + 0.5)`` in float32 (grey: OpenCV's
-    ``RGB2GRAY``, ``0.299 R + 0.587 G + 0.114 B``, `_opencv_grey`; w = 0.8, 0.7, 0.7, 0.65, 0.55), plus a snow layer (`_snow_layer`: thresholded,
-    zoomed Gaussian noise streaked by ImageMagick's motion blur, one per image, the same in the three channels) and the
-    same layer rotated by 180 degrees. (mean, std, zoom, threshold, radius, sigma, w) are the reference's, e.g.
-    (0.1, 0.3, 3, 0.5, 10, 4, 0.8) at severity 1. In distribution (exact given the same draws: the normals, then the
-    angle); differentiable in the image."""
+    ``RGB2GRAY``, ``0.299 R + 0.587 G + 0.114 B``, `_opencv_grey`; w = 0.8, 0.7, 0.7, 0.65, 0.55), plus a snow layer
+    (`_snow_layer`: thresholded, zoomed Gaussian noise streaked by ImageMagick's motion blur, one per image, the same
+    in the three channels) and the same layer rotated by 180 degrees, in float64. (mean, std, zoom, threshold, radius,
+    sigma, w) are the reference's, e.g. (0.1, 0.3, 3, 0.5, 10, 4, 0.8) at severity 1. In distribution (exact given
+    the same draws, the normals and then the angle: bit-identical for float64 pixels; float32 output may round a value
+    just below a grey level up to it); differentiable in the image."""
     weight = severity_constant(SEVERITIES, 'snow', severity)[6]
     batch, _, height, width = x.shape
     layer = _snow_layer(batch, height, width, severity, generator, x.device) / 255
