@@ -190,7 +190,9 @@ def test_distance_transform_is_opencvs(ipp, use_ipp):
     assert (np.abs(other - expected) <= 1e-5 * expected).all()
 
 
-def test_equalize_hist_and_blur_are_opencvs():
+@pytest.mark.parametrize('use_ipp', [True, False])
+def test_equalize_hist_and_blur_are_opencvs(ipp, use_ipp):
+    cv2.ipp.setUseIPP(use_ipp)
     rng = np.random.default_rng(2)
     images = np.stack([rng.integers(0, 21, (30, 40)), rng.integers(3, 9, (30, 40)) * 7,
                        np.full((30, 40), 17), rng.integers(0, 256, (30, 40))]).astype(np.uint8)
