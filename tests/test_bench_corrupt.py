@@ -192,6 +192,22 @@ def test_reference_results_of_another_data_set_or_corruption_set_are_refused(fol
     assert reference['summary']['corrupt']['images'] == 7
 
 
+def test_any_image_folder_is_labelled_by_sorted_folder_order(tmp_path):
+    from bench_fixtures import save_gray
+    pets = tmp_path / 'pets'
+    for k, name in enumerate(('cat', 'dog', 'emu')):  # class k looks like gray(k)
+        save_gray(str(pets / name / 'a.png'), k)
+    for num_classes in (3, 1000):
+        out = run_benchmark(MODEL, str(tmp_path / f'c{num_classes}'), model_kwargs={'num_classes': num_classes},
+                            corrupt=str(pets), corrupt_options=dict(corruptions=('contrast',), severities=(1,)),
+                            **QUIET)
+        assert out['summary']['corrupt']['labels'] == 'folder order'
+        assert out['splits'] == {'corrupt/contrast/1': {'correct': 3, 'total': 3}}  # contrast keeps uniform grays
+    with pytest.raises(ValueError, match="has 3 class folders but the model has 2 classes"):
+        run_benchmark(MODEL, str(tmp_path / 'c2'), model_kwargs={'num_classes': 2}, corrupt=str(pets), **QUIET)
+    assert not (tmp_path / 'c2').exists()
+
+
 WORLD_SIZE = 2
 
 

@@ -209,3 +209,11 @@ def test_bench_corrupt_command_line(src, tmp_path, capsys, monkeypatch):
         line = one_error_line(capsys, 2, ['bench', '--model', MODEL, '--output', str(tmp_path / 'y')] + extra + QUIET)
         assert message in line, line
         assert not (tmp_path / 'y').exists()
+
+
+def test_bench_corrupt_on_a_truncated_image_saves_no_split(broken, tmp_path, capsys):
+    out = tmp_path / 'run'
+    line = one_error_line(capsys, 2, ['bench', '--model', MODEL, '--corrupt', broken['truncated'], '--output',
+                                      str(out)] + PICK + QUIET)
+    assert f"cannot read image '{broken['bad']}'" in line and 'replace it with an intact copy' in line
+    assert os.listdir(out / 'splits') == [] and not (out / 'results.json').exists()

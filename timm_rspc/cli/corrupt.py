@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     done = (f"timm-rspc corrupt: {out['written']} files written, {out['skipped']} already there: '{args.dst}' "
             f"({len(out['splits'])} corruption x severity splits).")
     if out['imagenet_classes']:
+        from timm_rspc.bench.reference import IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES
+        complete = all(f'{c}/{s}' in out['splits'] for c in IMAGENET_C_CORRUPTIONS for s in IMAGENET_C_SEVERITIES)
         print(f"{done} Evaluate it with: timm-rspc bench --model NAME --imagenet-c {args.dst}"
-              + (' --allow-partial' if len(out['splits']) < 75 else ''))
+              + ('' if complete else ' --allow-partial'))
     else:
         print(f"{done} Its class folders are not ImageNet WordNet ids, which bench --imagenet-c needs; evaluate the "
               f"source with: timm-rspc bench --model NAME --corrupt {args.src}")
