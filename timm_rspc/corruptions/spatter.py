@@ -37,6 +37,7 @@ against ``cv2`` by the tests):
 - `box_blur3`: ``blur(ksize=(3, 3))`` (``BORDER_REFLECT_101``): on float32 the sum in double times 1/9, on 8 bits
   rounded to the nearest level.
 """
+import math
 from typing import Optional
 
 import torch
@@ -81,7 +82,8 @@ def _shifted(padded: torch.Tensor, radius: int, drow: int, dcol: int, height: in
 def canny(image: torch.Tensor, low: float, high: float, l2_gradient: bool = False) -> torch.Tensor:
     """OpenCV's ``Canny(image, low, high)`` (aperture 3) of (B, H, W) 8-bit images (integer or float tensors holding
     0..255): boolean edge maps (OpenCV's 255). See the module docstring for the semantics."""
-    batch, height, width = image.shape
+    height, width = image.shape[-2:]
+    low, high = min(low, high), max(low, high)             # OpenCV swaps them
     src = _padded(image.to(torch.int32), 1, 'nearest')   # BORDER_REPLICATE
     tap = lambda dr, dc: _shifted(src, 1, dr, dc, height, width)   # noqa: E731
     dx = (tap(-1, 1) - tap(-1, -1)) + 2 * (tap(0, 1) - tap(0, -1)) + (tap(1, 1) - tap(1, -1))
@@ -91,7 +93,7 @@ def canny(image: torch.Tensor, low: float, high: float, l2_gradient: bool = Fals
         magnitude = dx * dx + dy * dy
     else:
         magnitude = dx.abs() + dy.abs()
-    low, high = int(torch.tensor(low, dtype=torch.float64).floor()), int(torch.tensor(high, dtype=torch.float64).floor())
+    low, high = math.floor(low), math.floor(high)         # cvFloor
     mag = F.pad(magnitude, (1, 1, 1, 1))                          # 0 outside the image
     near = lambda dr, dc: _shifted(mag, 1, dr, dc, height, width)  # noqa: E731
     ax, ay = dx.abs(), dy.abs() << 15
@@ -121,15 +123,14 @@ def distance_transform(nonzero: torch.Tensor, limit: Optional[float] = None, fix
     wheels) or, ``fixed_point``, in OpenCV's own 16.16 fixed point. With ``limit``, only distances up to ``limit`` are
     exact (larger ones come out larger than ``limit``), which bounds the work to ``limit`` + 2 rounds per pass. A map
     without zero pixels gives distances of at least 2^29 (OpenCV's initial value in fixed point)."""
-    batch, height, width = nonzero.shape
-    axial, diagonal, knight = CHAMFER_STEPS
-    if fixed_point:
-        steps = [int(torch.tensor(s * 65536, dtype=torch.float64).round()) for s in CHAMFER_STEPS]
+    height, width = nonzero.shape[-2:]
+    if fixed_point:   # CV_FLT_TO_FIX: cvRound(step * 2^16); OpenCV's initial distance INT_MAX >> 2
         dtype, far = torch.int64, (2 ** 31 - 1) >> 2
-        axial, diagonal, knight = (torch.tensor(s, dtype=dtype) for s in steps)
-    else:
+        steps = [round(step * 65536) for step in CHAMFER_STEPS]
+    else:             # IPP: float32 steps and sums
         dtype, far = torch.float32, float(2 ** 29)
-        axial, diagonal, knight = (torch.tensor(s, dtype=dtype) for s in CHAMFER_STEPS)
+        steps = list(CHAMFER_STEPS)
+    axial, diagonal, knight = (torch.tensor(step, dtype=dtype) for step in steps)
     forward = ((-2, -1, knight), (-2, 1, knight), (-1, -2, knight), (-1, -1, diagonal), (-1, 0, axial),
                (-1, 1, diagonal), (-1, 2, knight), (0, -1, axial))
     dist = torch.where(nonzero, torch.tensor(far, dtype=dtype), torch.tensor(0, dtype=dtype)).to(nonzero.device)
