@@ -226,3 +226,29 @@ def test_gradients_reach_the_image(name, severity):
     out = corrupt(name, pixels, severity, torch.Generator().manual_seed(0))
     (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
     assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('size', [(100, 150), (17, 9)])
+def test_spatter_matches_the_reference_at_other_sizes(reference, photos, monkeypatch, size):
+    """The reference's spatter has no fixed size: the same agreement on non-square crops, tiny ones included (where
+    the water's layer can stay below its threshold: the reference then returns NaN, ours the image)."""
+    views, batch = photos
+    height, width = size
+    crops = batch[:, :, :height, :width].contiguous()
+    rows = {}
+    for severity in range(1, 6):
+        ours = spatter(crops, severity, torch.Generator().manual_seed(severity), fixed_point=not cv2.ipp.useIPP())
+        noise = torch.randn((len(views), height, width), generator=torch.Generator().manual_seed(severity),
+                            dtype=torch.float64).numpy()
+        expected = []
+        for image, view in enumerate(views):
+            monkeypatch.setitem(reference, 'np', NumpyWith(types.SimpleNamespace(
+                normal=lambda size, loc, scale, draw=noise[image]: loc + scale * draw)))
+            with np.errstate(invalid='ignore'):
+                result = reference['spatter'](np.asarray(view)[:height, :width], severity)
+            if np.isnan(result).any():    # no liquid above the threshold: 0 / 0 in the reference, no spatter here
+                assert np.isnan(result).all() and torch.equal(ours[image], crops[image])
+                result = crops[image].permute(1, 2, 0).double().numpy() * 255
+            expected.append(result)
+        rows[severity] = differences(expected, ours)
+    assert agree(rows), f'spatter at {size}: (max, mean, max before truncation) grey levels per severity: {rows}'
