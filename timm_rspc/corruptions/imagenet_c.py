@@ -24,7 +24,7 @@ import torch
 from . import draws
 from .draws import Generators
 from .primitives import (
-    box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
+    box_resize, clipped_zoom, disk_filter, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
 )
 from .jpeg import jpeg_round_trip
 from .glass import SEVERITIES as _GLASS_SEVERITIES, glass_blur
@@ -119,10 +119,10 @@ def speckle_noise(x: torch.Tensor, severity: int = 1, generator: Generators = No
 
 def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
     """Each channel correlated with ImageNet-C's anti-aliased disk (`disk_kernel`: radius 3, 4, 6, 8, 10 px, OpenCV
-    Gaussian anti-aliasing with sigma 0.1, 0.5, ...) as OpenCV's ``filter2D`` does (``BORDER_REFLECT_101``).
-    Exact."""
+    Gaussian anti-aliasing with sigma 0.1, 0.5, ...) as OpenCV's ``filter2D`` does (``BORDER_REFLECT_101``),
+    computed from the disk's structure (`disk_filter`: running sums of its rows, the small Gaussian). Exact."""
     radius, alias_blur = _constant('defocus_blur', severity)
-    return filter2d(x, disk_kernel(radius, alias_blur)).clamp(0, 1)
+    return disk_filter(x, radius, alias_blur).clamp_(0, 1)
 
 
 def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
