@@ -169,6 +169,16 @@ def test_ce_against_a_reference_model_and_its_results(folder, tmp_path):
     assert inverted['ce'] == pytest.approx(inverted['error'])
 
 
+def test_a_reference_without_errors_gives_no_ce():
+    from timm_rspc.bench.corruption_metrics import relative_corruption_errors
+    out = relative_corruption_errors({'fog': [0.5, 0.25], 'gaussian_noise': [1.0, 0.5]},
+                                     {'fog': [0.0, 0.0], 'gaussian_noise': [0.5, 0.25]})
+    assert out == {'ce': {'fog': None, 'gaussian_noise': 200.0}, 'undefined_ce': ['fog']}
+    out = relative_corruption_errors({'fog': [0.5, 0.25], 'gaussian_noise': [1.0, 0.5]},
+                                     {'fog': [1.0, 0.5], 'gaussian_noise': [0.5, 0.25]})
+    assert (out['mce'], out['mce_no_noise']) == (125.0, 50.0)
+
+
 def test_reference_results_of_another_data_set_or_corruption_set_are_refused(folder, tmp_path):
     reference = _run(folder, tmp_path / 'ref', model=CENTRE)
     results = str(tmp_path / 'ref' / 'results.json')

@@ -78,22 +78,28 @@ def _grid(header: List[str], rows: List[List[str]]) -> List[str]:
 
 
 def _corrupt_table(runs: Sequence[Tuple[str, Dict[str, Any]]]) -> List[str]:
-    """Runs of an on-the-fly corrupted folder: top-1 error (%) per corruption (mean over the severities evaluated),
-    the reference's, and the CE relative to it."""
+    """Runs of an on-the-fly corrupted folder: one row per corruption, top-1 error (%) (mean over the severities
+    evaluated), the reference's, and the CE relative to it; '+' marks corruptions outside the mCE (extra ones)."""
     lines: List[str] = []
     for name, summary in runs:
         c = summary.get('corrupt')
         if not c:
             continue
-        names = c['corruptions']
-        rows = [[name] + [f"{c['error'][n]:.2f}" for n in names]]
         reference = c.get('reference')
+        header = ['corruption', f'{name} error']
         if reference:
-            rows.append([f"{reference['model']} (reference)"] + [f"{reference['error'][n]:.2f}" for n in names])
-            rows.append(['CE vs reference'] + ['-' if c['ce'][n] is None else f"{c['ce'][n]:.2f}" for n in names])
-        lines += ['', f"corrupted '{c['folder']}': top-1 error (%) per corruption, mean over severities "
-                      f"{','.join(str(v) for v in c['severities'])}"]
-        lines += _grid(['model'] + names, rows)
+            header += [f"{reference['model']} (reference) error", 'CE']
+        rows = []
+        for n in c['corruptions']:
+            row = [n + ('' if n in c['mean_over'] else ' +'), f"{c['error'][n]:.2f}"]
+            if reference:
+                row += [f"{reference['error'][n]:.2f}", '-' if c['ce'][n] is None else f"{c['ce'][n]:.2f}"]
+            rows.append(row)
+        outside = '' if len(c['mean_over']) == len(c['corruptions']) else \
+            '; + = extra corruption, outside the mean error and the mCE (as in ImageNet-C)'
+        lines += ['', f"{name}: '{c['folder']}' corrupted on the fly: top-1 error (%) per corruption, mean over "
+                      f"severities {','.join(str(v) for v in c['severities'])}{outside}"]
+        lines += _grid(header, rows)
     return lines
 
 
