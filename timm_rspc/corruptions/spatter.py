@@ -59,7 +59,7 @@ EDGE_KERNEL = ((-2, -1, 0), (-1, 1, 1), (0, 1, 2))
 CANNY_THRESHOLDS = (50, 150)
 DISTANCE_CAP = 20
 CHAMFER_STEPS = (1.0, 1.4, 2.1969)             # OpenCV's DIST_L2 5 x 5 mask: axial, diagonal, knight's move
-_TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)   # tan(22.5 degrees) in 17.15 fixed point
+_TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)   # tan(22.5 degrees) in units of 2^-15
 
 
 def _wide(device) -> torch.dtype:
@@ -121,14 +121,16 @@ def distance_transform(nonzero: torch.Tensor, limit: Optional[float] = None, fix
     """OpenCV's ``distanceTransform(src, DIST_L2, 5)`` for (B, H, W) boolean maps of src's nonzero pixels: float32
     chamfer distances to the nearest zero pixel (steps 1, 1.4, 2.1969), added in float32 as IPP does (OpenCV's x86
     wheels) or, ``fixed_point``, in OpenCV's own 16.16 fixed point. With ``limit``, only distances up to ``limit`` are
-    exact (larger ones come out larger than ``limit``), which bounds the work to ``limit`` + 2 rounds per pass. A map
-    without zero pixels gives distances of at least 2^29 (OpenCV's initial value in fixed point)."""
+    exact (larger ones come out larger than ``limit``), which bounds the work to ``limit`` + 2 rounds per pass. Pixels
+    that no zero pixel reaches (a map without zeros) get OpenCV's initial value: FLT_MAX with IPP, ``(2^32 - 1 -
+    143976) / 2^16`` = 65533.8 in fixed point (OpenCV 4's ``UINT_MAX - LONG_DIST``)."""
     height, width = nonzero.shape[-2:]
-    if fixed_point:   # CV_FLT_TO_FIX: cvRound(step * 2^16); OpenCV's initial distance INT_MAX >> 2
-        dtype, far = torch.int64, (2 ** 31 - 1) >> 2
+    if fixed_point:   # CV_FLT_TO_FIX: cvRound(step * 2^16); unsigned sums kept at most UINT_MAX - LONG_DIST
+        dtype = torch.int64
         steps = [round(step * 65536) for step in CHAMFER_STEPS]
-    else:             # IPP: float32 steps and sums
-        dtype, far = torch.float32, float(2 ** 29)
+        far = 2 ** 32 - 1 - steps[2]
+    else:             # IPP: float32 steps and sums, FLT_MAX where nothing reaches
+        dtype, far = torch.float32, torch.finfo(torch.float32).max
         steps = list(CHAMFER_STEPS)
     axial, diagonal, knight = (torch.tensor(step, dtype=dtype) for step in steps)
     forward = ((-2, -1, knight), (-2, 1, knight), (-1, -2, knight), (-1, -1, diagonal), (-1, 0, axial),
