@@ -121,6 +121,39 @@ def _box_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
     return torch.floor(0.5 + weights * 2 ** 22) / 2 ** 22
 
 
+@functools.lru_cache(maxsize=64)
+def _box_windows(in_size: int, out_size: int):
+    """Reducing: each output pixel's window of `_box_resize_matrix` as (first, stop) indices of its contiguous input
+    pixels, its weight (a multiple of 2**-22) and that weight's fixed-point integer (Pillow's ``k``)."""
+    matrix = _box_resize_matrix(in_size, out_size)
+    inside = matrix > 0
+    first = inside.double().argmax(dim=1)
+    stop = first + inside.sum(dim=1)
+    weight = matrix.amax(dim=1)
+    return first, stop, weight, (weight * 2 ** 22).round().int()
+
+
+def _box_reduce(grey: torch.Tensor, dim: int, in_size: int, out_size: int) -> torch.Tensor:
+    """One reducing pass of Pillow's BOX resize on 8-bit ``grey`` (whole grey levels) along ``dim``: window sums S
+    from a running sum (exact: integers below 2^24), then Pillow's fixed-point ``(S * k + 2^21) >> 22`` clipped to
+    0..255 in int32 (below 2^31), exactly; the gradient is the window average's (straight through the rounding)."""
+    first, stop, weight, fixed = (t.to(grey.device) for t in _box_windows(in_size, out_size))
+    running = torch.cumsum(grey, dim)
+    running = torch.cat([torch.zeros_like(running.narrow(dim, 0, 1)), running], dim)
+    if bool((first[1:] == stop[:-1]).all()):   # adjacent windows (always, reducing): one gather of the boundaries
+        bounds = running.index_select(dim, torch.cat([first[:1], stop]))
+        sums = bounds.narrow(dim, 1, out_size) - bounds.narrow(dim, 0, out_size)
+    else:
+        sums = running.index_select(dim, stop) - running.index_select(dim, first)
+    shape = [1] * grey.dim()
+    shape[dim] = out_size
+    exact = ((sums.detach().round().int() * fixed.view(shape) + (1 << 21)) >> 22).clamp_(0, 255).to(grey.dtype)
+    if not (grey.requires_grad and torch.is_grad_enabled()):
+        return exact
+    average = sums * weight.to(grey.dtype).view(shape)
+    return average + (exact - average).detach()
+
+
 def _round_8bit(grey: torch.Tensor) -> torch.Tensor:
     """Grey levels rounded half up and clipped to 0..255, as Pillow stores each pass; the gradient passes straight
     through."""
@@ -131,20 +164,21 @@ def box_resize(x: torch.Tensor, size) -> torch.Tensor:
     """Pillow's ``Image.resize((width, height), Image.BOX)`` of the 8-bit image ``x`` given as (B, C, H, W) pixels in
     [0, 1], ``size = (height, width)``: rounded to 8 bits first (Pillow's input), resampled horizontally, rounded,
     resampled vertically, rounded (Pillow's two passes; a pass whose size does not change is skipped, as Pillow does;
-    an enlarging pass copies pixels, so it is a gather). The result is a multiple of 1/255."""
+    an enlarging pass copies pixels, so it is a gather; a reducing one sums windows from a running sum and rounds with
+    Pillow's integers, `_box_reduce`). The result is a multiple of 1/255."""
     height, width = x.shape[-2:]
-    grey = _round_8bit(x * 255)
+    if x.requires_grad and torch.is_grad_enabled():
+        grey = _round_8bit(x * 255)
+    else:
+        grey = x.mul(255).add_(0.5).floor_().clamp_(0, 255)
     for dim, old, new in ((-1, width, size[1]), (-2, height, size[0])):
         if new == old:
             continue
-        matrix = _box_resize_matrix(old, new)
         if new > old:   # one weight 1 per output pixel
-            grey = grey.index_select(dim, matrix.argmax(dim=1).to(x.device))
-        elif dim == -1:
-            grey = _round_8bit(grey @ matrix.to(dtype=x.dtype, device=x.device).T)
+            grey = grey.index_select(dim, _box_resize_matrix(old, new).argmax(dim=1).to(x.device))
         else:
-            grey = _round_8bit(matrix.to(dtype=x.dtype, device=x.device) @ grey)
-    return grey / 255
+            grey = _box_reduce(grey, grey.dim() + dim, old, new)
+    return grey / 255 if grey.requires_grad else grey.div_(255)   # without autograd grey is this function's own
 
 
 def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, generator: Generators = None,
