@@ -14,13 +14,15 @@ from ._errors import CommandFailed, reported_errors
 
 def add_corruption_choice(group) -> None:
     """--corruptions, --extra, --severities, --corruption-seed (defaults: `bench.on_the_fly.CorruptOptions`)."""
-    from timm_rspc.bench.on_the_fly import CorruptOptions
+    from timm_rspc.bench.on_the_fly import CorruptOptions, default_corruptions
     defaults = CorruptOptions()
+    names, everything = default_corruptions(), default_corruptions(extra=True)
     group.add_argument('--corruptions', metavar='NAME,...',
-                       help="exactly these corruptions (default: ImageNet-C's corruptions available in "
-                            'timm_rspc.corruptions, i.e. its registry minus the extra ones)')
+                       help=f"exactly these corruptions (default: ImageNet-C's corruptions available in "
+                            f"timm_rspc.corruptions, its registry minus the extra ones: {', '.join(names)})")
     group.add_argument('--extra', action='store_true',
-                       help='the default corruptions plus the extra ones (speckle_noise, gaussian_blur, saturate, ...)')
+                       help=f"the default corruptions plus the extra ones "
+                            f"({', '.join(n for n in everything if n not in names)})")
     severities = ','.join(map(str, defaults.severities))
     group.add_argument('--severities', default=severities, metavar='N,...',
                        help=f'severity levels (default: {severities})')
