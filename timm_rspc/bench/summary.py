@@ -141,8 +141,8 @@ def _corrupt(records: Records, plan: Dict[str, Any]) -> Dict[str, Any]:
         f"from the results file {reference['path']}"
     summary['note'] = f"CE relative to {reference['model']} ({where}), not to AlexNet"
     if relative['undefined_ce']:
-        summary['note'] += (f"; no mCE: {reference['model']} has no error on "
-                            f"{', '.join(relative['undefined_ce'])}, so their CE is undefined")
+        summary['note'] += (f"; no mCE: {reference['model']} makes no error on "
+                            f"{', '.join(relative['undefined_ce'])} (CE undefined: division by zero)")
     return summary
 
 
