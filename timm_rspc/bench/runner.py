@@ -186,7 +186,7 @@ def _corrupt_options(corrupt: Optional[str], options) -> Optional[CorruptOptions
     return (options or CorruptOptions()).resolved()
 
 
-def _corrupt_reference(options: CorruptOptions, plan: Dict[str, Any], built: EvalModel, input_size, device):
+def _corrupt_reference(options: CorruptOptions, plan: Dict[str, Any], built: EvalModel, input_size):
     """The reference of CE / mCE: (record for settings.json, [(model, mean, std)] evaluated in this run)."""
     if options.reference_results:
         return read_reference_results(options.reference_results, plan), []
@@ -301,7 +301,7 @@ def run_benchmark(
     if image_folder is not None:
         labels, labels_kind = image_folder.labels(model.num_classes)
         plan = corruption_plan(image_folder, labels_kind, options, config['input_size'])
-        plan['reference'], references = _corrupt_reference(options, plan, built, config['input_size'], device)
+        plan['reference'], references = _corrupt_reference(options, plan, built, config['input_size'])
     splits, missing = plan_splits(roots, model.num_classes, eval_transform, c_transform, crop,
                                   imagenet_c_labels=imagenet_c_labels, allow_partial=allow_partial,
                                   corrupt=(image_folder, labels, options) if image_folder else None)

@@ -128,9 +128,9 @@ def _cifar_c_splits(key, root, transform, allow_partial, missing) -> List[Split]
     return splits
 
 
-def _corrupt_splits(folder, labels, options, transform) -> List[Split]:
+def _corrupt_splits(labels, options, transform) -> List[Split]:
     """One split per corruption x severity of ``options`` (resolved `on_the_fly.CorruptOptions`), all over the same
-    clean images of ``folder`` through the model's eval transform, corrupted on the device."""
+    clean images (``labels``: (path, label) pairs) through the model's eval transform, corrupted on the device."""
     from .on_the_fly import OnTheFlyCorruption
     return [Split('corrupt', f'{name}/{severity}', lambda: ds.ImageFiles(labels, transform), len(labels),
                   corruption=OnTheFlyCorruption(name, severity, options.seed))
@@ -183,7 +183,7 @@ def plan_splits(
             splits += _imagenet_p_splits(root, crop, allow_partial, missing)
         elif key == 'corrupt':
             _, labels, options = corrupt
-            splits += _corrupt_splits(root, labels, options, eval_transform)
+            splits += _corrupt_splits(labels, options, eval_transform)
         else:
             splits += _cifar_c_splits(key, root, eval_transform, allow_partial, missing)
     return splits, missing
