@@ -28,11 +28,13 @@ from timm_rspc.files import LOCK_NAME, PARTIAL_PATTERN, FolderBusy, FolderLock, 
 from .on_the_fly import DEFAULT_SEED, DEFAULT_SEVERITIES, OnTheFlyCorruption, read_image_folder, resolve_corruptions, \
     resolve_severities
 
-__all__ = ['write_corrupted_tree', 'CorruptInterrupted', 'RESIZE', 'CROP', 'JPEG_QUALITY', 'MANIFEST']
+__all__ = ['write_corrupted_tree', 'CorruptInterrupted', 'RESIZE', 'CROP', 'JPEG_QUALITY', 'BATCH_SIZE', 'WORKERS',
+           'MANIFEST']
 
 # ImageNet-C's preprocessing and file format (make_imagenet_c.py: trn.Resize(256), trn.CenterCrop(224);
 # Image.fromarray(np.uint8(img)).save(save_path, quality=85, optimize=True)).
 RESIZE, CROP, JPEG_QUALITY = 256, 224, 85
+BATCH_SIZE, WORKERS = 32, 4  # images per batch on the device; decoding processes and JPEG-writing threads
 MANIFEST = 'corrupt.json'
 _JPEG_NAMES = ('.jpeg', '.jpg')
 
@@ -121,8 +123,8 @@ def write_corrupted_tree(
         crop: int = CROP,
         quality: int = JPEG_QUALITY,
         device: Optional[str] = None,
-        batch_size: int = 32,
-        workers: int = 4,
+        batch_size: int = BATCH_SIZE,
+        workers: int = WORKERS,
         progress: bool = True,
         say=print,
 ) -> Dict[str, Any]:

@@ -40,7 +40,7 @@ def corruption_choice(args: argparse.Namespace, **references):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from timm_rspc.bench.corrupt_tree import CROP, JPEG_QUALITY, RESIZE
+    from timm_rspc.bench.corrupt_tree import BATCH_SIZE, CROP, JPEG_QUALITY, RESIZE, WORKERS
     parser.add_argument('src', metavar='SRC', help='image folder: SRC/<class>/<image> (e.g. ImageNet val)')
     parser.add_argument('dst', metavar='DST', help='output: DST/<corruption>/<severity>/<class>/<file>.JPEG; a new '
                                                    'folder, or one this command wrote (it continues it)')
@@ -55,9 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f'JPEG quality (default: {JPEG_QUALITY}, as ImageNet-C; Pillow, optimize=True)')
     r = parser.add_argument_group('Run')
     r.add_argument('--device', help='where the corruptions run (default: cuda if available, else cpu)')
-    r.add_argument('-b', '--batch-size', type=int, default=32, metavar='N', help='images per batch (default 32)')
-    r.add_argument('-j', '--workers', type=int, default=4, metavar='N',
-                   help='image decoding processes and JPEG writing threads (default 4)')
+    r.add_argument('-b', '--batch-size', type=int, default=BATCH_SIZE, metavar='N',
+                   help=f'images per batch (default {BATCH_SIZE})')
+    r.add_argument('-j', '--workers', type=int, default=WORKERS, metavar='N',
+                   help=f'image decoding processes and JPEG writing threads (default {WORKERS})')
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
