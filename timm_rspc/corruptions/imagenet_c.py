@@ -24,7 +24,7 @@ import torch
 from . import draws
 from .draws import Generators
 from .primitives import (
-    box_resize, clipped_zoom, disk_filter, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
+    box_resize, clipped_zoom_sum, disk_filter, gaussian_filter, numpy_arange, plasma_fractal, sample_bilinear,
 )
 from .jpeg import jpeg_round_trip
 from .glass import SEVERITIES as _GLASS_SEVERITIES, glass_blur
@@ -130,10 +130,8 @@ def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) 
     and 11 factors up to 1.11, 1.15, 1.2, 1.24, 1.3), each zoom the reference's ``clipped_zoom`` (`clipped_zoom`:
     scipy.ndimage's linear zoom of the centre crop). Exact."""
     factors = _constant('zoom_blur', severity)
-    total = torch.zeros_like(x)
-    for factor in factors:   # a dozen zoom factors, each on the whole batch
-        total = total + clipped_zoom(x, factor)
-    return ((x + total) / (len(factors) + 1)).clamp(0, 1)
+    total = clipped_zoom_sum(x, factors)   # a dozen zoom factors, each on the whole batch
+    return total.add_(x).div_(len(factors) + 1).clamp_(0, 1)
 
 
 def gaussian_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:

@@ -26,7 +26,8 @@ from . import draws
 from .draws import Generators
 
 __all__ = [
-    'gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'numpy_arange', 'disk_kernel', 'filter2d',
+    'gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'clipped_zoom_sum', 'numpy_arange', 'disk_kernel',
+    'filter2d',
     'disk_filter', 'border_index', 'sample_bilinear',
 ]
 
@@ -246,13 +247,37 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     """ImageNet-C's ``clipped_zoom`` of (B, C, H, W) images: the centre ``1 / zoom`` of each image enlarged back to
     (H, W) by linear interpolation, with scipy.ndimage's ``zoom`` sampling, separately along H and W (the reference
     assumes square images and uses H for both axes)."""
+    shape = x.shape
     for dim, size in ((-1, x.shape[-1]), (-2, x.shape[-2])):
         first, second, weight = (t.to(x.device) for t in _zoom_taps(size, zoom))
-        shape = [1] * x.dim()
-        shape[dim] = size
-        weight = weight.to(x.dtype).view(shape)
-        x = x.index_select(dim, first) * (1 - weight) + x.index_select(dim, second) * weight
+        lines = x.reshape(-1, size) if dim == -1 else x.reshape(-1, size, shape[-1])   # fast index_select views
+        weight = weight.to(x.dtype).view((size,) if dim == -1 else (size, 1))
+        x = (lines.index_select(1, first) * (1 - weight) + lines.index_select(1, second) * weight).view(shape)
     return x
+
+
+def clipped_zoom_sum(x: torch.Tensor, zooms) -> torch.Tensor:
+    """``sum(clipped_zoom(x, zoom) for zoom in zooms)``, accumulated in that order. Without autograd the zooms are
+    computed into buffers reused from one zoom to the next (large fresh tensors cost page faults on the CPU)."""
+    total = torch.zeros_like(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        for zoom in zooms:
+            total = total + clipped_zoom(x, zoom)
+        return total
+    height, width = x.shape[-2:]
+    lines = x.reshape(-1, width)     # as (images x channels x rows, columns): index_select is fast on 2-D / 3-D views
+    buffers = [torch.empty_like(lines) for _ in range(4)]
+    for zoom in zooms:
+        (cols_first, cols_second, cols_weight), (rows_first, rows_second, rows_weight) = (
+            [t.to(x.device) for t in _zoom_taps(size, zoom)] for size in (width, height))
+        cols_weight, rows_weight = cols_weight.to(x.dtype), rows_weight.to(x.dtype).view(-1, 1)
+        left = torch.index_select(lines, 1, cols_first, out=buffers[0])
+        right = torch.index_select(lines, 1, cols_second, out=buffers[1])
+        along = left.mul_(1 - cols_weight).add_(right.mul_(cols_weight)).view(-1, height, width)
+        upper = torch.index_select(along, 1, rows_first, out=buffers[2].view(-1, height, width))
+        lower = torch.index_select(along, 1, rows_second, out=buffers[3].view(-1, height, width))
+        total.add_(upper.mul_(1 - rows_weight).add_(lower.mul_(rows_weight)).view_as(x))
+    return total
 
 
 def _pad_reflect101(x: torch.Tensor, radius_h: int, radius_w: int) -> torch.Tensor:
