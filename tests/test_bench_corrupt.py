@@ -100,7 +100,7 @@ def test_same_pixels_and_numbers_at_any_batch_size(folder, tmp_path):
     assert list(two['splits'])[:3] == ['corrupt/gaussian_noise/2', 'corrupt/gaussian_noise/5', 'corrupt/zoom_blur/2']
     fog_5 = list(two['splits']).index('corrupt/fog/5') * 7  # ImageNet-C's order: noise, blur, weather
     for i in (0, 4, 6):
-        alone = OnTheFlyCorruption('fog', 5, 0)(clean[i:i + 1], [i]).float() / 255  # the model's mean 0, std 1
+        alone = OnTheFlyCorruption('fog', 5, 0, 85)(clean[i:i + 1], [i]).float() / 255  # mean 0, std 1
         assert torch.equal(pixels_two[fog_5 + i], alone[0])
     assert not torch.equal(pixels_two[fog_5], pixels_two[fog_5 + 1])
     # The seed of an image depends on every part of (seed, corruption, severity, index).
@@ -188,6 +188,8 @@ def test_reference_results_of_another_data_set_or_corruption_set_are_refused(fol
         (dict(corruptions=('gaussian_noise', 'contrast')), "another corruption set: it lacks contrast/2, contrast/5"),
         (dict(severities=(1, 2)), 'lacks gaussian_noise/1'),
         (dict(seed=3), 'corruption-seed 0, this run with 3'),
+        (dict(jpeg_quality=0), 'corrupt-jpeg-quality 85, this run with 0: other images'),
+        (dict(jpeg_quality=101), r'--corrupt-jpeg-quality must be 1..100 \(ImageNet-C: 85\) or 0'),
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):

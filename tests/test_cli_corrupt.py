@@ -63,13 +63,15 @@ def test_tree_round_trip_through_bench(src, tmp_path, capsys):
             assert saved.format == 'JPEG' and saved.size == (224, 224)
             decoded = torch.from_numpy(np.array(saved.convert('RGB'))).permute(2, 0, 1)[None]
         assert torch.equal(decoded, (jpeg_round_trip(corrupted, 85) * 255).round().to(torch.uint8))
-    # bench reads the tree as ImageNet-C, with the same numbers as the same corruptions generated on the fly
+    # bench reads the tree as ImageNet-C, with the same numbers as the same corruptions generated on the fly (the
+    # default JPEG quality 85 round trip on the device is the saved files' own, bit for bit)
     common = ['bench', '--model', MODEL, '--no-plot'] + QUIET
     assert main(common + ['--imagenet-c', dst, '--allow-partial', '--output', str(tmp_path / 'saved')]) == 0
     assert main(common + ['--corrupt', src, '--output', str(tmp_path / 'fly')] + PICK) == 0
     saved = json.loads((tmp_path / 'saved' / 'results.json').read_text())['splits']
     fly = json.loads((tmp_path / 'fly' / 'results.json').read_text())['splits']
-    for split in ('brightness/1', 'brightness/3', 'contrast/1', 'contrast/3'):
+    assert len(fly) == 6
+    for split in (k.split('/', 1)[1] for k in fly):
         assert saved[f'imagenet_c/{split}'] == fly[f'corrupt/{split}'] and saved[f'imagenet_c/{split}']['total'] == 4
     out = capsys.readouterr().out
     assert 'corrupted mean error' in out and 'no CE / mCE' in out

@@ -6,8 +6,10 @@ the 224 x 224 image that ``Resize(256) + CenterCrop(224)`` gives and saves it as
 truncates). Here the image is decoded and resized / cropped first (``bench --corrupt``: by the model's own eval
 transform, so at the model's input size; ``corrupt``: ``Resize(256) + CenterCrop(224)`` or the sizes asked for), then
 the uint8 pixels go to the device, become [0, 1] floats, are corrupted there by `timm_rspc.corruptions` on the whole
-batch, and are truncated to 8 bits as ImageNet-C's files are (`to_8bit`); ``bench`` normalises them with the
-model's mean / std after that, ``corrupt`` saves them as JPEG (quality 85, as ImageNet-C's files).
+batch, and are truncated to 8 bits as ImageNet-C's files are (`to_8bit`); ``corrupt`` saves them as JPEG (quality 85,
+as ImageNet-C's files), and ``bench`` gives them the same JPEG round trip on the device (`jpeg_round_trip`, Pillow's
+libjpeg-turbo bit for bit; ``--corrupt-jpeg-quality``, 0 for none) before normalising with the model's mean / std, so
+the model sees what it would read from the saved files.
 
 Every image has its own random draws: its generator is seeded with a hash of (seed, corruption, severity, the
 image's index in the data set), so an image is corrupted identically in any batch, at any batch size, on any rank,
@@ -22,12 +24,14 @@ import torch
 
 __all__ = [
     'CorruptOptions', 'DEFAULT_SEVERITIES', 'DEFAULT_SEED', 'available_corruptions', 'default_corruptions',
-    'resolve_corruptions', 'resolve_severities', 'parse_list', 'image_seed', 'to_8bit', 'OnTheFlyCorruption',
+    'JPEG_QUALITY', 'resolve_corruptions', 'resolve_severities', 'parse_list', 'image_seed', 'to_8bit',
+    'OnTheFlyCorruption',
     'ImageFolder', 'read_image_folder',
 ]
 
 DEFAULT_SEVERITIES: Tuple[int, ...] = (1, 2, 3, 4, 5)
 DEFAULT_SEED = 0
+JPEG_QUALITY = 85   # ImageNet-C's files: make_imagenet_c.py saves with Pillow, quality=85
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class CorruptOptions:
     ``severities``: levels 1..5; ``seed``: the corruption seed; ``reference_model`` (+ ``reference_checkpoint``,
     else its pretrained weights) is evaluated in the same run on the same corrupted images, or
     ``reference_results`` is the ``results.json`` of an earlier ``--corrupt`` run on the same folder: the CE / mCE
-    are relative to that model. Neither: errors only.
+    are relative to that model. Neither: errors only. ``jpeg_quality``: the corrupted 8-bit images go through a
+    JPEG round trip of this quality, as ImageNet-C's saved files did (None or 0: none).
     """
     corruptions: Optional[Tuple[str, ...]] = None
     extra: bool = False
@@ -48,6 +53,7 @@ class CorruptOptions:
     reference_model: Optional[str] = None
     reference_checkpoint: Optional[str] = None
     reference_results: Optional[str] = None
+    jpeg_quality: Optional[int] = JPEG_QUALITY
     # resolved names (filled by `resolved`), in evaluation order
     names: Tuple[str, ...] = field(default=(), compare=False)
 
@@ -60,9 +66,13 @@ class CorruptOptions:
             raise ValueError('--reference-checkpoint is the weights of --reference-model; give --reference-model.')
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f'--corruption-seed must be a whole number >= 0, got {self.seed!r}.')
+        if self.jpeg_quality is not None and not (isinstance(self.jpeg_quality, int) and 0 <= self.jpeg_quality <= 100):
+            raise ValueError(f'--corrupt-jpeg-quality must be 1..100 (ImageNet-C: {JPEG_QUALITY}) or 0 for no JPEG '
+                             f'round trip, got {self.jpeg_quality!r}.')
         names = resolve_corruptions(self.corruptions, self.extra)
         severities = resolve_severities(self.severities)
         return CorruptOptions(**{**asdict(self), 'names': names, 'severities': severities,
+                                 'jpeg_quality': self.jpeg_quality or None,
                                  'corruptions': tuple(self.corruptions) if self.corruptions else None})
 
 
@@ -146,19 +156,26 @@ def to_8bit(pixels: torch.Tensor) -> torch.Tensor:
 
 class OnTheFlyCorruption:
     """One corruption at one severity with its seed: ``(pixels in [0, 1], data set indices) -> corrupted 8-bit
-    pixels`` (uint8, the whole batch on the pixels' device; one generator per image)."""
+    pixels`` (uint8, the whole batch on the pixels' device; one generator per image), then, with ``jpeg_quality``,
+    the JPEG round trip of ImageNet-C's saved files (Pillow's, bit for bit, on the device)."""
 
-    def __init__(self, name: str, severity: int, seed: int = DEFAULT_SEED):
+    def __init__(self, name: str, severity: int, seed: int = DEFAULT_SEED, jpeg_quality: Optional[int] = None):
         self.name, self.severity, self.seed = name, int(severity), int(seed)
+        self.jpeg_quality = jpeg_quality or None
 
     def __call__(self, pixels: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
-        from timm_rspc.corruptions import corrupt, per_image_generators
+        from timm_rspc.corruptions import corrupt, jpeg_round_trip, per_image_generators
         seeds = [image_seed(self.seed, self.name, self.severity, i) for i in indices]
         generators = per_image_generators(seeds, pixels.device)
-        return to_8bit(corrupt(self.name, pixels, self.severity, generators))
+        corrupted = to_8bit(corrupt(self.name, pixels, self.severity, generators))
+        if self.jpeg_quality is None:
+            return corrupted
+        decoded = jpeg_round_trip(corrupted.float().div_(255), self.jpeg_quality)
+        return decoded.mul_(255).round_().to(torch.uint8)
 
     def __repr__(self) -> str:
-        return f'OnTheFlyCorruption({self.name!r}, {self.severity}, seed={self.seed})'
+        jpeg = f', jpeg_quality={self.jpeg_quality}' if self.jpeg_quality else ''
+        return f'OnTheFlyCorruption({self.name!r}, {self.severity}, seed={self.seed}{jpeg})'
 
 
 @dataclass
@@ -232,8 +249,11 @@ def corruption_plan(folder: ImageFolder, labels_kind: str, options: CorruptOptio
         'extra': [n for n in options.names if n in registry.EXTRA],
         'noise': [n for n in options.names if registry.CATEGORIES.get(n) == 'noise'],
         'not_available': [n for n in IMAGENET_C_CORRUPTIONS if n not in registry.CORRUPTIONS],
+        'jpeg_quality': options.jpeg_quality,
         'transform': f"the model's eval transform (decode, resize, crop to {size}), then corrupted in [0, 1] on the "
-                     "device, truncated to 8 bits (as ImageNet-C's files), then normalised",
+                     "device, truncated to 8 bits (as ImageNet-C's files), "
+                     + (f"JPEG quality {options.jpeg_quality} round trip (as ImageNet-C's files), "
+                        if options.jpeg_quality else "no JPEG round trip, ") + "then normalised",
     }
 
 
@@ -261,6 +281,10 @@ def read_reference_results(path: str, plan: Dict[str, Any]) -> Dict[str, Any]:
     if theirs.get('seed') != plan['seed']:
         raise ValueError(f"--reference-results '{path}' was corrupted with --corruption-seed {theirs.get('seed')}, "
                          f"this run with {plan['seed']}: other corrupted images; use the same seed.")
+    if theirs.get('jpeg_quality') != plan['jpeg_quality']:
+        raise ValueError(f"--reference-results '{path}' was evaluated with --corrupt-jpeg-quality "
+                         f"{theirs.get('jpeg_quality') or 0}, this run with {plan['jpeg_quality'] or 0}: other "
+                         "images; use the same JPEG quality.")
     needed = [f'{n}/{s}' for n in plan['corruptions'] for s in plan['severities']]
     lacking = [k for k in needed if f'corrupt/{k}' not in results['splits']]
     if lacking:

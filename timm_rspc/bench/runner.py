@@ -180,8 +180,8 @@ def _corrupt_options(corrupt: Optional[str], options) -> Optional[CorruptOptions
         options = CorruptOptions(**options)
     if not corrupt:
         if options is not None and options != CorruptOptions():
-            raise ValueError('--corruptions, --extra, --severities, --corruption-seed and --reference-* choose how '
-                             '--corrupt DIR is corrupted and compared; give --corrupt DIR.')
+            raise ValueError('--corruptions, --extra, --severities, --corruption-seed, --corrupt-jpeg-quality and '
+                             '--reference-* choose how --corrupt DIR is corrupted and compared; give --corrupt DIR.')
         return None
     return (options or CorruptOptions()).resolved()
 

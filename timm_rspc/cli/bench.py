@@ -68,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument('--allow-partial', action='store_true',
                    help='evaluate what is there when corruptions / perturbations are missing (result marked partial)')
     c = parser.add_argument_group('Corruptions on the fly (--corrupt DIR)')
-    from .corrupt import add_corruption_choice
+    from .corrupt import add_corruption_choice, add_jpeg_choice
     add_corruption_choice(c)
+    add_jpeg_choice(c)
     reference = c.add_mutually_exclusive_group()
     reference.add_argument('--reference-model', metavar='NAME',
                            help='CE / mCE relative to this model, evaluated in the same run on the same corrupted '
@@ -196,7 +197,8 @@ def _run(args: argparse.Namespace) -> int:
     from .corrupt import corruption_choice
     corrupt_options = corruption_choice(args, reference_model=args.reference_model,
                                         reference_checkpoint=args.reference_checkpoint,
-                                        reference_results=args.reference_results)
+                                        reference_results=args.reference_results,
+                                        jpeg_quality=args.corrupt_jpeg_quality)
     results = []
     for i, model in enumerate(args.model):
         results.append(run_benchmark(

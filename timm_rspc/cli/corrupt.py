@@ -31,12 +31,22 @@ def add_corruption_choice(group) -> None:
                             f'(seed, corruption, severity, its index in the folder) (default: {defaults.seed})')
 
 
-def corruption_choice(args: argparse.Namespace, **references):
+def add_jpeg_choice(group) -> None:
+    """``bench --corrupt``'s --corrupt-jpeg-quality (default: `bench.on_the_fly.CorruptOptions`)."""
+    from timm_rspc.bench.on_the_fly import CorruptOptions
+    quality = CorruptOptions().jpeg_quality
+    group.add_argument('--corrupt-jpeg-quality', type=int, default=quality, metavar='Q',
+                       help=f"JPEG round trip of the corrupted 8-bit images on the device, as ImageNet-C's saved "
+                            f"files (Pillow's libjpeg-turbo, bit for bit), so the numbers equal those of the saved "
+                            f"tree 'timm-rspc corrupt' writes; 0: none (default: {quality})")
+
+
+def corruption_choice(args: argparse.Namespace, **options):
     """The `bench.on_the_fly.CorruptOptions` of the flags `add_corruption_choice` added (one-line ValueErrors)."""
     from timm_rspc.bench.on_the_fly import CorruptOptions, parse_list
     return CorruptOptions(
         corruptions=parse_list(args.corruptions, '--corruptions') if args.corruptions else None, extra=args.extra,
-        severities=parse_list(args.severities, '--severities', int), seed=args.corruption_seed, **references)
+        severities=parse_list(args.severities, '--severities', int), seed=args.corruption_seed, **options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
