@@ -87,15 +87,33 @@ def sample_bilinear(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mod
     batch, channels, height, width = x.shape
     top, left = rows.floor(), cols.floor()
     down, right = (rows - top).to(x.dtype)[:, None], (cols - left).to(x.dtype)[:, None]
-    top, left = top.long(), left.long()
+    top, left = top.float(), left.float()   # whole numbers: the folding below is exact in float32
+    upper, lower = _fold(top, height, mode).mul_(width), _fold(top.add_(1), height, mode).mul_(width)
+    first, second = _fold(left, width, mode), _fold(left.add_(1), width, mode)
     flat = x.reshape(batch, channels, height * width)
 
-    def tap(row, col):
-        index = border_index(row, height, mode) * width + border_index(col, width, mode)
-        index = index.reshape(batch, 1, -1).expand(-1, channels, -1)
+    def tap(row_start, col):
+        index = torch.add(row_start, col).long().reshape(batch, 1, -1).expand(-1, channels, -1)
         return flat.gather(2, index).view(batch, channels, *rows.shape[1:])
-    return ((tap(top, left) * (1 - right) + tap(top, left + 1) * right) * (1 - down)
-            + (tap(top + 1, left) * (1 - right) + tap(top + 1, left + 1) * right) * down)
+    # in place on the gathered copies (autograd needs none of the overwritten values)
+    above = tap(upper, first).mul_(1 - right).add_(tap(upper, second).mul_(right))
+    below = tap(lower, first).mul_(1 - right).add_(tap(lower, second).mul_(right))
+    return above.mul_(1 - down).add_(below.mul_(down))
+
+
+def _fold(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """`border_index` on whole numbers held in a float tensor (exact below 2^24), without integer division: the
+    reflections as a triangle wave."""
+    if mode == 'nearest' or size == 1:
+        return index.clamp(0, size - 1)
+    if mode == 'reflect':        # period 2n, half-sample symmetric
+        period, centre = 2 * size, size - 0.5
+    elif mode == 'reflect101':   # period 2n - 2, about the edge samples
+        period, centre = 2 * size - 2, size - 1.0
+    else:
+        raise ValueError(f'Unknown border mode {mode!r}.')
+    phase = torch.div(index, period).floor_().mul_(-period).add_(index)   # index mod period
+    return phase.sub_(centre).abs_().neg_().add_(centre)
 
 
 @functools.lru_cache(maxsize=64)
