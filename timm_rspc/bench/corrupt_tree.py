@@ -25,8 +25,11 @@ from torch.utils.data import DataLoader, Subset
 
 from timm_rspc.files import LOCK_NAME, PARTIAL_PATTERN, FolderBusy, FolderLock, atomic_write, atomic_write_json
 
-from .on_the_fly import DEFAULT_SEED, DEFAULT_SEVERITIES, JPEG_QUALITY, OnTheFlyCorruption, read_image_folder, resolve_corruptions, \
-    resolve_severities
+from .evaluate import WORKERS
+from .on_the_fly import (
+    DEFAULT_SEED, DEFAULT_SEVERITIES, JPEG_QUALITY, OnTheFlyCorruption, read_image_folder, resolve_corruptions,
+    resolve_severities,
+)
 
 __all__ = ['write_corrupted_tree', 'CorruptInterrupted', 'RESIZE', 'CROP', 'JPEG_QUALITY', 'BATCH_SIZE', 'WORKERS',
            'MANIFEST']
@@ -34,7 +37,7 @@ __all__ = ['write_corrupted_tree', 'CorruptInterrupted', 'RESIZE', 'CROP', 'JPEG
 # ImageNet-C's preprocessing and file format (make_imagenet_c.py: trn.Resize(256), trn.CenterCrop(224);
 # Image.fromarray(np.uint8(img)).save(save_path, quality=85, optimize=True)).
 RESIZE, CROP = 256, 224
-BATCH_SIZE, WORKERS = 32, 4  # images per batch on the device; decoding processes and JPEG-writing threads
+BATCH_SIZE = 32  # images per batch on the device
 MANIFEST = 'corrupt.json'
 _JPEG_NAMES = ('.jpeg', '.jpg')
 

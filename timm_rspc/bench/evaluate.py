@@ -6,6 +6,7 @@ over processes once at the end. Loading reuses timm's pieces: uint8 images are c
 moved, converted and normalised on the device by ``PrefetchLoader``, as in timm's validate.py.
 """
 import contextlib
+import os
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -17,7 +18,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .datasets import UnreadableFile, collate_videos
 from .perturbation_metrics import top5_classes, video_stability
 
-__all__ = ['Evaluator', 'AMP_DTYPES', 'amp_dtype_name']
+__all__ = ['Evaluator', 'AMP_DTYPES', 'WORKERS', 'amp_dtype_name']
+
+# Data loading processes: timm validate.py's 4, or fewer where fewer CPUs are available (torch warns beyond them).
+WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
 
 # timm's --amp-dtype names, and the short names of earlier versions (same meaning).
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -50,7 +54,7 @@ class Evaluator:
             std: Sequence[float],
             device: torch.device = torch.device('cpu'),
             batch_size: int = 128,
-            workers: int = 4,
+            workers: int = WORKERS,
             amp: Optional[str] = None,
             channels_last: Optional[bool] = None,
             progress: bool = True,

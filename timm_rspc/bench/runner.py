@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from timm_rspc.files import atomic_write_json
 
-from .evaluate import AMP_DTYPES, Evaluator, amp_dtype_name
+from .evaluate import AMP_DTYPES, WORKERS, Evaluator, amp_dtype_name
 from .model import EvalModel, build_eval_model, check_input_size, eval_data_config
 from .on_the_fly import CorruptOptions, corruption_plan, read_image_folder, read_reference_results
 from .reference import IMAGENET_P_PERTURBATIONS
@@ -246,7 +246,7 @@ def run_benchmark(
         imagenet_p_reference: Optional[str] = None,
         allow_partial: bool = False,
         batch_size: int = 128,
-        workers: int = 4,
+        workers: int = WORKERS,
         device: Optional[str] = None,
         amp: Optional[str] = None,
         channels_last: Optional[bool] = None,

@@ -83,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument('--output', metavar='DIR', help='run folder (default: output/bench/<model>); one per model')
     r.add_argument('--resume', action='store_true', help='continue an interrupted run in its folder')
     r.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='images per batch (default 128)')
-    r.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loading processes (default 4)')
+    from timm_rspc.bench.evaluate import WORKERS
+    r.add_argument('-j', '--workers', type=int, default=WORKERS, metavar='N',
+                   help=f'data loading processes (default {WORKERS}: 4, or the CPUs available if fewer)')
     r.add_argument('--device', help='default: cuda (LOCAL_RANK under torchrun) if available, else cpu')
     r.add_argument('--amp', nargs='?', const=True, default=False, type=_old_amp, metavar='',
                    help='mixed precision (autocast) in --amp-dtype (default: float32)')
