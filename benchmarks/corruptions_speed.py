@@ -134,6 +134,11 @@ class Contender:
             return
         try:
             single = min(seconds(lambda: self.run_reference(1)) for _ in range(2))
+        except NameError as error:   # a name its module imports at the top (Wand for ImageMagick), not run here
+            self.note = (f'the reference needs `{error.name}`, which its module defines from Wand (ImageMagick); '
+                         f'the module-level imports are not run here')
+            self.reference = None
+            return
         except Exception as error:   # noqa: BLE001 - any failure of the reference code means it cannot run here
             self.note = f'the reference fails here: {type(error).__name__}: {str(error).splitlines()[0][:120]}'
             self.reference = None
@@ -196,8 +201,9 @@ def format_report(contenders, args, forward_times, machine: str) -> str:
         torch_rate = 1 / statistics.median(contender.torch_times)
         if contender.reference_times:
             reference_rate = 1 / statistics.median(contender.reference_times)
-            lines.append(f'| {contender.name} | {torch_rate:.0f} | {reference_rate:.0f} | '
-                         f'{torch_rate / reference_rate:.1f}x |')
+            speedup = torch_rate / reference_rate
+            speedup_text = f'{speedup:.1f}x' if speedup >= 1 else f'{speedup:.2g}x'   # 0.096x, not 0.1x
+            lines.append(f'| {contender.name} | {torch_rate:.0f} | {reference_rate:.0f} | {speedup_text} |')
         else:
             lines.append(f'| {contender.name} | {torch_rate:.0f} | - | - |')
             notes.append(f'- {contender.name}: {contender.note}')

@@ -196,7 +196,7 @@ def fog(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> tor
     mapsize = 1 << max(1, (max(height, width) - 1).bit_length())
     plasma = plasma_fractal(batch, mapsize, decay, generator, x.device)[:, None, :height, :width].to(x.dtype)
     max_value = x.amax(dim=(1, 2, 3), keepdim=True)
-    return ((x + strength * plasma) * max_value / (max_value + strength)).clamp(0, 1)
+    return (x + strength * plasma).mul_(max_value).div_(max_value + strength).clamp_(0, 1)
 
 
 def contrast(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:

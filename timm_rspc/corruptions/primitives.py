@@ -229,8 +229,8 @@ def plasma_fractal(batch: int, mapsize: int = 256, wibbledecay: float = 3, gener
         field[:, half::step, ::step] = wibbled_mean(
             (centres + centres.roll(1, 2)) + (corners + corners.roll(-1, 1)))
         step, wibble = half, wibble / wibbledecay
-    field = field - field.amin(dim=(1, 2), keepdim=True)
-    return field / field.amax(dim=(1, 2), keepdim=True)
+    field.sub_(field.amin(dim=(1, 2), keepdim=True))
+    return field.div_(field.amax(dim=(1, 2), keepdim=True))
 
 
 def numpy_arange(start: float, stop: float, step: float) -> List[float]:
