@@ -14,7 +14,8 @@ rounds: each round times every corruption's torch batch and then its reference i
 over the rounds, so a change of load on a shared machine affects both sides alike. The reference's input is what its
 functions take, a PIL image (scikit-image's astronaut, chelsea, coffee through ImageNet-C's Resize(256) +
 CenterCrop(224), cycled); the torch input is the same photographs as one batch. Reference functions that cannot run
-here (``motion_blur`` and ``snow`` call ImageMagick through Wand) are skipped with the reason.
+here are skipped with the reason (``motion_blur`` and ``snow`` call ImageMagick through Wand: they run where Wand and
+ImageMagick 6's MagickWand library are installed, as for ``tests/test_corruptions_magick.py``).
 
 Table 2: the time of each corruption on the batch relative to one forward pass of a ViT-S-sized model on the same
 batch (timm ``vit_small_patch16_224``, random initialisation, eval mode, ``torch.no_grad``), timed in the same rounds:
@@ -57,6 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / 'tests'))   # the reference test's helpers: the sdist, its adaptations, the photos
 import test_corruptions_reference as reference_test  # noqa: E402
 from sdists import SdistUnavailable, fetch_sdist  # noqa: E402
+from test_corruptions_magick import MAGICK_ADAPTATIONS  # noqa: E402
 
 from timm_rspc.corruptions import CORRUPTIONS, corrupt  # noqa: E402
 
@@ -66,11 +68,24 @@ MODEL = 'vit_small_patch16_224'
 
 # --- the reference -----------------------------------------------------------------------------------------------
 
+def wand_library():
+    """Wand's ``Image`` and the MagickWand library (``pip install Wand`` and ImageMagick 6's ``libmagickwand``), or
+    None: then ``motion_blur`` and ``snow`` of the reference cannot run."""
+    try:
+        import wand.api
+        import wand.image
+    except ImportError:   # Wand missing, or its ImportError: 'MagickWand shared library not found'
+        return None
+    return wand.image.Image, wand.api.library
+
+
 def load_reference(folder: Path):
-    """Every function of the reference's ``corruptions.py`` (fetched like the reference test fetches it, with the same
+    """Every function of the reference's ``corruptions.py`` (fetched like the reference tests fetch it, with the same
     textual adaptations), defined in a namespace holding the libraries it imports: {name: function}. Its module-level
-    imports (Wand, pkg_resources) are not run; the functions that need them fail when called."""
+    imports are not run; with Wand importable, its ``MotionImage`` class and the ``MagickMotionBlurImage`` declaration
+    are defined as in ``tests/test_corruptions_magick.py``, else the functions that need them fail when called."""
     import ast
+    import ctypes
     import hashlib
     import tarfile
 
@@ -86,17 +101,23 @@ def load_reference(folder: Path):
         raise SdistUnavailable(f'{sdist} is not the reference sdist (sha256 {digest})')
     with tarfile.open(sdist) as tar:
         source = tar.extractfile(reference_test.REFERENCE_MODULE).read().decode()
-    for old, new, _ in reference_test.ADAPTATIONS:
+    for old, new, _ in reference_test.ADAPTATIONS + MAGICK_ADAPTATIONS:
         source = source.replace(old, new)
     namespace = {
         'np': np, 'sk': skimage, 'gaussian': skimage.filters.gaussian, 'PILImage': PIL.Image, 'Image': PIL.Image,
         'scizoom': scipy.ndimage.zoom, 'map_coordinates': scipy.ndimage.map_coordinates, 'cv2': cv2,
-        'BytesIO': io.BytesIO, 'resource_filename': reference_test.frost_photos_loader(folder),
+        'BytesIO': io.BytesIO, 'resource_filename': reference_test.frost_photos_loader(folder), 'ctypes': ctypes,
         '__name__': 'imagenet_c.corruptions',
     }
-    functions = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
-    exec(compile(ast.Module(body=functions, type_ignores=[]), reference_test.REFERENCE_MODULE, 'exec'), namespace)
-    return {node.name: namespace[node.name] for node in functions}
+    body = ast.parse(source).body
+    nodes = [node for node in body if isinstance(node, ast.FunctionDef)]
+    magick = wand_library()
+    if magick is not None:
+        namespace['WandImage'], namespace['wandlibrary'] = magick
+        nodes += [node for node in body if (isinstance(node, ast.ClassDef) and node.name == 'MotionImage') or (
+            isinstance(node, ast.Assign) and 'MagickMotionBlurImage.argtypes' in ast.unparse(node.targets[0]))]
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), reference_test.REFERENCE_MODULE, 'exec'), namespace)
+    return {node.name: namespace[node.name] for node in nodes if isinstance(node, ast.FunctionDef)}
 
 
 # --- timing ------------------------------------------------------------------------------------------------------
@@ -134,9 +155,9 @@ class Contender:
             return
         try:
             single = min(seconds(lambda: self.run_reference(1)) for _ in range(2))
-        except NameError as error:   # a name its module imports at the top (Wand for ImageMagick), not run here
-            self.note = (f'the reference needs `{error.name}`, which its module defines from Wand (ImageMagick); '
-                         f'the module-level imports are not run here')
+        except NameError as error:   # a name its module defines from Wand, which is not importable here
+            self.note = (f'the reference needs `{error.name}`, which its module defines from Wand (ImageMagick): '
+                         f'pip install Wand and ImageMagick 6\'s libmagickwand (see tests/test_corruptions_magick.py)')
             self.reference = None
             return
         except Exception as error:   # noqa: BLE001 - any failure of the reference code means it cannot run here
