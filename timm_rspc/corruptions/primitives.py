@@ -346,8 +346,8 @@ def _disk_filter_plan(radius: float, alias_blur: float):
     (float64): where the disk touches the kernel's edge (radius 8 and 10), ``GaussianBlur``'s reflected border and the
     grid's cut make K differ from G * D by up to ~1e-4 on a few taps; R's taps below 2e-9 (K's own float32 rounding)
     are dropped (at most 6e-7 on the output, below float32 noise of a direct correlation). Returns (half-width of the
-    disk's row at each offset 0..r, the Gaussian's taps scaled by 1 / area, the padding, R's taps (row, column,
-    weight))."""
+    disk's row at each offset 0..r, the Gaussian's taps scaled by 1 / area, the padding, R's taps grouped by row
+    distance: ((|dy|, ((|dx|, weight), ...)), ...))."""
     kernel = _disk_kernel(radius, alias_blur).double()
     half = kernel.shape[-1] // 2
     grid = torch.arange(-half, half + 1, dtype=torch.float64)
@@ -371,7 +371,15 @@ def _disk_filter_plan(radius: float, alias_blur: float):
     remainder[reach:reach + 2 * half + 1, reach:reach + 2 * half + 1] += kernel
     taps_r = [(int(i) - side, int(j) - side, float(remainder[i, j])) for i, j in (remainder.abs() > 2e-9).nonzero()]
     assert all(abs(dy) <= pad and abs(dx) <= pad for dy, dx, _ in taps_r)
-    return widths, tuple((gauss / area ** 0.5).tolist()), pad, tuple(taps_r)
+    # R is symmetric in both axes (up to K's float32 rounding, ~1e-10): grouped by row distance |dy|, each group's
+    # (|dx|, weight) applied once to horizontal pair sums and added at the rows +dy and -dy
+    groups = {}
+    for dy, dx, weight in taps_r:
+        if dy >= 0 and dx >= 0:
+            mirrored = [w for y, x, w in taps_r if abs(y) == dy and abs(x) == dx]
+            groups.setdefault(dy, []).append((dx, sum(mirrored) / len(mirrored)))
+    return widths, tuple((gauss / area ** 0.5).tolist()), pad, tuple(
+        (dy, tuple(sorted(taps))) for dy, taps in sorted(groups.items()))
 
 
 def _weighted_taps(x: torch.Tensor, taps, dim: int, length: int) -> torch.Tensor:
@@ -406,8 +414,21 @@ def disk_filter(x: torch.Tensor, radius: float, alias_blur: float) -> torch.Tens
                 -dy for dy in range(rows + 1) if widths[dy] == half_width}:   # the disk's rows of that width
             disk.add_(box.narrow(-2, rows + dy, inner_h))
     out = _weighted_taps(_weighted_taps(disk, gauss, -2, height), gauss, -1, width)
-    for dy, dx, weight in remainder:
-        out.add_(padded[..., pad + dy:pad + dy + height, pad + dx:pad + dx + width], alpha=weight)
+    if remainder:
+        columns = padded[..., pad:pad + width]
+        pair_sums = {}   # |dx| -> x[.., w - dx] + x[.., w + dx] on all padded rows
+        for _, taps in remainder:
+            for dx, _ in taps:
+                if dx and dx not in pair_sums:
+                    pair_sums[dx] = padded[..., pad - dx:pad - dx + width] + padded[..., pad + dx:pad + dx + width]
+        for dy, taps in remainder:
+            row = None
+            for dx, weight in taps:
+                term = pair_sums[dx] if dx else columns
+                row = term * weight if row is None else row.add_(term, alpha=weight)
+            out.add_(row.narrow(-2, pad + dy, height))
+            if dy:
+                out.add_(row.narrow(-2, pad - dy, height))
     return out
 
 
