@@ -1,7 +1,7 @@
 """The CPU-speed formulations of `timm_rspc.corruptions` give what the direct ones give: the float64 matrix JPEG
-against libjpeg-turbo's butterflies on int64 (the MPS path), the disk filter against the direct correlation, the
-buffered zoom sum against the zooms one by one, the float border folding against `border_index`, and the paths with
-and without autograd against each other. (Fidelity to the reference libraries themselves: test_corruptions.py and
+against libjpeg-turbo's butterflies on int64 (the MPS path), the disk filter (running sums or FFT) against the direct
+correlation, the buffered zoom sum against the zooms one by one, the float border folding against `border_index`,
+and the paths with and without autograd against each other. (Fidelity to the reference libraries themselves: test_corruptions.py and
 test_corruptions_reference.py.)"""
 import pytest
 import torch
@@ -39,6 +39,8 @@ def test_disk_filter_is_the_direct_correlation(severity, size):
     expected = filter2d(x, disk_kernel(radius, alias_blur).double())
     # the dropped remainder taps are K's own float32 rounding: at most 6e-7 in all
     torch.testing.assert_close(disk_filter(x, radius, alias_blur), expected, rtol=0, atol=1e-7)
+    # (C, H, W) takes the running sums and remainder taps also where 4-D images take the FFT (severities 4, 5)
+    torch.testing.assert_close(disk_filter(x[0], radius, alias_blur), expected[0], rtol=0, atol=1e-7)
 
 
 def test_clipped_zoom_sum_is_the_sum_of_the_zooms_with_and_without_autograd():
