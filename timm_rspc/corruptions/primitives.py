@@ -428,7 +428,7 @@ def disk_filter(x: torch.Tensor, radius: float, alias_blur: float) -> torch.Tens
     in float32: 5e-7). Differentiable."""
     widths, gauss, pad, remainder = _disk_filter_plan(float(radius), float(alias_blur))
     height, width = x.shape[-2:]
-    if remainder and x.dim() == 4 and x.dtype in (torch.float32, torch.float64):
+    if remainder and x.dim() == 4 and x.dtype in (torch.float32, torch.float64) and x.device.type in ('cpu', 'cuda'):
         # the kernel touches its grid's edge (radius 8 and 10): too many remainder taps, the FFT is faster
         return _fft_correlate(x, _disk_kernel(float(radius), float(alias_blur)))
     rows, reach = len(widths) - 1, len(gauss) // 2
