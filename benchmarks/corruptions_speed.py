@@ -211,7 +211,7 @@ def machine_line(threads: int) -> str:
 
 
 def format_report(contenders, args, forward_times, machine: str) -> str:
-    lines = [f'## ImageNet-C corruptions on the CPU: torch vs the reference, and vs a ViT-S forward pass', '',
+    lines = ['## ImageNet-C corruptions on the CPU: torch vs the reference, and vs a ViT-S forward pass', '',
              f'Measured by `python benchmarks/corruptions_speed.py{" --quick" if args.quick else ""}` on {machine}. '
              f'Severity {args.severity}; torch on a batch of {args.batch_size} images of 224 px (float32), the '
              f'reference (`imagenet_c` 0.0.3) on one image at a time; medians of {args.repeats} interleaved rounds.',

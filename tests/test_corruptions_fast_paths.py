@@ -1,8 +1,8 @@
 """The CPU-speed formulations of `timm_rspc.corruptions` give what the direct ones give: the float64 matrix JPEG
 against libjpeg-turbo's butterflies on int64 (the MPS path), the disk filter (running sums or FFT) against the direct
 correlation, the buffered zoom sum against the zooms one by one, the float border folding against `border_index`,
-and the paths with and without autograd against each other. (Fidelity to the reference libraries themselves: test_corruptions.py and
-test_corruptions_reference.py.)"""
+and the paths with and without autograd against each other. (Fidelity to the reference libraries themselves:
+test_corruptions.py and test_corruptions_reference.py.)"""
 import pytest
 import torch
 

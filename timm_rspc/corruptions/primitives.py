@@ -26,9 +26,8 @@ from . import draws
 from .draws import Generators
 
 __all__ = [
-    'gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'clipped_zoom_sum', 'numpy_arange', 'disk_kernel',
-    'filter2d',
-    'disk_filter', 'border_index', 'sample_bilinear',
+    'gaussian_filter', 'box_resize', 'plasma_fractal', 'clipped_zoom', 'clipped_zoom_sum', 'numpy_arange',
+    'disk_kernel', 'filter2d', 'disk_filter', 'border_index', 'sample_bilinear',
 ]
 
 
@@ -295,7 +294,8 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
         first, second, weight = (t.to(x.device) for t in _zoom_taps(size, zoom))
         lines = x.reshape(-1, size) if dim == -1 else x.reshape(-1, size, shape[-1])   # fast index_select views
         weight = weight.to(x.dtype).view((size,) if dim == -1 else (size, 1))
-        x = (lines.index_select(1, first) * (1 - weight) + lines.index_select(1, second) * weight).view(shape)
+        near = lines.index_select(1, first) * (1 - weight)
+        x = torch.addcmul(near, lines.index_select(1, second), weight).view(shape)   # as clipped_zoom_sum computes
     return x
 
 
@@ -316,10 +316,10 @@ def clipped_zoom_sum(x: torch.Tensor, zooms) -> torch.Tensor:
         cols_weight, rows_weight = cols_weight.to(x.dtype), rows_weight.to(x.dtype).view(-1, 1)
         left = torch.index_select(lines, 1, cols_first, out=buffers[0])
         right = torch.index_select(lines, 1, cols_second, out=buffers[1])
-        along = left.mul_(1 - cols_weight).add_(right.mul_(cols_weight)).view(-1, height, width)
+        along = left.mul_(1 - cols_weight).addcmul_(right, cols_weight).view(-1, height, width)
         upper = torch.index_select(along, 1, rows_first, out=buffers[2].view(-1, height, width))
         lower = torch.index_select(along, 1, rows_second, out=buffers[3].view(-1, height, width))
-        total.add_(upper.mul_(1 - rows_weight).add_(lower.mul_(rows_weight)).view_as(x))
+        total.add_(upper.mul_(1 - rows_weight).addcmul_(lower, rows_weight).view_as(x))
     return total
 
 
