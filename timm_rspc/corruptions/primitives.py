@@ -120,9 +120,9 @@ def sample_bilinear(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mod
         index = torch.add(row_start, col).long().reshape(batch, 1, -1).expand(-1, channels, -1)
         return flat.gather(2, index).view(batch, channels, *rows.shape[1:])
     # in place on the gathered copies (autograd needs none of the overwritten values)
-    above = tap(upper, first).mul_(1 - right).add_(tap(upper, second).mul_(right))
-    below = tap(lower, first).mul_(1 - right).add_(tap(lower, second).mul_(right))
-    return above.mul_(1 - down).add_(below.mul_(down))
+    above = tap(upper, first).mul_(1 - right).addcmul_(tap(upper, second), right)
+    below = tap(lower, first).mul_(1 - right).addcmul_(tap(lower, second), right)
+    return above.mul_(1 - down).addcmul_(below, down)
 
 
 def _fold(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
