@@ -3,8 +3,12 @@
 ``corrupt(name, pixels, severity, generator)`` on (B, 3, H, W) pixels in [0, 1]; ``CORRUPTIONS`` (name -> function
 ``f(pixels, severity=1, generator=None)``), ``CATEGORIES`` (noise / blur / weather / digital), ``EXTRA`` (ImageNet-C's
 held-out corruptions), ``FIDELITY`` (*exact* or *in distribution*, see `imagenet_c`), ``SEVERITIES`` (the reference's
-constants); ``generator`` is one ``torch.Generator`` for the batch or one per image (`per_image_generators`: an
-image's corruption is then the same in any batch). So far, each with a test against the reference code (``tests/test_corruptions_reference.py``):
+constants); ``constants`` picks the reference's set of severity constants: ``'imagenet'`` (default, ImageNet-C, 224
+px), ``'cifar'`` (CIFAR-10-C / CIFAR-100-C, 32 px) or ``'tinyimagenet'`` (Tiny-ImageNet-C, 64 px), all in
+``SEVERITIES_BY_CONSTANTS`` (checked against the 32 / 64 px scripts by ``tests/test_corruptions_small.py``);
+``generator`` is one ``torch.Generator`` for the batch or one per image (`per_image_generators`: an image's corruption
+is then the same in any batch). ``f(pixels, severity, generator, constants='imagenet')``. So far, each with a test
+against the reference code (``tests/test_corruptions_reference.py``):
 
 | corruption | category | fidelity |
 |---|---|---|
@@ -40,7 +44,8 @@ anti-aliased disk, the diamond-square plasma fractal); `jpeg` is Pillow's (libjp
 motion blur (``magick_motion_blur``) and the two corruptions made with it.
 """
 from .imagenet_c import (
-    CATEGORIES, CORRUPTIONS, EXTRA, FIDELITY, SEVERITIES, brightness, contrast, corrupt, defocus_blur,
+    CATEGORIES, CONSTANTS, CORRUPTIONS, EXTRA, FIDELITY, FROST_PHOTO_SCALES, NATIVE_SIZES, SEVERITIES,
+    SEVERITIES_BY_CONSTANTS, brightness, contrast, corrupt, defocus_blur,
     elastic_transform, fog, frost, gaussian_blur, gaussian_noise, impulse_noise, jpeg_compression, pixelate, saturate,
     shot_noise, speckle_noise, zoom_blur,
 )
@@ -49,12 +54,14 @@ from .spatter import box_blur3, canny, distance_transform, equalize_hist, spatte
 from .motion import magick_motion_blur, motion_blur, snow
 from .draws import Generators, per_image_generators
 from .jpeg import jpeg_round_trip
+from .resize import frost_images_scaled, opencv_resize_linear
 from .primitives import (
     border_index, box_resize, clipped_zoom, disk_kernel, filter2d, gaussian_filter, plasma_fractal, sample_bilinear,
 )
 
 __all__ = [
-    'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'corrupt', 'gaussian_noise', 'shot_noise',
+    'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'CONSTANTS',
+    'NATIVE_SIZES', 'FROST_PHOTO_SCALES', 'opencv_resize_linear', 'frost_images_scaled', 'corrupt', 'gaussian_noise', 'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
     'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'Generators', 'per_image_generators',
     'jpeg_round_trip', 'border_index', 'glass_blur', 'glass_shuffle', 'spatter', 'canny', 'distance_transform',

@@ -51,10 +51,17 @@ from .draws import Generators
 from .primitives import gaussian_filter
 from .severity import constant as severity_constant
 
-__all__ = ['SEVERITIES', 'glass_blur', 'glass_shuffle']
+__all__ = ['SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'glass_blur', 'glass_shuffle']
 
 # (sigma of both Gaussian blurs, max_delta d: offsets -d .. d - 1, passes of the shuffle); the reference's constants.
 SEVERITIES = {'glass_blur': ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))}
+# The same per set of constants (`severity`): make_cifar_c.py's (32 px) and make_tinyimagenet_c.py's (64 px); their
+# loop runs over 32 - d .. d + 1 and 64 - d .. d + 1, the image's side as here.
+SEVERITIES_BY_CONSTANTS = {
+    'imagenet': SEVERITIES,
+    'cifar': {'glass_blur': ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))},
+    'tinyimagenet': {'glass_blur': ((0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2))},
+}
 
 
 def _wide(device) -> torch.dtype:
@@ -94,13 +101,15 @@ def glass_shuffle(x: torch.Tensor, offsets: torch.Tensor, max_delta: int) -> tor
     return values.gather(2, origin[:, None, :].expand(-1, channels, -1)).view_as(x)
 
 
-def glass_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
+def glass_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None, constants: str = 'imagenet'
+               ) -> torch.Tensor:
     """scikit-image's ``gaussian`` (sigma 0.7, 0.9, 1, 1.1, 1.5), truncated to 8 bits, 2, 1, 3, 2, 2 passes of the
     reference's local pixel copies (each visited pixel takes the value of the pixel at a random offset in
     ``-d .. d - 1`` rows and columns, d = 1, 2, 2, 3, 4, in the reference's sequential order: `glass_shuffle`),
     then the same ``gaussian`` again. In distribution (exact given the same draws: the reference's loop is
-    reproduced step for step, see the module docstring)."""
-    sigma, max_delta, passes = severity_constant(SEVERITIES, 'glass_blur', severity)
+    reproduced step for step, see the module docstring). ``constants``: the set of severity constants (`severity`:
+    ``'imagenet'``, ``'cifar'``, ``'tinyimagenet'``)."""
+    sigma, max_delta, passes = severity_constant(SEVERITIES_BY_CONSTANTS, 'glass_blur', severity, constants)
     batch, _, height, width = x.shape
     wide = _wide(x.device)
     levels = x.to(wide) * 255

@@ -31,13 +31,28 @@ from .draws import Generators
 from .primitives import clipped_zoom
 from .severity import constant as severity_constant
 
-__all__ = ['SEVERITIES', 'motion_blur', 'snow', 'magick_motion_blur']
+__all__ = ['SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'motion_blur', 'snow', 'magick_motion_blur']
 
 SEVERITIES = {
     'motion_blur': ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),   # (radius, sigma) of ImageMagick's motion blur
     # (normal mean, normal std, zoom, threshold, blur radius, blur sigma, image weight)
     'snow': ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
              (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)),
+}
+# The same per set of constants (`severity`): make_cifar_c.py's (32 px) and make_tinyimagenet_c.py's (64 px), the
+# same code (snow's zoom 1 at severities 1 and 2: ``clipped_zoom`` by 1 leaves the layer as it is).
+SEVERITIES_BY_CONSTANTS = {
+    'imagenet': SEVERITIES,
+    'cifar': {
+        'motion_blur': ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+        'snow': ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+                 (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+    },
+    'tinyimagenet': {
+        'motion_blur': ((10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)),
+        'snow': ((0.1, 0.2, 1, 0.6, 8, 3, 0.8), (0.1, 0.2, 1, 0.5, 10, 4, 0.8), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+                 (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)),
+    },
 }
 
 _SQ2PI = 2.50662827463100024161235523934010416269302368164062   # ImageMagick's MagickSQ2PI
@@ -128,25 +143,28 @@ def _to_8bit(x: torch.Tensor) -> torch.Tensor:
     return _straight_through(levels, torch.floor(levels.detach() + 0.5).clamp(0, 255))
 
 
-def motion_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
+def motion_blur(x: torch.Tensor, severity: int = 1, generator: Generators = None, constants: str = 'imagenet'
+                ) -> torch.Tensor:
     """ImageMagick's motion blur (`magick_motion_blur`) with (radius, sigma) = (10, 3), (15, 5), (15, 8), (15, 12),
     (20, 15) along an angle ``U(-45, 45)`` degrees per image (the reference's ``np.random.uniform(-45, 45)``, in
     float64 from one ``torch.rand`` draw): each pixel becomes a one-sided Gaussian average of itself and the 20 to 40
     pixels after it along the angle (per step ``cos a`` columns right and ``sin a`` rows down), edge pixels repeating.
     The image is taken as 8 bits (rounded: the reference's input is an 8-bit image) and the result is 8-bit, as the
     reference's PNG round trip. In distribution (exact, bit-identical, given the same angle); differentiable
-    (straight through the roundings)."""
-    radius, sigma = severity_constant(SEVERITIES, 'motion_blur', severity)
+    (straight through the roundings). ``constants``: the set of severity constants (`severity`)."""
+    radius, sigma = severity_constant(SEVERITIES_BY_CONSTANTS, 'motion_blur', severity, constants)
     angles = _uniform(-45, 45, x.shape[0], generator, x.device)
     return (magick_motion_blur(_to_8bit(x), radius, sigma, angles) / 255).clamp(0, 1)
 
 
-def _snow_layer(batch: int, height: int, width: int, severity: int, generator: Generators, device) -> torch.Tensor:
+def _snow_layer(batch: int, height: int, width: int, severity: int, generator: Generators, device,
+                constants: str = 'imagenet') -> torch.Tensor:
     """The reference's snow layer, (B, 1, H, W) whole grey levels 0..255 in float64: ``N(mean, std)`` per pixel
     (``np.random.normal``, from float32 ``torch.randn`` draws), enlarged by ``clipped_zoom`` (zoom 3, 2, 4, 4.5, 2.5),
     values below the threshold set to 0, clipped to [0, 1] and truncated to 8 bits (``astype(np.uint8)``), then
     motion-blurred by ImageMagick along an angle ``U(-135, -45)`` degrees (drawn after the normals, as numpy's)."""
-    mean, std, zoom, threshold, radius, sigma, _ = severity_constant(SEVERITIES, 'snow', severity)
+    mean, std, zoom, threshold, radius, sigma, _ = severity_constant(SEVERITIES_BY_CONSTANTS, 'snow', severity,
+                                                                     constants)
     wide = _wide(device)
     normal = draws.randn((batch, 1, height, width), generator, device=device)
     layer = clipped_zoom(mean + std * normal.to(wide), zoom)
@@ -156,17 +174,19 @@ def _snow_layer(batch: int, height: int, width: int, severity: int, generator: G
     return magick_motion_blur(levels, radius, sigma, angles)
 
 
-def snow(x: torch.Tensor, severity: int = 1, generator: Generators = None) -> torch.Tensor:
+def snow(x: torch.Tensor, severity: int = 1, generator: Generators = None, constants: str = 'imagenet'
+         ) -> torch.Tensor:
     """Falling snow: the image whitened, ``w x + (1 - w) max(x, 1.5 grey + 0.5)`` in float32 (grey: OpenCV's
     ``RGB2GRAY``, ``0.299 R + 0.587 G + 0.114 B``, `_opencv_grey`; w = 0.8, 0.7, 0.7, 0.65, 0.55), plus a snow layer
     (`_snow_layer`: thresholded, zoomed Gaussian noise streaked by ImageMagick's motion blur, one per image, the same
     in the three channels) and the same layer rotated by 180 degrees, in float64. (mean, std, zoom, threshold, radius,
     sigma, w) are the reference's, e.g. (0.1, 0.3, 3, 0.5, 10, 4, 0.8) at severity 1. In distribution (exact given
     the same draws, the normals and then the angle: bit-identical for float64 pixels; float32 output may round a value
-    just below a grey level up to it); differentiable in the image."""
-    weight = severity_constant(SEVERITIES, 'snow', severity)[6]
+    just below a grey level up to it); differentiable in the image. ``constants``: the set of severity constants
+    (`severity`)."""
+    weight = severity_constant(SEVERITIES_BY_CONSTANTS, 'snow', severity, constants)[6]
     batch, _, height, width = x.shape
-    layer = _snow_layer(batch, height, width, severity, generator, x.device) / 255
+    layer = _snow_layer(batch, height, width, severity, generator, x.device, constants) / 255
     image = x.float()   # the reference's float32 image
     whitened = weight * image + (1 - weight) * torch.maximum(image, _opencv_grey(image) * 1.5 + 0.5)
     out = whitened.to(layer.dtype) + layer + layer.flip(-2, -1)

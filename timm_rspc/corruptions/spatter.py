@@ -48,11 +48,21 @@ from .draws import Generators
 from .primitives import border_index, filter2d, gaussian_filter
 from .severity import constant as severity_constant
 
-__all__ = ['SEVERITIES', 'spatter', 'canny', 'distance_transform', 'equalize_hist', 'box_blur3']
+__all__ = ['SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'spatter', 'canny', 'distance_transform', 'equalize_hist', 'box_blur3']
 
 # (loc, scale, sigma, threshold, intensity (mode 0) or mask sigma (mode 1), mode: 0 water, 1 mud): the reference's.
 SEVERITIES = {'spatter': ((0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
                           (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1))}
+# The same per set of constants (`severity`): make_cifar_c.py's (32 px) and make_tinyimagenet_c.py's (64 px), the
+# same code.
+SEVERITIES_BY_CONSTANTS = {
+    'imagenet': SEVERITIES,
+    'cifar': {'spatter': ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
+                          (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1))},
+    'tinyimagenet': {'spatter': ((0.62, 0.1, 0.7, 0.7, 0.6, 0), (0.65, 0.1, 0.8, 0.7, 0.6, 0),
+                                 (0.65, 0.3, 1, 0.69, 0.6, 0), (0.65, 0.1, 0.7, 0.68, 0.6, 1),
+                                 (0.65, 0.1, 0.5, 0.67, 0.6, 1))},
+}
 WATER = (175 / 255, 238 / 255, 238 / 255)      # pale turquoise, added in the image's channel order
 MUD = (63 / 255, 42 / 255, 20 / 255)           # mud brown
 EDGE_KERNEL = ((-2, -1, 0), (-1, 1, 1), (0, 1, 2))
@@ -207,14 +217,16 @@ def _mud(x: torch.Tensor, liquid: torch.Tensor, threshold: float, sigma: float) 
     return (x * (1 - m).to(x.dtype) + (colour * m).to(x.dtype)).clamp(0, 1)
 
 
-def spatter(x: torch.Tensor, severity: int = 1, generator: Generators = None, fixed_point: bool = False
-            ) -> torch.Tensor:
+def spatter(x: torch.Tensor, severity: int = 1, generator: Generators = None, fixed_point: bool = False,
+            constants: str = 'imagenet') -> torch.Tensor:
     """Water drops (severities 1-3: a turquoise tint along the rims of blurred-noise blobs, shaded by OpenCV's Canny,
     distance transform, histogram equalisation and an emboss kernel) or mud (severities 4, 5: brown blobs), from one
     normal field per image (ImageNet-C's extra corruption; see the module docstring). ``fixed_point``: the distance
     transform as OpenCV computes it without IPP (non-x86 wheels) instead of IPP's float32. In distribution (exact
-    given the same normal draws)."""
-    loc, scale, sigma, threshold, intensity, mode = severity_constant(SEVERITIES, 'spatter', severity)
+    given the same normal draws). ``constants``: the set of severity constants (`severity`: ``'imagenet'``,
+    ``'cifar'``, ``'tinyimagenet'``)."""
+    loc, scale, sigma, threshold, intensity, mode = severity_constant(SEVERITIES_BY_CONSTANTS, 'spatter', severity,
+                                                                      constants)
     batch, _, height, width = x.shape
     wide = _wide(x.device)
     noise = draws.randn((batch, height, width), generator, dtype=wide, device=x.device)
