@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -49,8 +50,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STEP_MODELS = ('rvt_tiny_plus', 'fan_tiny_8_p4_hybrid', 'vit_tiny_patch16_224')
 FAMILY_MODELS = ('swin_tiny_patch4_window7_224', 'convnext_atto', 'pvt_v2_b0')
 SECTIONS = ('step', 'memory', 'authors', 'inference', 'kernels', 'sync', 'families')
-# The block of RESULTS.md that benchmarks/gpu_check.py writes and write_report keeps.
+# The blocks of RESULTS.md that other scripts write (benchmarks/gpu_check.py, corruptions_speed.py, ...), each between
+# `<!-- NAME: begin -->` and `<!-- NAME: end -->`: write_report keeps them.
 GPU_CHECK_MARKERS = ('<!-- gpu_check: begin -->', '<!-- gpu_check: end -->')
+OTHER_SCRIPTS_BLOCK = re.compile(r'<!-- (?P<name>[\w.-]+): begin -->.*?<!-- (?P=name): end -->', re.S)
 
 
 # --- timing ------------------------------------------------------------------------------------------------------
@@ -463,9 +466,8 @@ def write_report(results: Dict, path_md: str) -> None:
                 lines.append(f"- {section.get('skipped') or section.get('host_device_syncs')}")
             lines.append('')
     previous = open(path_md).read() if os.path.exists(path_md) else ''
-    begin, end = GPU_CHECK_MARKERS
-    if begin in previous and end in previous:  # benchmarks/gpu_check.py's tables (another card, maybe) stay
-        lines += [previous[previous.index(begin):previous.index(end) + len(end)], '']
+    for block in OTHER_SCRIPTS_BLOCK.finditer(previous):   # e.g. gpu_check.py's tables (another card, maybe) stay
+        lines += [block.group(0), '']
     with open(path_md, 'w') as f:
         f.write('\n'.join(lines))
 

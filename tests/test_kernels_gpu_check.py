@@ -47,10 +47,13 @@ def test_dry_run_runs_every_section_or_says_why_not(gpu_check, tmp_path, capsys)
     assert gpu_check.main(['--dry-run', '--models', 'vit_tiny_patch16_224', '--only', 'ddp',
                            '--output', str(results)]) == 0
     assert results.read_text().count(gpu_check.BEGIN) == 1 and '### kernels' not in results.read_text()
+    speed = '<!-- corruptions_speed: begin -->\n| corruption | ... |\n<!-- corruptions_speed: end -->'
+    results.write_text(results.read_text() + '\n' + speed + '\n')   # another script's block, after gpu_check's
     suite = _load('run')
     suite.write_report(dict(machine=suite.describe_machine(torch.device('cpu')), argv=[], img_size=32, repeats=1,
                             sections={}), str(results))
-    assert results.read_text().count(gpu_check.BEGIN) == 1 and '### ddp: skipped' in results.read_text()
+    text = results.read_text()
+    assert text.count(gpu_check.BEGIN) == 1 and '### ddp: skipped' in text and text.count(speed) == 1
 
 
 def test_a_mismatch_fails_loudly(gpu_check, monkeypatch, capsys):
