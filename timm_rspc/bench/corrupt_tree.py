@@ -27,8 +27,8 @@ from timm_rspc.files import LOCK_NAME, PARTIAL_PATTERN, FolderBusy, FolderLock, 
 
 from .evaluate import WORKERS
 from .on_the_fly import (
-    DEFAULT_SEED, DEFAULT_SEVERITIES, JPEG_QUALITY, OnTheFlyCorruption, read_image_folder, resolve_corruptions,
-    resolve_severities,
+    CONSTANTS_NAMES, DEFAULT_SEED, DEFAULT_SEVERITIES, JPEG_QUALITY, OnTheFlyCorruption, constants_size_warning,
+    read_image_folder, resolve_corruptions, resolve_severities,
 )
 
 __all__ = ['write_corrupted_tree', 'CorruptInterrupted', 'RESIZE', 'CROP', 'JPEG_QUALITY', 'BATCH_SIZE', 'WORKERS',
@@ -65,9 +65,13 @@ def _file_names(folder) -> List[str]:
     return names
 
 
-def _identity(folder, seed: int, resize: int, crop: int, quality: int) -> Dict[str, Any]:
+def _identity(folder, seed: int, resize: int, crop: int, quality: int, constants: str) -> Dict[str, Any]:
     return {'source': os.path.abspath(folder.root), 'images': len(folder.samples), 'fingerprint': folder.fingerprint,
-            'seed': seed, 'resize': resize, 'crop': crop, 'jpeg_quality': quality}
+            'seed': seed, 'resize': resize, 'crop': crop, 'jpeg_quality': quality, 'constants': constants}
+
+
+# What a manifest written before a key existed meant by it: trees before --corruption-constants used ImageNet-C's.
+_WRITTEN_BEFORE = {'constants': 'imagenet'}
 
 
 def _check_destination(dst: str, src: str, identity: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -85,9 +89,9 @@ def _check_destination(dst: str, src: str, identity: Dict[str, Any]) -> Optional
                               "or empty folder (nothing was written).")
     with open(manifest) as f:
         recorded = json.load(f)
-    changed = [k for k in identity if recorded.get(k) != identity[k]]
+    changed = [k for k in identity if recorded.get(k, _WRITTEN_BEFORE.get(k)) != identity[k]]
     if changed:
-        what = ', '.join(f'{k} {recorded.get(k)!r} (now {identity[k]!r})' for k in changed
+        what = ', '.join(f'{k} {recorded.get(k, _WRITTEN_BEFORE.get(k))!r} (now {identity[k]!r})' for k in changed
                          if k != 'fingerprint') or 'the source images changed'
         raise FileExistsError(f"DST '{dst}' holds another corrupted tree ({what}); write to a new folder, or run the "
                               "command that made it (nothing was written).")
@@ -122,6 +126,7 @@ def write_corrupted_tree(
         extra: bool = False,
         severities: Sequence[int] = DEFAULT_SEVERITIES,
         seed: int = DEFAULT_SEED,
+        constants: str = 'imagenet',
         resize: int = RESIZE,
         crop: int = CROP,
         quality: int = JPEG_QUALITY,
@@ -135,8 +140,10 @@ def write_corrupted_tree(
     returns the manifest plus ``written`` (files written now) and ``skipped`` (complete files already there).
 
     ``corruptions`` None: ImageNet-C's corruptions available in `timm_rspc.corruptions` (``extra`` adds the extra
-    ones). Every mistake that needs no decoding is raised before anything is read; an unreadable image before
-    anything is written. Ctrl-C raises `CorruptInterrupted`.
+    ones). ``constants``: the reference's severity constants (``'imagenet'``, ``'cifar'``, ``'tinyimagenet'``:
+    `on_the_fly.CorruptOptions`; a crop far from their native size is said in one line). Every mistake that needs no
+    decoding is raised before anything is read; an unreadable image before anything is written. Ctrl-C raises
+    `CorruptInterrupted`.
     """
     from timm.data.transforms import MaybePILToTensor
     from torchvision import transforms
@@ -152,10 +159,12 @@ def write_corrupted_tree(
         raise ValueError(f'--quality must be 1..100 (ImageNet-C: 85), got {quality}.')
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f'--corruption-seed must be a whole number >= 0, got {seed!r}.')
+    if constants not in CONSTANTS_NAMES:
+        raise ValueError(f'--corruption-constants must be one of {", ".join(CONSTANTS_NAMES)}, got {constants!r}.')
     device = torch.device(_check_run_values(batch_size, workers, device, None))
     folder = read_image_folder(src, 'timm-rspc corrupt SRC')
     files = _file_names(folder)
-    identity = _identity(folder, seed, resize, crop, quality)
+    identity = _identity(folder, seed, resize, crop, quality, constants)
     _check_destination(dst, src, identity)
     splits = [(n, s) for n in names for s in levels]
     done = _existing(dst) if os.path.isdir(dst) else set()
@@ -196,6 +205,9 @@ def write_corrupted_tree(
         done = _existing(dst, clean=True)
         todo = {(n, s): {i for i, f in enumerate(files) if f'{n}/{s}/{f}' not in done} for n, s in splits}
         total = sum(len(v) for v in todo.values())
+        warning = constants_size_warning(constants, (crop, crop))
+        if warning:
+            say(f'timm-rspc corrupt: warning: {warning}')
         say(f"timm-rspc corrupt: {len(folder.samples)} images x {len(splits)} corruption x severity splits -> "
             f"'{dst}' ({total} files to write, {len(splits) * len(files) - total} already there)")
         bar = tqdm(total=total, desc='writing', unit='file', dynamic_ncols=True, disable=not progress)
@@ -208,7 +220,7 @@ def write_corrupted_tree(
                     if not rows:
                         continue
                     chosen = [indices[j] for j in rows]
-                    out = OnTheFlyCorruption(name, severity, seed)(pixels[rows], chosen)
+                    out = OnTheFlyCorruption(name, severity, seed, constants=constants)(pixels[rows], chosen)
                     arrays = out.permute(0, 2, 3, 1).cpu().numpy()
                     paths = [os.path.join(dst, name, str(severity), *files[i].split('/')) for i in chosen]
                     for path in {os.path.dirname(p) for p in paths}:

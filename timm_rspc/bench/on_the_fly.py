@@ -25,13 +25,16 @@ import torch
 __all__ = [
     'CorruptOptions', 'DEFAULT_SEVERITIES', 'DEFAULT_SEED', 'available_corruptions', 'default_corruptions',
     'JPEG_QUALITY', 'resolve_corruptions', 'resolve_severities', 'parse_list', 'image_seed', 'to_8bit',
-    'OnTheFlyCorruption',
+    'OnTheFlyCorruption', 'CONSTANTS_NAMES', 'constants_size_warning',
     'ImageFolder', 'read_image_folder',
 ]
 
 DEFAULT_SEVERITIES: Tuple[int, ...] = (1, 2, 3, 4, 5)
 DEFAULT_SEED = 0
 JPEG_QUALITY = 85   # ImageNet-C's files: make_imagenet_c.py saves with Pillow, quality=85
+# The reference's sets of severity constants (`timm_rspc.corruptions.severity`) and the data set each made.
+CONSTANTS_NAMES = {'imagenet': 'ImageNet-C (224 px)', 'cifar': 'CIFAR-10-C / CIFAR-100-C (32 px)',
+                   'tinyimagenet': 'Tiny-ImageNet-C (64 px)'}
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,9 @@ class CorruptOptions:
     else its pretrained weights) is evaluated in the same run on the same corrupted images, or
     ``reference_results`` is the ``results.json`` of an earlier ``--corrupt`` run on the same folder: the CE / mCE
     are relative to that model. Neither: errors only. ``jpeg_quality``: the corrupted 8-bit images go through a
-    JPEG round trip of this quality, as ImageNet-C's saved files did (None or 0: none).
+    JPEG round trip of this quality, as ImageNet-C's saved files did (None or 0: none). ``constants``: the reference's
+    severity constants, ``'imagenet'`` (ImageNet-C's, made for 224 px images), ``'cifar'`` (CIFAR-10-C's, 32 px) or
+    ``'tinyimagenet'`` (Tiny-ImageNet-C's, 64 px).
     """
     corruptions: Optional[Tuple[str, ...]] = None
     extra: bool = False
@@ -54,6 +59,7 @@ class CorruptOptions:
     reference_checkpoint: Optional[str] = None
     reference_results: Optional[str] = None
     jpeg_quality: Optional[int] = JPEG_QUALITY
+    constants: str = 'imagenet'
     # resolved names (filled by `resolved`), in evaluation order
     names: Tuple[str, ...] = field(default=(), compare=False)
 
@@ -69,6 +75,9 @@ class CorruptOptions:
         if self.jpeg_quality is not None and not (isinstance(self.jpeg_quality, int) and 0 <= self.jpeg_quality <= 100):
             raise ValueError(f'--corrupt-jpeg-quality must be 1..100 (ImageNet-C: {JPEG_QUALITY}) or 0 for no JPEG '
                              f'round trip, got {self.jpeg_quality!r}.')
+        if self.constants not in CONSTANTS_NAMES:
+            raise ValueError(f'--corruption-constants must be one of {", ".join(CONSTANTS_NAMES)}, got '
+                             f'{self.constants!r}.')
         names = resolve_corruptions(self.corruptions, self.extra)
         severities = resolve_severities(self.severities)
         return CorruptOptions(**{**asdict(self), 'names': names, 'severities': severities,
@@ -149,6 +158,20 @@ def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], 'little') >> 1
 
 
+def constants_size_warning(constants: str, size: Sequence[int]) -> Optional[str]:
+    """One line when the corrupted images' side (``size``: (..., H, W)) is more than twice or less than half the
+    side the constants were made for (e.g. CIFAR-10-C's 32 px constants on 224 px images), else None: the constants
+    are in pixels (blur radii, zooms, noise scales per image), so their severity means something else there."""
+    from timm_rspc.corruptions import NATIVE_SIZES
+    native, side = NATIVE_SIZES[constants], max(int(v) for v in tuple(size)[-2:])
+    if native / 2 <= side <= native * 2:
+        return None
+    better = min(NATIVE_SIZES, key=lambda name: abs(NATIVE_SIZES[name] - side))
+    return (f"the {constants} corruption constants were made for {native} px images ({CONSTANTS_NAMES[constants]}) "
+            f"and these are {side} px: the severities are not the data set's"
+            + (f"; --corruption-constants {better} is closer" if better != constants else '') + '.')
+
+
 def to_8bit(pixels: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats -> uint8 as ImageNet-C's files were made (``np.uint8(x * 255)``: truncation)."""
     return (pixels * 255).clamp_(0, 255).floor_().to(torch.uint8)
@@ -159,15 +182,17 @@ class OnTheFlyCorruption:
     pixels`` (uint8, the whole batch on the pixels' device; one generator per image), then, with ``jpeg_quality``,
     the JPEG round trip of ImageNet-C's saved files (Pillow's, bit for bit, on the device)."""
 
-    def __init__(self, name: str, severity: int, seed: int = DEFAULT_SEED, jpeg_quality: Optional[int] = None):
+    def __init__(self, name: str, severity: int, seed: int = DEFAULT_SEED, jpeg_quality: Optional[int] = None,
+                 constants: str = 'imagenet'):
         self.name, self.severity, self.seed = name, int(severity), int(seed)
         self.jpeg_quality = jpeg_quality or None
+        self.constants = constants
 
     def __call__(self, pixels: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         from timm_rspc.corruptions import corrupt, jpeg_round_trip, per_image_generators
         seeds = [image_seed(self.seed, self.name, self.severity, i) for i in indices]
         generators = per_image_generators(seeds, pixels.device)
-        corrupted = to_8bit(corrupt(self.name, pixels, self.severity, generators))
+        corrupted = to_8bit(corrupt(self.name, pixels, self.severity, generators, constants=self.constants))
         if self.jpeg_quality is None:
             return corrupted
         decoded = jpeg_round_trip(corrupted.float().div_(255), self.jpeg_quality)
@@ -175,7 +200,8 @@ class OnTheFlyCorruption:
 
     def __repr__(self) -> str:
         jpeg = f', jpeg_quality={self.jpeg_quality}' if self.jpeg_quality else ''
-        return f'OnTheFlyCorruption({self.name!r}, {self.severity}, seed={self.seed}{jpeg})'
+        constants = f', constants={self.constants!r}' if self.constants != 'imagenet' else ''
+        return f'OnTheFlyCorruption({self.name!r}, {self.severity}, seed={self.seed}{jpeg}{constants})'
 
 
 @dataclass
@@ -249,9 +275,10 @@ def corruption_plan(folder: ImageFolder, labels_kind: str, options: CorruptOptio
         'extra': [n for n in options.names if n in registry.EXTRA],
         'noise': [n for n in options.names if registry.CATEGORIES.get(n) == 'noise'],
         'not_available': [n for n in IMAGENET_C_CORRUPTIONS if n not in registry.CORRUPTIONS],
-        'jpeg_quality': options.jpeg_quality,
+        'jpeg_quality': options.jpeg_quality, 'constants': options.constants,
         'transform': f"the model's eval transform (decode, resize, crop to {size}), then corrupted in [0, 1] on the "
-                     "device, truncated to 8 bits (as ImageNet-C's files), "
+                     f"device with the severity constants of {CONSTANTS_NAMES[options.constants]}, truncated to 8 "
+                     "bits (as ImageNet-C's files), "
                      + (f"JPEG quality {options.jpeg_quality} round trip (as ImageNet-C's files), "
                         if options.jpeg_quality else "no JPEG round trip, ") + "then normalised",
     }
@@ -285,6 +312,10 @@ def read_reference_results(path: str, plan: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"--reference-results '{path}' was evaluated with --corrupt-jpeg-quality "
                          f"{theirs.get('jpeg_quality') or 0}, this run with {plan['jpeg_quality'] or 0}: other "
                          "images; use the same JPEG quality.")
+    if theirs.get('constants', 'imagenet') != plan['constants']:   # runs before the choice existed: ImageNet-C's
+        raise ValueError(f"--reference-results '{path}' was corrupted with --corruption-constants "
+                         f"{theirs.get('constants', 'imagenet')}, this run with {plan['constants']}: other "
+                         "corruptions; use the same constants.")
     needed = [f'{n}/{s}' for n in plan['corruptions'] for s in plan['severities']]
     lacking = [k for k in needed if f'corrupt/{k}' not in results['splits']]
     if lacking:

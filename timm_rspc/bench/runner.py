@@ -13,7 +13,9 @@ from timm_rspc.files import atomic_write_json
 
 from .evaluate import AMP_DTYPES, WORKERS, Evaluator, amp_dtype_name
 from .model import EvalModel, build_eval_model, check_input_size, eval_data_config
-from .on_the_fly import CorruptOptions, corruption_plan, read_image_folder, read_reference_results
+from .on_the_fly import (
+    CorruptOptions, constants_size_warning, corruption_plan, read_image_folder, read_reference_results,
+)
 from .reference import IMAGENET_P_PERTURBATIONS
 from .report import table, write_plot, write_summary_csv
 from .run_folder import RESULTS_FILE, BenchmarkFolder
@@ -180,8 +182,9 @@ def _corrupt_options(corrupt: Optional[str], options) -> Optional[CorruptOptions
         options = CorruptOptions(**options)
     if not corrupt:
         if options is not None and options != CorruptOptions():
-            raise ValueError('--corruptions, --extra, --severities, --corruption-seed, --corrupt-jpeg-quality and '
-                             '--reference-* choose how --corrupt DIR is corrupted and compared; give --corrupt DIR.')
+            raise ValueError('--corruptions, --extra, --severities, --corruption-seed, --corrupt-jpeg-quality, '
+                             '--corruption-constants and --reference-* choose how --corrupt DIR is corrupted and '
+                             'compared; give --corrupt DIR.')
         return None
     return (options or CorruptOptions()).resolved()
 
@@ -323,6 +326,9 @@ def run_benchmark(
         settings['corrupt'] = plan
     folder = None
     say = print if verbose and rank == 0 else (lambda *a, **k: None)
+    warning = constants_size_warning(options.constants, crop) if plan is not None else None
+    if warning:
+        say(f'timm-rspc bench: warning: {warning}')
 
     def open_folder():
         nonlocal folder

@@ -133,7 +133,7 @@ def _corrupt_splits(labels, options, transform) -> List[Split]:
     clean images (``labels``: (path, label) pairs) through the model's eval transform, corrupted on the device."""
     from .on_the_fly import OnTheFlyCorruption
     return [Split('corrupt', f'{name}/{severity}', lambda: ds.ImageFiles(labels, transform), len(labels),
-                  corruption=OnTheFlyCorruption(name, severity, options.seed, options.jpeg_quality))
+                  corruption=OnTheFlyCorruption(name, severity, options.seed, options.jpeg_quality, options.constants))
             for name in options.names for severity in options.severities]
 
 

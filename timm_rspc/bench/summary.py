@@ -113,6 +113,7 @@ def _corrupt(records: Records, plan: Dict[str, Any]) -> Dict[str, Any]:
     mean_over = [n for n in names if n not in plan['extra']] or list(names)
     summary: Dict[str, Any] = {
         'folder': plan['folder'], 'images': plan['images'], 'labels': plan['labels'], 'seed': plan['seed'],
+        'constants': plan.get('constants', 'imagenet'),
         'corruptions': list(names), 'severities': list(severities), 'mean_over': mean_over,
         'transform': plan['transform'], 'not_available': plan['not_available'], **percent(own),
     }

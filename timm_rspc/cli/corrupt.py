@@ -13,8 +13,9 @@ from ._errors import CommandFailed, reported_errors
 
 
 def add_corruption_choice(group) -> None:
-    """--corruptions, --extra, --severities, --corruption-seed (defaults: `bench.on_the_fly.CorruptOptions`)."""
-    from timm_rspc.bench.on_the_fly import CorruptOptions, default_corruptions
+    """--corruptions, --extra, --severities, --corruption-seed, --corruption-constants (defaults:
+    `bench.on_the_fly.CorruptOptions`)."""
+    from timm_rspc.bench.on_the_fly import CONSTANTS_NAMES, CorruptOptions, default_corruptions
     defaults = CorruptOptions()
     names, everything = default_corruptions(), default_corruptions(extra=True)
     group.add_argument('--corruptions', metavar='NAME,...',
@@ -29,6 +30,10 @@ def add_corruption_choice(group) -> None:
     group.add_argument('--corruption-seed', type=int, default=defaults.seed, metavar='N',
                        help=f'seed of the random corruptions; each image draws from its own generator seeded by '
                             f'(seed, corruption, severity, its index in the folder) (default: {defaults.seed})')
+    group.add_argument('--corruption-constants', choices=tuple(CONSTANTS_NAMES), default=defaults.constants,
+                       help="the reference's severity constants: " + ', '.join(
+                           f'{name}: {made}' for name, made in CONSTANTS_NAMES.items())
+                       + f'; for images of about that size (default: {defaults.constants})')
 
 
 def add_jpeg_choice(group) -> None:
@@ -46,7 +51,8 @@ def corruption_choice(args: argparse.Namespace, **options):
     from timm_rspc.bench.on_the_fly import CorruptOptions, parse_list
     return CorruptOptions(
         corruptions=parse_list(args.corruptions, '--corruptions') if args.corruptions else None, extra=args.extra,
-        severities=parse_list(args.severities, '--severities', int), seed=args.corruption_seed, **options)
+        severities=parse_list(args.severities, '--severities', int), seed=args.corruption_seed,
+        constants=args.corruption_constants, **options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
             choice = corruption_choice(args)
             out = write_corrupted_tree(
                 args.src, args.dst, corruptions=choice.corruptions, extra=choice.extra, severities=choice.severities,
-                seed=choice.seed, resize=args.resize, crop=args.crop, quality=args.quality,
+                seed=choice.seed, constants=choice.constants, resize=args.resize, crop=args.crop,
+                quality=args.quality,
                 device=args.device, batch_size=args.batch_size, workers=args.workers,
                 progress=not args.no_progress and sys.stderr.isatty())
     except CorruptInterrupted as e:
