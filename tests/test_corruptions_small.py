@@ -143,3 +143,22 @@ def test_frost_photographs_shrink_as_the_scripts_do():
             assert np.array_equal(scaled[index, :, :h, :w].permute(1, 2, 0).numpy(), expected), (scale, index)
     with pytest.raises(ValueError, match='too large'):   # the shrunk photographs are 63 x 105 px and up
         corrupt('frost', torch.rand(1, 3, 64, 64), 1, constants='cifar')
+
+
+def test_the_recorder_made_these_recordings(recordings):
+    """``benchmarks/record_small_references.py`` (the script that made the file) gives the recorded seeds and clean
+    images, and refuses a folder that is no hendrycks/robustness checkout in one line."""
+    pytest.importorskip('cv2')
+    pytest.importorskip('skimage')
+    import importlib.util
+    path = Path(__file__).parent.parent / 'benchmarks' / 'record_small_references.py'
+    spec = importlib.util.spec_from_file_location('record_small_references', path)
+    recorder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recorder)
+    for constants in SMALL:
+        assert np.array_equal(recorder.photo(constants), recordings[f'{constants}/clean'])
+        for name in CORRUPTIONS:
+            assert recordings[f'{constants}/{name}/seeds'].tolist() == [
+                recorder.seed_of(constants, name, severity) for severity in range(1, 6)]
+    with pytest.raises(SystemExit):
+        recorder.main(['--robustness', str(Path(__file__).parent)])

@@ -224,7 +224,8 @@ def frost(x: torch.Tensor, severity: int = 1, generator: Generators = None,
           constants: str = 'imagenet') -> torch.Tensor:
     """``a * x + b * frost`` with a random crop, the image's size, of one of ImageNet-C's frost photographs per image
     (fetched once from the reference's sdist: `reference_data`); (a, b) = (1, 0.4), (0.8, 0.6), (0.7, 0.7),
-    (0.65, 0.7), (0.6, 0.75). Images up to 314 x 526 px (the crop must fit every photograph). In distribution
+    (0.65, 0.7), (0.6, 0.75). Images up to 314 x 526 px (the crop must fit every photograph; with the 32 / 64 px
+    constants, whose photographs are first shrunk by 0.2 / 0.3, up to 62 x 104 / 93 x 157 px). In distribution
     (exact given the same photograph and crop)."""
     scale, weight = _constant('frost', severity, constants)
     batch, _, height, width = x.shape
