@@ -43,7 +43,8 @@ def add_jpeg_choice(group) -> None:
     group.add_argument('--corrupt-jpeg-quality', type=int, default=quality, metavar='Q',
                        help=f"JPEG round trip of the corrupted 8-bit images on the device, as ImageNet-C's saved "
                             f"files (Pillow's libjpeg-turbo, bit for bit), so the numbers equal those of the saved "
-                            f"tree 'timm-rspc corrupt' writes; 0: none (default: {quality})")
+                            f"tree 'timm-rspc corrupt' writes (Tiny-ImageNet-C's too); 0: none, as CIFAR-10-C's "
+                            f"arrays (default: {quality})")
 
 
 def corruption_choice(args: argparse.Namespace, **options):
