@@ -14,10 +14,10 @@ stored in the file), all 19 corruptions at severities 1-5, each with its own see
 corruption, random ones included, is compared pixel by pixel: within 1 grey level of the recording on 8-bit output
 (``np.uint8``, with 1e-3 levels of slack for float32), and within 0.25 levels on average. The 1-level differences
 are float32 (ours) against float64 (the reference) where a value lies on a grey level's edge (mean differences of
-0.0002 to 0.14 levels); pixelate, jpeg_compression, shot_noise, impulse_noise, motion_blur and spatter at 32 px agree
-bit for bit. frost needs the ImageNet-C photographs (`timm_rspc.corruptions.reference_data`: the ``imagenet_c``
-sdist, fetched once), the same files as the scripts' own, and skips without them; its 0.2 / 0.3 shrinking by
-``cv2.resize`` is checked against OpenCV itself below.
+0.0002 to 0.14 levels); shot_noise, impulse_noise, contrast, pixelate, jpeg_compression and motion_blur (and
+spatter at 32 px) agree exactly on 8-bit output. frost needs the ImageNet-C photographs
+(`timm_rspc.corruptions.reference_data`: the ``imagenet_c`` sdist, fetched once), the same files as the scripts'
+own, and skips without them; its 0.2 / 0.3 shrinking by ``cv2.resize`` is checked against OpenCV itself below.
 """
 import json
 from pathlib import Path

@@ -61,7 +61,8 @@ from .primitives import (
 
 __all__ = [
     'CORRUPTIONS', 'CATEGORIES', 'EXTRA', 'FIDELITY', 'SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'CONSTANTS',
-    'NATIVE_SIZES', 'FROST_PHOTO_SCALES', 'opencv_resize_linear', 'frost_images_scaled', 'corrupt', 'gaussian_noise', 'shot_noise',
+    'NATIVE_SIZES', 'FROST_PHOTO_SCALES', 'opencv_resize_linear', 'frost_images_scaled', 'corrupt', 'gaussian_noise',
+    'shot_noise',
     'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur', 'gaussian_blur', 'frost', 'brightness', 'fog',
     'contrast', 'elastic_transform', 'pixelate', 'jpeg_compression', 'saturate', 'Generators', 'per_image_generators',
     'jpeg_round_trip', 'border_index', 'glass_blur', 'glass_shuffle', 'spatter', 'canny', 'distance_transform',

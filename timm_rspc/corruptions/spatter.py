@@ -48,7 +48,8 @@ from .draws import Generators
 from .primitives import border_index, filter2d, gaussian_filter
 from .severity import constant as severity_constant
 
-__all__ = ['SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'spatter', 'canny', 'distance_transform', 'equalize_hist', 'box_blur3']
+__all__ = ['SEVERITIES', 'SEVERITIES_BY_CONSTANTS', 'spatter', 'canny', 'distance_transform', 'equalize_hist',
+           'box_blur3']
 
 # (loc, scale, sigma, threshold, intensity (mode 0) or mask sigma (mode 1), mode: 0 water, 1 mud): the reference's.
 SEVERITIES = {'spatter': ((0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
