@@ -115,3 +115,28 @@ def test_files_differ_between_constants(tmp_path):
         images[constants] = np.stack([np.asarray(Image.open(p)).astype(float) for p in sorted(dst.rglob('*.JPEG'))])
     spread = {k: (v - v.mean(axis=(1, 2), keepdims=True)).std() for k, v in images.items()}
     assert spread['cifar'] / spread['imagenet'] == pytest.approx(0.75 / 0.4, rel=0.1)
+
+
+def test_frost_too_small_for_the_images_is_refused_before_anything_is_written(tmp_path, capsys):
+    """The 32 px constants shrink frost's photographs to 63 x 105 px and up: 64 px crops do not fit, said before the
+    run starts rather than when frost's turn comes."""
+    from timm_rspc.bench.on_the_fly import check_frost_fits
+    from timm_rspc.corruptions.reference_data import frost_images
+    try:
+        frost_images()
+    except RuntimeError as error:
+        pytest.skip(f'frost needs the ImageNet-C photographs: {str(error).splitlines()[0]}')
+    check_frost_fits(('frost',), 'cifar', (62, 104))
+    check_frost_fits(('fog',), 'cifar', (500, 500))     # no frost: nothing to check
+    with pytest.raises(ValueError, match='at most 62 x 104 px with the cifar corruption constants; these images are '
+                                         '64 x 64'):
+        check_frost_fits(('fog', 'frost'), 'cifar', (3, 64, 64))
+    src = str(tmp_path / 'val')
+    write_wnid_folder(src, [(2, 2)])
+    dst = tmp_path / 'val-c'
+    with pytest.raises(SystemExit):
+        main(['corrupt', src, str(dst), '--corruptions', 'contrast,frost', '--resize', '64', '--crop', '64',
+              '--corruption-constants', 'cifar'] + QUIET)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and 'at most 62 x 104 px' in err[0], err
+    assert not dst.exists()

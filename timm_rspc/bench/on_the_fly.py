@@ -25,7 +25,7 @@ import torch
 __all__ = [
     'CorruptOptions', 'DEFAULT_SEVERITIES', 'DEFAULT_SEED', 'available_corruptions', 'default_corruptions',
     'JPEG_QUALITY', 'resolve_corruptions', 'resolve_severities', 'parse_list', 'image_seed', 'to_8bit',
-    'OnTheFlyCorruption', 'CONSTANTS_NAMES', 'constants_size_warning',
+    'OnTheFlyCorruption', 'CONSTANTS_NAMES', 'constants_size_warning', 'check_frost_fits',
     'ImageFolder', 'read_image_folder',
 ]
 
@@ -170,6 +170,21 @@ def constants_size_warning(constants: str, size: Sequence[int]) -> Optional[str]
     return (f"the {constants} corruption constants were made for {native} px images ({CONSTANTS_NAMES[constants]}) "
             f"and these are {side} px: the severities are not the data set's"
             + (f"; --corruption-constants {better} is closer" if better != constants else '') + '.')
+
+
+def check_frost_fits(names: Sequence[str], constants: str, size: Sequence[int]) -> None:
+    """Before anything is evaluated or written: with frost among ``names``, images of ``size`` ((..., H, W)) must fit
+    in its photographs (shrunk for the 32 / 64 px constants), else one line (frost would stop the run at its turn)."""
+    if 'frost' not in names:
+        return
+    from timm_rspc.corruptions import FROST_PHOTO_SCALES, frost_images_scaled
+    height, width = (int(v) for v in tuple(size)[-2:])
+    _, sizes = frost_images_scaled('cpu', FROST_PHOTO_SCALES[constants])
+    top, left = (int(v) - 1 for v in sizes[:5].amin(dim=0))   # the crop must fit the five photographs it draws from
+    if height > top or width > left:
+        raise ValueError(f'frost crops the image out of its photographs, at most {top} x {left} px with the '
+                         f'{constants} corruption constants; these images are {height} x {width}: leave frost out '
+                         f'(--corruptions) or use constants made for this size.')
 
 
 def to_8bit(pixels: torch.Tensor) -> torch.Tensor:

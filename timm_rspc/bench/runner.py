@@ -14,7 +14,8 @@ from timm_rspc.files import atomic_write_json
 from .evaluate import AMP_DTYPES, WORKERS, Evaluator, amp_dtype_name
 from .model import EvalModel, build_eval_model, check_input_size, eval_data_config
 from .on_the_fly import (
-    CorruptOptions, constants_size_warning, corruption_plan, read_image_folder, read_reference_results,
+    CorruptOptions, check_frost_fits, constants_size_warning, corruption_plan, read_image_folder,
+    read_reference_results,
 )
 from .reference import IMAGENET_P_PERTURBATIONS
 from .report import table, write_plot, write_summary_csv
@@ -303,6 +304,7 @@ def run_benchmark(
     plan, references = None, []
     if image_folder is not None:
         labels, labels_kind = image_folder.labels(model.num_classes)
+        check_frost_fits(options.names, options.constants, crop)
         plan = corruption_plan(image_folder, labels_kind, options, config['input_size'])
         plan['reference'], references = _corrupt_reference(options, plan, built, config['input_size'])
     splits, missing = plan_splits(roots, model.num_classes, eval_transform, c_transform, crop,
