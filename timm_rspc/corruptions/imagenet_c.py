@@ -285,10 +285,10 @@ def _warp_affine_positions(inverse: torch.Tensor, height: int, width: int, devic
     """Where OpenCV's ``warpAffine`` (``INTER_LINEAR``, OpenCV 3 and 4; ImageNet-C pinned ``opencv-python ~= 3.4``)
     reads each output pixel, for the (B, 2, 3) float64 inverse maps: in fixed point, ``round(m * 1024)`` per row and
     per column term plus a rounding 16, then ``>> 5``: source positions on a 1/32-pixel grid (``INTER_BITS = 5``).
-    OpenCV 5 samples at the exact positions instead. Returns (rows, columns), each (B, H, W), exact in float32."""
-    inverse = inverse.cpu()
-    y = torch.arange(height, dtype=torch.float64).view(1, -1, 1)
-    x = torch.arange(width, dtype=torch.float64).view(1, 1, -1)
+    OpenCV 5 samples at the exact positions instead. Computed where ``inverse`` is (float64: the device, or the CPU
+    for a device without float64). Returns (rows, columns), each (B, H, W), exact in float32."""
+    y = torch.arange(height, dtype=torch.float64, device=inverse.device).view(1, -1, 1)
+    x = torch.arange(width, dtype=torch.float64, device=inverse.device).view(1, 1, -1)
     coords = []
     for k in (0, 1):   # 0: column (X), 1: row (Y)
         per_row = torch.round((inverse[:, k, 1, None, None] * y + inverse[:, k, 2, None, None]) * 1024).long() + 16
@@ -321,10 +321,12 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Generators 
     side = min(height, width) // 3
     points = torch.stack([centre + side, torch.stack([centre[0] + side, centre[1] - side]), centre - side])
     moved = points.to(device) + _uniform(-jitter, jitter, (batch, 3, 2), generator, device).float()
-    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p (3 x 3 solves in float64 on the CPU); warpAffine inverts
-    # it (invertAffineTransform's formulas) and samples the source at M^-1 [x, y, 1].
-    source = torch.cat([points.double(), torch.ones(3, 1, dtype=torch.float64)], dim=1)
-    forward = torch.linalg.solve(source, moved.cpu().double()).transpose(1, 2)                # (B, 2, 3)
+    # getAffineTransform: M (2 x 3) with M [p, 1] = moved p (3 x 3 solves in float64, on the device unless it has no
+    # float64; solve_ex does not check the result on the host, so no sync); warpAffine inverts it
+    # (invertAffineTransform's formulas) and samples the source at M^-1 [x, y, 1].
+    exact = torch.device('cpu') if device.type == 'mps' else device
+    source = torch.cat([points.double(), torch.ones(3, 1, dtype=torch.float64)], dim=1).to(exact)
+    forward = torch.linalg.solve_ex(source, moved.to(exact, torch.float64))[0].transpose(1, 2)   # (B, 2, 3)
     (m00, m01, m02), (m10, m11, m12) = (row.unbind(-1) for row in forward.unbind(1))
     det = m00 * m11 - m01 * m10
     det = torch.where(det != 0, 1 / det, torch.zeros_like(det))
