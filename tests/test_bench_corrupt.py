@@ -1,6 +1,7 @@
 """``bench --corrupt DIR``: any image folder under ImageNet-C's corruptions generated on the fly. The corrupted pixels
 are the same at any batch size and world size, a killed run resumes to the same numbers, and CE / mCE against a
 reference model (in the run, or from an earlier run's results) equal the errors of separate runs, by formula."""
+import datetime
 import json
 import os
 
@@ -224,7 +225,8 @@ WORLD_SIZE = 2
 
 
 def _ddp_worker(rank, folder, root):
-    dist.init_process_group('gloo', init_method=f'file://{root}/init', rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group('gloo', init_method=f'file://{root}/init', rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))   # a stuck rank fails the test, never hangs it
     try:
         CAPTURED.clear()
         _run(folder, os.path.join(root, 'two'), model=CAPTURE, batch_size=2, reference_model=CENTRE)
@@ -238,7 +240,9 @@ def test_two_processes_see_the_same_corrupted_images(folder, tmp_path):
     CAPTURED.clear()
     one = _run(folder, tmp_path / 'one', model=CAPTURE, batch_size=3, reference_model=CENTRE)
     pixels = _captured().view(6, 7, 3, 32, 32)  # split, image
-    other = mp.get_context('fork').Process(target=_ddp_worker, args=(1, folder, root))
+    # Rank 1 is spawned: a fork of this process (its OpenMP pool and locks already used by earlier tests) can hang
+    # in its first parallel torch op.
+    other = mp.get_context('spawn').Process(target=_ddp_worker, args=(1, folder, root))
     other.start()
     try:
         _ddp_worker(0, folder, root)
