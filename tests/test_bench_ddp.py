@@ -1,4 +1,5 @@
 """Two CPU processes (gloo) split the benchmark images without padding: the same counts as one process."""
+import datetime
 import json
 import os
 
@@ -28,7 +29,8 @@ def _bench(root, output):
 
 
 def worker(rank, root):
-    dist.init_process_group('gloo', init_method=f'file://{root}/init', rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group('gloo', init_method=f'file://{root}/init', rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))   # a stuck rank fails the test, never hangs it
     try:
         _bench(root, os.path.join(root, 'two'))
     finally:
@@ -39,8 +41,9 @@ def test_two_processes_count_every_image_once(tmp_path):
     root = str(tmp_path)
     _data(root)
     one = _bench(root, os.path.join(root, 'one'))
-    # Rank 1 is a fork of this process (no second start-up of torch), rank 0 is this process.
-    other = mp.get_context('fork').Process(target=worker, args=(1, root))
+    # Rank 1 is spawned (a fork of this process, whose OpenMP pool and locks earlier tests used, can hang in its first
+    # parallel torch op), rank 0 is this process.
+    other = mp.get_context('spawn').Process(target=worker, args=(1, root))
     other.start()
     try:
         worker(0, root)
