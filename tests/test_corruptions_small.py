@@ -141,7 +141,7 @@ def test_frost_photographs_shrink_as_the_scripts_do():
             bgr = np.ascontiguousarray(stack[index, :, :height, :width].permute(1, 2, 0).numpy()[..., ::-1])
             expected = cv2.resize(bgr, (0, 0), fx=scale, fy=scale)[..., ::-1]
             assert np.array_equal(scaled[index, :, :h, :w].permute(1, 2, 0).numpy(), expected), (scale, index)
-    with pytest.raises(ValueError, match='too large'):   # the shrunk photographs are 63 x 105 px and up
+    with pytest.raises(ValueError, match='images up to 62 x 104 px, got 64 x 64'):   # the shrunk photographs are 63 x 105 px and up
         corrupt('frost', torch.rand(1, 3, 64, 64), 1, constants='cifar')
 
 

@@ -210,9 +210,10 @@ def _frost_draws(batch: int, height: int, width: int, sizes: torch.Tensor, gener
     never picks the sixth) and the top / left of the crop (uniform over ``0 .. frost side - image side - 1``, the
     reference's ``randint(0, side - 224)``)."""
     usable = sizes[:5]
-    if height >= int(usable[:, 0].min()) or width >= int(usable[:, 1].min()):
-        raise ValueError(f'frost crops the image size out of the frost photographs (at least '
-                         f'{int(usable[:, 0].min())} x {int(usable[:, 1].min())} px): {height} x {width} is too large.')
+    min_height, min_width = int(usable[:, 0].min()), int(usable[:, 1].min())
+    if height >= min_height or width >= min_width:
+        raise ValueError(f'frost crops the image out of its photographs, the smallest {min_height} x {min_width} px '
+                         f'here: images up to {min_height - 1} x {min_width - 1} px, got {height} x {width}.')
     index = draws.randint(5, (batch,), generator, device=device)
     room = sizes[index].to(device) - torch.tensor([height, width], device=device)   # (B, 2) exclusive bounds
     unit = draws.rand((batch, 2), generator, device=device)
