@@ -119,6 +119,18 @@ def test_deterministic_parts_are_differentiable(name):
     assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize('name', ['zoom_blur', 'pixelate', 'defocus_blur', 'gaussian_blur'])
+def test_constants_cached_during_an_evaluation_serve_a_differentiable_call(name):
+    """An evaluation (``torch.inference_mode``) may build the cached taps / matrices first; the sensitivity analysis's
+    differentiable call after it must still work (an inference tensor cannot be saved for backward)."""
+    size = 40 + sorted(CORRUPTIONS).index(name)   # a size no other test caches first
+    with torch.inference_mode():
+        corrupt(name, torch.rand(1, 3, size, size), 2)
+    pixels = torch.rand(1, 3, size, size, requires_grad=True)
+    corrupt(name, pixels, 2).sum().backward()
+    assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
 def test_gaussian_filter_and_box_resize_gradients_are_exact():
     x = torch.rand(1, 2, 9, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: gaussian_filter(t, 1.5), (x,))

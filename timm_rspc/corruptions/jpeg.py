@@ -24,9 +24,10 @@ blocks laid out as (8, 8, blocks) so that each pass is one large matrix product;
 resampling run in int32 (their values stay below 2^24). Without float64 (Apple's MPS) the butterflies run on int64
 tensors as written. Both give the same integers.
 """
-import functools
 
 import torch
+
+from .constant_cache import constant_cache
 
 __all__ = ['jpeg_round_trip', 'quantization_tables']
 
@@ -46,7 +47,7 @@ def quantization_tables(quality: int):
     return [table.clone() for table in _quantization_tables(quality)]
 
 
-@functools.lru_cache(maxsize=128)
+@constant_cache(maxsize=128)
 def _quantization_tables(quality: int):
     quality = min(max(quality, 1), 100)
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
@@ -108,7 +109,7 @@ def _idct_1d(w: torch.Tensor, bits: int, _descale=_descale) -> torch.Tensor:
                         _descale(tmp11 - tmp2, bits), _descale(tmp10 - tmp3, bits)], dim=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@constant_cache(maxsize=None)
 def _dct_matrices():
     """The four 1-D passes as (integer matrix, rounding bits per output): forward rows, forward columns, inverse
     columns, inverse rows. Output j of a pass is ``descale(sum_k M[j, k] * input_k, bits[j])``; M comes from running
@@ -123,7 +124,7 @@ def _dct_matrices():
             (inverse, (11,) * 8), (inverse, (18,) * 8))
 
 
-@functools.lru_cache(maxsize=128)
+@constant_cache(maxsize=128)
 def _reciprocals_of(quality: int):
     """`_reciprocals` of the tables ``8 * q`` of ``quality`` (luminance, chrominance)."""
     return tuple(_reciprocals(table * 8) for table in _quantization_tables(quality))

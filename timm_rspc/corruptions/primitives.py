@@ -15,7 +15,6 @@ All work on (B, C, H, W) tensors on any device; `gaussian_filter`, `box_resize`,
 `sample_bilinear` are differentiable in the image (`box_resize`'s rounding to 8 bits passes gradients straight
 through).
 """
-import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import draws
+from .constant_cache import constant_cache
 from .draws import Generators
 
 __all__ = [
@@ -57,7 +57,7 @@ def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     raise ValueError(f'Unknown border mode {mode!r}.')
 
 
-@functools.lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _gaussian_matrix(size: int, sigma: float, truncate: float, mode: str) -> torch.Tensor:
     """(size, size) float64: scipy.ndimage's 1-D Gaussian filter along a line with the border folded in."""
     kernel = _gaussian_kernel(sigma, truncate, torch.float64, 'cpu')
@@ -140,7 +140,7 @@ def _fold(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return phase.sub_(centre).abs_().neg_().add_(centre)
 
 
-@functools.lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _box_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
     """The (out_size, in_size) matrix of Pillow's BOX resampling of 8-bit images along one axis
     (``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of Pillow's ``Resample.c``, the same double arithmetic).
@@ -164,7 +164,7 @@ def _box_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
     return torch.floor(0.5 + weights * 2 ** 22) / 2 ** 22
 
 
-@functools.lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _box_windows(in_size: int, out_size: int):
     """Reducing: each output pixel's window of `_box_resize_matrix` as (first, stop) indices of its contiguous input
     pixels, its weight (a multiple of 2**-22) and that weight's fixed-point integer (Pillow's ``k``)."""
@@ -266,7 +266,7 @@ def numpy_arange(start: float, stop: float, step: float) -> List[float]:
     return [float(start)] + [start + i * delta for i in range(1, count)]
 
 
-@functools.lru_cache(maxsize=256)
+@constant_cache(maxsize=256)
 def _zoom_taps(size: int, zoom: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Along one axis of ``size`` pixels: ImageNet-C's ``clipped_zoom`` as two taps per output pixel (first index,
     second index, weight of the second). The centre crop of ``ceil(size / zoom)`` pixels (starting at
@@ -339,7 +339,7 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(_pad_reflect101(x, radius, radius), weight, groups=channels)
 
 
-@functools.lru_cache(maxsize=16)
+@constant_cache(maxsize=16)
 def _disk_filter_plan(radius: float, alias_blur: float):
     """How `disk_filter` applies ImageNet-C's disk kernel K: ``K = (G * D) / area + R`` with D the binary disk, G
     OpenCV's 1-D Gaussian taps (outer product; taps below 1e-12, as for sigma 0.1, dropped) and R the remainder
@@ -468,7 +468,7 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return _disk_kernel(radius, alias_blur).clone()
 
 
-@functools.lru_cache(maxsize=16)
+@constant_cache(maxsize=16)
 def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     """ImageNet-C's ``disk(radius, alias_blur)``: the float32 binary disk ``x^2 + y^2 <= radius^2`` on the grid
     -8..8 (radius <= 8) or -radius..radius, normalised to sum 1, then blurred by OpenCV's ``GaussianBlur`` (3 x 3 for

@@ -5,7 +5,6 @@ with pip on first use into a cache (``$TIMM_RSPC_CACHE``, else ``$XDG_CACHE_HOME
 ``~/.cache/timm-rspc``) and checked by its SHA-256; offline, ``$TIMM_RSPC_IMAGENET_C_SDIST`` names a local copy of
 that file. Nothing of it is part of this package.
 """
-import functools
 import hashlib
 import io
 import os
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Tuple
 
 import torch
+
+from .constant_cache import constant_cache
 
 __all__ = ['IMAGENET_C_SDIST', 'imagenet_c_sdist', 'frost_images']
 
@@ -54,7 +55,7 @@ def imagenet_c_sdist() -> Path:
     return sdist
 
 
-@functools.lru_cache(maxsize=1)
+@constant_cache(maxsize=1)
 def _frost_images_cpu() -> Tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
     name, version, _ = IMAGENET_C_SDIST

@@ -18,11 +18,11 @@ INTER_RESIZE_COEF_BITS * 2>>``, the same in OpenCV 3.4 and 4.x; IPP's resize is 
 OpenCV 4's ARM wheels may route ``resize`` through a HAL (KleidiCV) with other arithmetic; the x86 wheels, and the
 OpenCV 3 ImageNet-C was made with, compute the above.
 """
-import functools
 from typing import Tuple
 
 import torch
 
+from .constant_cache import constant_cache
 from .reference_data import frost_images
 
 __all__ = ['opencv_resize_linear', 'opencv_resize_size', 'frost_images_scaled']
@@ -73,7 +73,7 @@ def opencv_resize_linear(levels: torch.Tensor, scale: float) -> torch.Tensor:
     return ((out + 2) >> 2).clamp(0, 255).to(torch.uint8)
 
 
-@functools.lru_cache(maxsize=4)
+@constant_cache(maxsize=4)
 def _scaled_cpu(scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     stack, sizes = frost_images('cpu')
     photos = [opencv_resize_linear(stack[i, :, :h, :w], scale) for i, (h, w) in enumerate(sizes.tolist())]
