@@ -77,7 +77,10 @@ def test_ctrl_c_stops_the_whole_demo(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'timm_rspc.cli', 'demo', '--quick', '--epochs', '200', '--output', str(out),
          '--data-dir', str(tmp_path / 'data')],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT as at a terminal, even where this test runs in a background job (which ignores it, and a child
+        # inherits that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / 'baseline' / 'args.yaml').exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -224,7 +224,10 @@ def test_ctrl_c_exits_130_and_names_what_was_saved(data_dir, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'timm_rspc.cli', 'train', *TINY_MODEL, *FAST, '--epochs', '200', '--val-split', '',
          '--data-dir', data_dir, '--output', str(tmp_path), '--experiment', 'run'],
-        cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT as at a terminal, even where this test runs in a background job (which ignores it, and a child
+        # inherits that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (run / 'last.pth.tar').exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
