@@ -76,9 +76,16 @@ HELPERS = ('disk', 'plasma_fractal', 'clipped_zoom', 'MotionImage')
 DEFAULT_OUTPUT = REPO_ROOT / 'tests' / 'data' / 'small_references.npz'
 
 
+# The corruptions in the order that numbers their seeds: fixed here (the registry's order when the recordings were
+# made), so a seed never depends on the order in which the registry happens to hold its entries.
+SEED_ORDER = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise', 'defocus_blur', 'zoom_blur',
+              'gaussian_blur', 'frost', 'brightness', 'fog', 'contrast', 'elastic_transform', 'pixelate',
+              'jpeg_compression', 'saturate', 'glass_blur', 'spatter', 'motion_blur', 'snow')
+
+
 def seed_of(constants: str, name: str, severity: int) -> int:
     """The seed of one recording: distinct per set of constants, corruption and severity."""
-    return 100000 * (1 + list(SCRIPTS).index(constants)) + 100 * list(CORRUPTIONS).index(name) + severity
+    return 100000 * (1 + list(SCRIPTS).index(constants)) + 100 * SEED_ORDER.index(name) + severity
 
 
 class Checkout:
