@@ -19,7 +19,10 @@ ImageMagick 6's MagickWand library are installed, as for ``tests/test_corruption
 
 Table 2: the time of each corruption on the batch relative to one forward pass of a ViT-S-sized model on the same
 batch (timm ``vit_small_patch16_224``, random initialisation, eval mode, ``torch.no_grad``), timed in the same rounds:
-what corrupting on the fly adds to an evaluation. Its median over the corruptions is printed under it.
+what corrupting on the fly adds to an evaluation. Its median over the corruptions is printed under it. Beside it,
+the whole on-the-fly evaluation step of ``bench --corrupt`` relative to the clean step: ``OnTheFlyCorruption`` (one
+generator per image, the corruption, the 8-bit truncation and ImageNet-C's JPEG quality 85 round trip) plus the
+forward pass, over the forward pass alone (the decoding and the normalisation are the same in both).
 
 ``--write [PATH]`` replaces the block between ``<!-- corruptions_speed: begin -->`` and ``<!-- corruptions_speed:
 end -->`` of PATH (default ``benchmarks/RESULTS.md``), or appends it; the rest of the file is kept.
@@ -60,6 +63,7 @@ import test_corruptions_reference as reference_test  # noqa: E402
 from sdists import SdistUnavailable, fetch_sdist  # noqa: E402
 from test_corruptions_magick import MAGICK_ADAPTATIONS  # noqa: E402
 
+from timm_rspc.bench.on_the_fly import JPEG_QUALITY, OnTheFlyCorruption  # noqa: E402
 from timm_rspc.corruptions import CORRUPTIONS, corrupt  # noqa: E402
 
 MARKERS = ('<!-- corruptions_speed: begin -->', '<!-- corruptions_speed: end -->')
@@ -136,12 +140,18 @@ class Contender:
         self.reference = reference
         self.generator = torch.Generator().manual_seed(0)
         self.torch_times, self.reference_times, self.forward_ratios = [], [], []
+        self.on_the_fly = OnTheFlyCorruption(name, severity, seed=0, jpeg_quality=JPEG_QUALITY)
+        self.indices = list(range(len(batch)))
+        self.step_ratios = []   # (on-the-fly corruption + forward) / forward
         self.reference_images = 0
         self.note = None
         self.reference_budget = reference_budget
 
     def run_torch(self) -> None:
         corrupt(self.name, self.batch, self.severity, self.generator)
+
+    def run_on_the_fly(self) -> None:
+        self.on_the_fly(self.batch, self.indices)
 
     def run_reference(self, count: int) -> None:
         for index in range(count):
@@ -151,6 +161,7 @@ class Contender:
         """One untimed call of each side; decides how many reference images a round times (about
         ``reference_budget`` seconds, 1 .. ``max_images``); a reference that fails here is noted and left out."""
         self.run_torch()
+        self.run_on_the_fly()
         if self.reference is None:
             return
         try:
@@ -170,6 +181,7 @@ class Contender:
         torch_seconds = seconds(self.run_torch)
         self.torch_times.append(torch_seconds / len(self.batch))
         self.forward_ratios.append(torch_seconds / forward_seconds)
+        self.step_ratios.append((seconds(self.run_on_the_fly) + forward_seconds) / forward_seconds)
         if self.reference is not None:
             count = self.reference_images
             self.reference_times.append(seconds(lambda: self.run_reference(count)) / count)
@@ -231,13 +243,18 @@ def format_report(contenders, args, forward_times, machine: str) -> str:
     lines += [''] + notes + ([''] if notes else [])
     forward = statistics.median(forward_times)
     ratios = [statistics.median(contender.forward_ratios) for contender in contenders]
+    steps = [statistics.median(contender.step_ratios) for contender in contenders]
     lines += [f'Cost on the batch relative to one forward pass of `{MODEL}` (random initialisation, eval, no_grad) on '
-              f'the same batch: {forward * 1000:.0f} ms per forward, {args.batch_size / forward:.1f} img/s.', '',
-              '| corruption | ms per batch | ratio to the forward pass |', '|---|---|---|']
-    for contender, ratio in zip(contenders, ratios):
+              f'the same batch: {forward * 1000:.0f} ms per forward, {args.batch_size / forward:.1f} img/s. Last '
+              f'column: the evaluation step of `bench --corrupt` (per-image generators, the corruption, 8 bits, JPEG '
+              f'quality {JPEG_QUALITY} round trip, forward) over the clean step (forward).', '',
+              '| corruption | ms per batch | ratio to the forward pass | on-the-fly step / clean step |',
+              '|---|---|---|---|']
+    for contender, ratio, step in zip(contenders, ratios, steps):
         lines.append(f'| {contender.name} | {statistics.median(contender.torch_times) * args.batch_size * 1000:.1f} | '
-                     f'{ratio:.3f} |')
-    lines += ['', f'Median ratio over the {len(ratios)} corruptions: {statistics.median(ratios):.3f}.']
+                     f'{ratio:.3f} | {step:.2f} |')
+    lines += ['', f'Median over the {len(ratios)} corruptions: {statistics.median(ratios):.3f} of a forward pass; '
+              f'on-the-fly step / clean step {statistics.median(steps):.2f} (at most {max(steps):.2f}).']
     return '\n'.join(lines) + '\n'
 
 

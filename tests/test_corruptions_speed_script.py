@@ -46,8 +46,8 @@ def test_quick_run_covers_the_registry_and_writes_only_its_block(tmp_path):
             assert f'- {name}: ' in out
         else:
             assert float(reference_rate) > 0 and speedup.endswith('x')
-    assert all(float(ratio) > 0 for _, ratio in forward.values())
-    assert 'Median ratio over the' in out and 'load average' in out
+    assert all(float(ratio) > 0 and float(step) > 1 for _, ratio, step in forward.values())
+    assert 'Median over the' in out and 'on-the-fly step / clean step' in out and 'load average' in out
     written = results.read_text()
     assert written.startswith('# Results\n\nkept above\n\n' + BEGIN) and written.endswith(f'{END}\n\nkept below\n')
     assert 'stale' not in written and written.count(BEGIN) == 1
