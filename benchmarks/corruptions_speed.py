@@ -31,7 +31,6 @@ import argparse
 import datetime
 import io
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -59,10 +58,12 @@ import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / 'tests'))   # the reference test's helpers: the sdist, its adaptations, the photos
+sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))   # run.py's machine description
 import test_corruptions_reference as reference_test  # noqa: E402
 from sdists import SdistUnavailable, fetch_sdist  # noqa: E402
 from test_corruptions_magick import MAGICK_ADAPTATIONS  # noqa: E402
 
+from run import describe_machine  # noqa: E402  (benchmarks/run.py)
 from timm_rspc.bench.on_the_fly import JPEG_QUALITY, OnTheFlyCorruption  # noqa: E402
 from timm_rspc.corruptions import CORRUPTIONS, corrupt  # noqa: E402
 
@@ -210,12 +211,7 @@ def vit_forward(batch: torch.Tensor):
 # --- report ------------------------------------------------------------------------------------------------------
 
 def machine_line(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            cpu = next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+    cpu = describe_machine(torch.device('cpu'))['cpu']
     load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
     now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')
     return (f'{cpu}, {os.cpu_count()} logical cores, {threads} thread(s) for torch, numpy and OpenCV; load average '
