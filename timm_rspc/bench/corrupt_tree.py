@@ -27,7 +27,7 @@ from timm_rspc.files import LOCK_NAME, PARTIAL_PATTERN, FolderBusy, FolderLock, 
 
 from .evaluate import WORKERS
 from .on_the_fly import (
-    CONSTANTS_NAMES, DEFAULT_SEED, DEFAULT_SEVERITIES, JPEG_QUALITY, OnTheFlyCorruption, check_frost_fits,
+    DEFAULT_SEED, DEFAULT_SEVERITIES, JPEG_QUALITY, OnTheFlyCorruption, check_constants_option, check_frost_fits,
     constants_size_warning, read_image_folder, resolve_corruptions, resolve_severities,
 )
 
@@ -159,8 +159,7 @@ def write_corrupted_tree(
         raise ValueError(f'--quality must be 1..100 (ImageNet-C: 85), got {quality}.')
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f'--corruption-seed must be a whole number >= 0, got {seed!r}.')
-    if constants not in CONSTANTS_NAMES:
-        raise ValueError(f'--corruption-constants must be one of {", ".join(CONSTANTS_NAMES)}, got {constants!r}.')
+    check_constants_option(constants)
     check_frost_fits(names, constants, (crop, crop))
     device = torch.device(_check_run_values(batch_size, workers, device, None))
     folder = read_image_folder(src, 'timm-rspc corrupt SRC')

@@ -25,7 +25,7 @@ import torch
 __all__ = [
     'CorruptOptions', 'DEFAULT_SEVERITIES', 'DEFAULT_SEED', 'available_corruptions', 'default_corruptions',
     'JPEG_QUALITY', 'resolve_corruptions', 'resolve_severities', 'parse_list', 'image_seed', 'to_8bit',
-    'OnTheFlyCorruption', 'CONSTANTS_NAMES', 'constants_size_warning', 'check_frost_fits',
+    'OnTheFlyCorruption', 'CONSTANTS_NAMES', 'check_constants_option', 'constants_size_warning', 'check_frost_fits',
     'ImageFolder', 'read_image_folder',
 ]
 
@@ -33,8 +33,7 @@ DEFAULT_SEVERITIES: Tuple[int, ...] = (1, 2, 3, 4, 5)
 DEFAULT_SEED = 0
 JPEG_QUALITY = 85   # ImageNet-C's files: make_imagenet_c.py saves with Pillow, quality=85
 # The reference's sets of severity constants (`timm_rspc.corruptions.severity`) and the data set each made.
-CONSTANTS_NAMES = {'imagenet': 'ImageNet-C (224 px)', 'cifar': 'CIFAR-10-C / CIFAR-100-C (32 px)',
-                   'tinyimagenet': 'Tiny-ImageNet-C (64 px)'}
+CONSTANTS_NAMES = {'imagenet': 'ImageNet-C', 'cifar': 'CIFAR-10-C / CIFAR-100-C', 'tinyimagenet': 'Tiny-ImageNet-C'}
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,7 @@ class CorruptOptions:
         if self.jpeg_quality is not None and not (isinstance(self.jpeg_quality, int) and 0 <= self.jpeg_quality <= 100):
             raise ValueError(f'--corrupt-jpeg-quality must be 1..100 (ImageNet-C: {JPEG_QUALITY}) or 0 for no JPEG '
                              f'round trip, got {self.jpeg_quality!r}.')
-        if self.constants not in CONSTANTS_NAMES:
-            raise ValueError(f'--corruption-constants must be one of {", ".join(CONSTANTS_NAMES)}, got '
-                             f'{self.constants!r}.')
+        check_constants_option(self.constants)
         names = resolve_corruptions(self.corruptions, self.extra)
         severities = resolve_severities(self.severities)
         return CorruptOptions(**{**asdict(self), 'names': names, 'severities': severities,
@@ -158,6 +155,13 @@ def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], 'little') >> 1
 
 
+def check_constants_option(constants: str) -> str:
+    """``--corruption-constants``'s value, or a one-line ``ValueError`` naming the flag and its choices."""
+    if constants not in CONSTANTS_NAMES:
+        raise ValueError(f'--corruption-constants must be one of {", ".join(CONSTANTS_NAMES)}, got {constants!r}.')
+    return constants
+
+
 def constants_size_warning(constants: str, size: Sequence[int]) -> Optional[str]:
     """One line when the corrupted images' side (``size``: (..., H, W)) is more than twice or less than half the
     side the constants were made for (e.g. CIFAR-10-C's 32 px constants on 224 px images), else None: the constants
@@ -167,7 +171,7 @@ def constants_size_warning(constants: str, size: Sequence[int]) -> Optional[str]
     if native / 2 <= side <= native * 2:
         return None
     better = min(NATIVE_SIZES, key=lambda name: abs(NATIVE_SIZES[name] - side))
-    return (f"the {constants} corruption constants were made for {native} px images ({CONSTANTS_NAMES[constants]}) "
+    return (f"the {constants} corruption constants are {CONSTANTS_NAMES[constants]}'s, made for {native} px images, "
             f"and these are {side} px: the severities are not the data set's"
             + (f"; --corruption-constants {better} is closer" if better != constants else '') + '.')
 

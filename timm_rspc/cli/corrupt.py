@@ -16,6 +16,7 @@ def add_corruption_choice(group) -> None:
     """--corruptions, --extra, --severities, --corruption-seed, --corruption-constants (defaults:
     `bench.on_the_fly.CorruptOptions`)."""
     from timm_rspc.bench.on_the_fly import CONSTANTS_NAMES, CorruptOptions, default_corruptions
+    from timm_rspc.corruptions import NATIVE_SIZES
     defaults = CorruptOptions()
     names, everything = default_corruptions(), default_corruptions(extra=True)
     group.add_argument('--corruptions', metavar='NAME,...',
@@ -32,7 +33,7 @@ def add_corruption_choice(group) -> None:
                             f'(seed, corruption, severity, its index in the folder) (default: {defaults.seed})')
     group.add_argument('--corruption-constants', choices=tuple(CONSTANTS_NAMES), default=defaults.constants,
                        help="the reference's severity constants: " + ', '.join(
-                           f'{name}: {made}' for name, made in CONSTANTS_NAMES.items())
+                           f'{name}: {made} ({NATIVE_SIZES[name]} px)' for name, made in CONSTANTS_NAMES.items())
                        + f'; for images of about that size (default: {defaults.constants})')
 
 
