@@ -84,3 +84,18 @@ def timm_checkpoint(path: str, state_dict, args: dict = None, ema=None) -> None:
     if args is not None:
         saved['args'] = argparse.Namespace(**args)
     torch.save(saved, path)
+
+
+def interrupt_after(monkeypatch, method: str, calls: int):
+    """Makes ``Evaluator.<method>`` (one call per split) raise KeyboardInterrupt from its ``calls + 1``-th call on, as
+    a Ctrl-C after ``calls`` finished splits; returns the original method (to restore it for a resume)."""
+    from timm_rspc.bench.evaluate import Evaluator
+    original, made = getattr(Evaluator, method), {'n': 0}
+
+    def interrupted(self, *args, **kwargs):
+        made['n'] += 1
+        if made['n'] > calls:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Evaluator, method, interrupted)
+    return original

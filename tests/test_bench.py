@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from bench_fixtures import WNIDS, gray, write_video, write_wnid_folder, save_gray
+from bench_fixtures import WNIDS, gray, interrupt_after, save_gray, write_video, write_wnid_folder
 from timm_rspc.bench import compare, run_benchmark
 from timm_rspc.bench.evaluate import Evaluator
 from timm_rspc.bench.reference import (
@@ -182,15 +182,7 @@ def test_cifar_c_mean_and_per_severity_by_hand(data, tmp_path):
 def test_resume_after_a_kill_gives_the_same_results(data, tmp_path, monkeypatch):
     kwargs = dict(imagenet=data['imagenet'], imagenet_c=data['imagenet_c'])
     full = _run(tmp_path, 'full', **kwargs)
-    calls = {'n': 0}
-    original = Evaluator.top1_correct
-
-    def killed_after_7(self, *args, **kw):
-        calls['n'] += 1
-        if calls['n'] > 7:
-            raise KeyboardInterrupt
-        return original(self, *args, **kw)
-    monkeypatch.setattr(Evaluator, 'top1_correct', killed_after_7)
+    original = interrupt_after(monkeypatch, 'top1_correct', 7)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, 'killed', **kwargs)
     assert len(os.listdir(tmp_path / 'killed' / 'splits')) == 7 and not (tmp_path / 'killed' / 'results.json').exists()

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from bench_fixtures import timm_checkpoint, write_imagenet_c, write_wnid_folder
+from bench_fixtures import interrupt_after, timm_checkpoint, write_imagenet_c, write_wnid_folder
 from timm_rspc.bench import run_benchmark
 from timm_rspc.bench.evaluate import Evaluator
 from timm_rspc.cli import main
@@ -181,14 +181,7 @@ def test_partial_imagenet_c_is_a_marked_table_and_plot(tmp_path, capsys, monkeyp
 def test_ctrl_c_exits_130_with_one_line_and_the_resume_command(tmp_path, capsys, monkeypatch):
     root = tmp_path / 'imagenet-c'
     write_imagenet_c(str(root))
-    original, calls = Evaluator.top1_correct, {'n': 0}
-
-    def interrupted_after_3(self, *args, **kwargs):
-        calls['n'] += 1
-        if calls['n'] > 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(Evaluator, 'top1_correct', interrupted_after_3)
+    original = interrupt_after(monkeypatch, 'top1_correct', 3)
     out = str(tmp_path / 'out')
     line = bench(['--model', MODEL, '--imagenet-c', str(root), '--output', out, '-b', '2'] + QUIET, capsys, code=130)
     assert f"3 of 75 splits finished and saved in '{out}'" in line

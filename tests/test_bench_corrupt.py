@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 from timm.models import register_model
 
-from bench_fixtures import WNIDS, MeanPixelClassifier, gray, timm_checkpoint, write_wnid_folder
+from bench_fixtures import WNIDS, MeanPixelClassifier, gray, interrupt_after, timm_checkpoint, write_wnid_folder
 from timm_rspc.bench import run_benchmark
 from timm_rspc.bench.evaluate import Evaluator
 from timm_rspc.bench.on_the_fly import OnTheFlyCorruption, image_seed
@@ -112,15 +112,7 @@ def test_same_pixels_and_numbers_at_any_batch_size(folder, tmp_path):
 def test_resume_after_a_kill_gives_the_same_numbers(folder, tmp_path, monkeypatch):
     options = dict(reference_model=CENTRE)
     full = _run(folder, tmp_path / 'full', **options)
-    original = Evaluator.top1_correct_corrupted
-    calls = {'n': 0}
-
-    def killed_after_3(self, *args, **kwargs):
-        calls['n'] += 1
-        if calls['n'] > 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(Evaluator, 'top1_correct_corrupted', killed_after_3)
+    original = interrupt_after(monkeypatch, 'top1_correct_corrupted', 3)
     with pytest.raises(KeyboardInterrupt) as e:
         _run(folder, tmp_path / 'killed', **options)
     assert (e.value.finished, e.value.total) == (3, 6)

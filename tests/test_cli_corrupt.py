@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import timm_rspc.bench.corrupt_tree as corrupt_tree
-from bench_fixtures import WNIDS, save_gray, write_wnid_folder
+from bench_fixtures import WNIDS, interrupt_after, save_gray, write_wnid_folder
 from timm_rspc.cli import main
 
 MODEL = 'bench_test_mean_pixel'
@@ -183,15 +183,7 @@ def test_bench_corrupt_command_line(src, tmp_path, capsys, monkeypatch):
     from timm_rspc.bench.evaluate import Evaluator
     out = str(tmp_path / 'run')
     argv = ['bench', '--model', MODEL, '--corrupt', src, '--output', out, '--no-plot'] + PICK + QUIET
-    original = Evaluator.top1_correct_corrupted
-    calls = {'n': 0}
-
-    def killed_after_2(self, *args, **kwargs):
-        calls['n'] += 1
-        if calls['n'] > 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(Evaluator, 'top1_correct_corrupted', killed_after_2)
+    original = interrupt_after(monkeypatch, 'top1_correct_corrupted', 2)
     line = one_error_line(capsys, 130, argv)
     assert '2 of 6 splits finished' in line
     command = shlex.split(line.split('continue with: ')[1])
