@@ -33,3 +33,15 @@ def test_all_lists_any_timm_models_tags(capsys):
     assert main(['models', '--all', '--pretrained', 'vit_tiny_patch16_224*']) == 0
     lines = capsys.readouterr().out.splitlines()
     assert 'vit_tiny_patch16_224.augreg_in21k_ft_in1k' in [line.split()[0] for line in lines]
+
+
+def test_ctrl_c_while_a_command_starts_is_one_line(capsys, monkeypatch):
+    """Importing torch and a command's module takes seconds; a Ctrl-C then gave a traceback."""
+    import importlib
+
+    def interrupted(name, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib, 'import_module', interrupted)
+    assert main(['corrupt', 'src', 'dst']) == 130
+    err = capsys.readouterr().err
+    assert err == 'timm-rspc corrupt: interrupted while starting; nothing was done.\n'

@@ -43,12 +43,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(known, 'command', None):
         parser.print_help()
         return 2
-    module = importlib.import_module(known._module)
+    try:   # importing torch takes seconds: a Ctrl-C then is one line too (each command handles its own run's)
+        module = importlib.import_module(known._module)
+        if not hasattr(module, 'main'):
+            sub_parser = argparse.ArgumentParser(prog=f'timm-rspc {known.command}',
+                                                 description=COMMANDS[known.command][1])
+            module.add_arguments(sub_parser)
+            args = sub_parser.parse_args(argv[1:])
+    except KeyboardInterrupt:
+        print(f'timm-rspc {known.command}: interrupted while starting; nothing was done.', file=sys.stderr)
+        return 130
     if hasattr(module, 'main'):
         return int(module.main(argv[1:]) or 0)
-    sub_parser = argparse.ArgumentParser(prog=f'timm-rspc {known.command}', description=COMMANDS[known.command][1])
-    module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
     return int(module.run(args) or 0)
 
 
